@@ -1,0 +1,1 @@
+"""Preference data: loaders, splits, episode sampling, synthetic tasks, dataset builders (L1, data)."""

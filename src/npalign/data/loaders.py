@@ -1,0 +1,395 @@
+"""Read preference files (JSONL, JSON, Parquet, Hugging Face datasets) into a PreferenceSet (L1, data).
+
+Two row shapes are accepted:
+
+* user-grouped: {"user_id", "prompt"?, "chosen", "rejected", "user_type"?, "split"?}, items being
+  strings (texts) or lists of floats (feature vectors); TRL's column names plus a user.
+* multi-label: {"prompt"?, "response_a", "response_b", "choice_<label>": 0 | 1 | 0.5, ..., "split"?}.
+  Each label acts as one user type (and one user). A choice of 0 means response_a is preferred, 1
+  means response_b is, 0.5 is a tie: ties are dropped and counted in the report.
+
+Every problem raises a ValueError naming the row and column and saying what to do; nothing is
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from npalign.types import PreferenceSet
+
+logger = logging.getLogger(__name__)
+
+USER_GROUPED = ("user_id", "chosen", "rejected")
+MULTI_LABEL = ("response_a", "response_b")
+CHOICE_PREFIX = "choice_"
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and dropped, for the user to read."""
+
+    source: str
+    format: str = ""
+    rows: int = 0
+    pairs: int = 0
+    users: int = 0
+    ties_dropped: dict[str, int] = field(default_factory=dict)
+    rows_outside_split: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def read_rows(source: str | Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl(.gz), .json(.gz) array, .parquet file, a `save_to_disk` folder or a hub id."""
+    path = Path(source)
+    name = path.name.lower()
+    if path.is_dir():
+        import datasets
+
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            raise ValueError(
+                f"{path} holds a DatasetDict with splits {list(loaded)}; pass the folder of one split."
+            )
+        return [dict(row) for row in loaded]
+    if path.is_file():
+        if name.endswith(".parquet"):
+            import datasets
+
+            return [dict(row) for row in datasets.Dataset.from_parquet(str(path))]
+        opener: Any = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            text = handle.read()
+        if not text.strip():
+            raise ValueError(f"{path} is empty; expected preference rows (JSONL or a JSON array).")
+        if name.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{path}, line {number}: not valid JSON ({error.msg}); fix or remove the line."
+                    ) from None
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, row {index}: expected a JSON object, got {type(row).__name__}.")
+        return rows
+    if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
+        import datasets  # a hub id such as "org/name"; needs network access
+
+        return [dict(row) for row in datasets.load_dataset(str(source), split="train")]
+    raise FileNotFoundError(f"{source} is neither a file, a dataset folder nor a hub id.")
+
+
+def _item(value: Any, row: int, column: str) -> str | list[float]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"row {row}, column {column!r}: empty text; remove the row or fill the text.")
+        return value
+    if (
+        isinstance(value, list | tuple)
+        and value
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        floats = [float(v) for v in value]
+        if not all(math.isfinite(v) for v in floats):
+            raise ValueError(
+                f"row {row}, column {column!r}: features contain NaN or inf; clean the data first."
+            )
+        return floats
+    raise ValueError(
+        f"row {row}, column {column!r}: expected a string or a non-empty list of numbers, got {str(value)[:60]!r}."
+    )
+
+
+class _Builder:
+    """Accumulates pairs, interning users, prompts and items."""
+
+    def __init__(self) -> None:
+        self.chosen: list[int] = []
+        self.rejected: list[int] = []
+        self.user: list[int] = []
+        self.prompt: list[int] = []
+        self.users: dict[str, int] = {}
+        self.user_types: list[str] = []
+        self.prompts: dict[str, int] = {}
+        self.features: list[list[float]] = []
+        self.text_items: dict[tuple[str, str], int] = {}
+        self.kind: str | None = None
+        self.width: int | None = None
+
+    def _add_item(self, prompt: str, value: str | list[float], row: int, column: str) -> int:
+        kind = "text" if isinstance(value, str) else "features"
+        if self.kind is None:
+            self.kind = kind
+        elif kind != self.kind:
+            raise ValueError(
+                f"row {row}, column {column!r}: a {kind} item in a file whose items so far are {self.kind}; "
+                "use either texts or feature vectors throughout."
+            )
+        if isinstance(value, str):
+            return self.text_items.setdefault((prompt, value), len(self.text_items))
+        if self.width is None:
+            self.width = len(value)
+        elif len(value) != self.width:
+            raise ValueError(
+                f"row {row}, column {column!r}: {len(value)} features, but earlier items have {self.width}; "
+                "all items must have the same feature width."
+            )
+        self.features.append(value)
+        return len(self.features) - 1
+
+    def add(
+        self,
+        row: int,
+        user: str,
+        user_type: str,
+        prompt: tuple[str, str],
+        chosen: Any,
+        rejected: Any,
+        columns: tuple[str, str],
+    ) -> None:
+        """Add one pair; `prompt` is (key that identifies it, text that items are embedded with)."""
+        chosen_item = _item(chosen, row, columns[0])
+        rejected_item = _item(rejected, row, columns[1])
+        if user not in self.users:
+            self.users[user] = len(self.users)
+            self.user_types.append(user_type)
+        elif self.user_types[self.users[user]] != user_type:
+            raise ValueError(
+                f"row {row}: user {user!r} has user_type {user_type!r} here but "
+                f"{self.user_types[self.users[user]]!r} earlier; a user has one type."
+            )
+        self.user.append(self.users[user])
+        prompt_key, prompt_text = prompt
+        self.prompt.append(self.prompts.setdefault(prompt_key, len(self.prompts)))
+        self.chosen.append(self._add_item(prompt_text, chosen_item, row, columns[0]))
+        self.rejected.append(self._add_item(prompt_text, rejected_item, row, columns[1]))
+
+    def build(self, meta: dict[str, Any]) -> PreferenceSet:
+        long = torch.long
+        texts = list(self.text_items) if self.kind == "text" else None
+        return PreferenceSet(
+            chosen=torch.tensor(self.chosen, dtype=long),
+            rejected=torch.tensor(self.rejected, dtype=long),
+            user=torch.tensor(self.user, dtype=long),
+            prompt=torch.tensor(self.prompt, dtype=long),
+            user_ids=list(self.users),
+            user_types=self.user_types,
+            prompt_ids=list(self.prompts),
+            features=torch.tensor(self.features, dtype=torch.float32) if self.kind == "features" else None,
+            item_prompts=[p for p, _ in texts] if texts is not None else None,
+            item_responses=[r for _, r in texts] if texts is not None else None,
+            meta=meta,
+        )
+
+
+def detect_format(columns: Iterable[str]) -> str:
+    names = set(columns)
+    # A row that has part of one shape is that shape; its missing columns are then reported by name.
+    if names & set(MULTI_LABEL):
+        return "multi-label"
+    if "user_id" in names or {"chosen", "rejected"} <= names:
+        return "user-grouped"
+    raise ValueError(
+        f"cannot tell the format from the columns {sorted(names)}: a user-grouped file needs "
+        f"{list(USER_GROUPED)} (plus optional prompt, user_type), a multi-label file needs "
+        f"{list(MULTI_LABEL)} and choice_<label> columns."
+    )
+
+
+def rows_to_preferences(
+    rows: Sequence[dict[str, Any]],
+    *,
+    source: str = "<rows>",
+    labels: Sequence[str] | None = None,
+    split: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> tuple[PreferenceSet, LoadReport]:
+    """Validate rows and build a PreferenceSet.
+
+    Args:
+        rows: dicts in the user-grouped or multi-label shape (the first row decides which).
+        labels: multi-label only: which choice_<label> columns act as user types (default: all).
+        split: keep only rows whose "split" column equals this (rows without the column are an error).
+    """
+    report = LoadReport(source=source)
+    if not rows:
+        raise ValueError(f"{source} has no rows; expected preference pairs.")
+    fmt = detect_format(rows[0])
+    report.format = fmt
+    builder = _Builder()
+    meta = dict(meta or {})
+    choice_labels: list[str] = []
+    if fmt == "multi-label":
+        available = sorted(c[len(CHOICE_PREFIX) :] for c in rows[0] if c.startswith(CHOICE_PREFIX))
+        if not available:
+            raise ValueError(
+                f"{source}: multi-label rows need choice_<label> columns; found {sorted(rows[0])}."
+            )
+        choice_labels = list(labels) if labels else available
+        unknown = [label for label in choice_labels if label not in available]
+        if unknown:
+            raise ValueError(f"{source}: unknown label(s) {unknown}; the file has {available}.")
+        report.ties_dropped = dict.fromkeys(choice_labels, 0)
+    elif labels:
+        raise ValueError(
+            f"{source}: labels={list(labels)} apply to multi-label files only; this one is user-grouped."
+        )
+
+    for index, row in enumerate(rows):
+        report.rows += 1
+        if split is not None:
+            if "split" not in row:
+                raise ValueError(
+                    f"{source}, row {index}: no 'split' column, but split={split!r} was requested."
+                )
+            if row["split"] != split:
+                report.rows_outside_split += 1
+                continue
+        required = (
+            USER_GROUPED
+            if fmt == "user-grouped"
+            else (*MULTI_LABEL, *(CHOICE_PREFIX + lb for lb in choice_labels))
+        )
+        missing = [c for c in required if c not in row or row[c] is None]
+        if missing:
+            raise ValueError(
+                f"{source}, row {index}: missing column(s) {missing}; every row needs {list(required)}."
+            )
+        prompt = row.get("prompt")
+        prompt_key = str(prompt) if prompt is not None else f"__row{index}"
+        prompt_text = str(prompt) if prompt is not None else ""
+        if fmt == "user-grouped":
+            user_type = row.get("user_type")
+            builder.add(
+                index,
+                str(row["user_id"]),
+                "" if user_type is None else str(user_type),
+                (prompt_key, prompt_text),
+                row["chosen"],
+                row["rejected"],
+                ("chosen", "rejected"),
+            )
+            continue
+        for label in choice_labels:
+            choice = row[CHOICE_PREFIX + label]
+            if choice not in (0, 1, 0.5) or isinstance(choice, bool):
+                raise ValueError(
+                    f"{source}, row {index}, column {CHOICE_PREFIX + label!r}: value {choice!r}; use 0 "
+                    "(response_a preferred), 1 (response_b preferred) or 0.5 (tie)."
+                )
+            if choice == 0.5:
+                report.ties_dropped[label] += 1
+                continue
+            chosen_col, rejected_col = (
+                ("response_a", "response_b") if choice == 0 else ("response_b", "response_a")
+            )
+            builder.add(
+                index,
+                label,
+                label,
+                (prompt_key, prompt_text),
+                row[chosen_col],
+                row[rejected_col],
+                (chosen_col, rejected_col),
+            )
+    if not builder.chosen:
+        raise ValueError(
+            f"{source}: no pairs left (rows {report.rows}, outside split {report.rows_outside_split}, "
+            f"ties dropped {report.ties_dropped})."
+        )
+    data = builder.build(meta)
+    report.pairs, report.users = data.num_pairs, data.num_users
+    if any(report.ties_dropped.values()):
+        logger.info("%s: dropped ties per label %s", source, report.ties_dropped)
+    return data, report
+
+
+def load_preferences(
+    source: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    split: str | None = None,
+) -> tuple[PreferenceSet, LoadReport]:
+    """Load a preference file; a synthetic task's sidecar `<file>.task.json` is attached as meta["task"]."""
+    rows = read_rows(source)
+    meta: dict[str, Any] = {"source": str(source)}
+    sidecar = Path(f"{source}.task.json")
+    if sidecar.is_file():
+        meta["task"] = json.loads(sidecar.read_text())
+    return rows_to_preferences(rows, source=str(source), labels=labels, split=split, meta=meta)
+
+
+def preferences_to_rows(data: PreferenceSet) -> list[dict[str, Any]]:
+    """The user-grouped rows of a PreferenceSet (features as lists of floats, or texts)."""
+    rows = []
+    for pair in range(data.num_pairs):
+        user = int(data.user[pair])
+        chosen, rejected = int(data.chosen[pair]), int(data.rejected[pair])
+        row: dict[str, Any] = {
+            "user_id": data.user_ids[user],
+            "prompt": data.prompt_ids[int(data.prompt[pair])],
+        }
+        if data.features is not None:
+            row["chosen"], row["rejected"] = data.features[chosen].tolist(), data.features[rejected].tolist()
+        else:
+            assert data.item_responses is not None
+            row["chosen"], row["rejected"] = data.item_responses[chosen], data.item_responses[rejected]
+        row["user_type"] = data.user_types[user]
+        rows.append(row)
+    return rows
+
+
+def _stable_fraction(key: str, seed: int) -> float:
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_by_prompt(data: PreferenceSet, fractions: Sequence[float], seed: int = 0) -> list[PreferenceSet]:
+    """Split pairs so that every prompt lands in exactly one part (a stable hash of prompt id + seed)."""
+    bounds = torch.tensor(fractions, dtype=torch.float64).cumsum(0)
+    if abs(float(bounds[-1]) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions {list(fractions)} must sum to 1.")
+    position = torch.tensor([_stable_fraction(p, seed) for p in data.prompt_ids], dtype=torch.float64)
+    part_of_prompt = torch.searchsorted(bounds, position, right=True).clamp(max=len(fractions) - 1)
+    part_of_pair = part_of_prompt[data.prompt]
+    return [data.subset(part_of_pair == k) for k in range(len(fractions))]
+
+
+def split_by_user(data: PreferenceSet, fractions: Sequence[float], seed: int = 0) -> list[PreferenceSet]:
+    """Split users (stratified by user type) so that evaluation users were never seen in training."""
+    generator = torch.Generator().manual_seed(seed)
+    part_of_user = torch.empty(data.num_users, dtype=torch.long)
+    types = data.user_types
+    for name in sorted(set(types)):
+        members = torch.tensor([u for u, t in enumerate(types) if t == name])
+        members = members[torch.randperm(len(members), generator=generator)]
+        cuts = (torch.tensor(fractions, dtype=torch.float64).cumsum(0) * len(members)).round().long()
+        start = 0
+        for k, stop in enumerate(cuts.tolist()):
+            part_of_user[members[start:stop]] = k
+            start = stop
+    part_of_pair = part_of_user[data.user]
+    parts = [data.subset(part_of_pair == k) for k in range(len(fractions)) if bool((part_of_pair == k).any())]
+    if len(parts) != len(fractions):
+        raise ValueError(f"split_by_user: too few users ({data.num_users}) for fractions {list(fractions)}.")
+    return parts

@@ -1,0 +1,1 @@
+"""Evaluation against context size, reports and plots (L3, evaluation)."""

@@ -1,0 +1,74 @@
+"""results.json, a Markdown table and a PNG plot of accuracy against context size (L3, evaluation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from npalign.utils.io import atomic_path, write_json
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Accuracy (mean ± s.e.m., percent) per model and context size, the ceiling as the last row."""
+    models = results["models"]
+    contexts = sorted({int(m) for record in models.values() for m in record["accuracy"]})
+    header = "| model | " + " | ".join(f"m = {m}" for m in contexts) + " |"
+    lines = [header, "|---|" + "---|" * len(contexts)]
+    for name, record in models.items():
+        cells = []
+        for m in contexts:
+            cell = record["accuracy"].get(str(m))
+            cells.append(f"{cell['mean']:.2f} ± {cell['sem']:.2f}" if cell else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if results.get("ceiling"):
+        sems = results.get("ceiling_sem", {})
+        cells = []
+        for m in contexts:
+            value = results["ceiling"].get(str(m))
+            sem = sems.get(str(m), 0.0)
+            cells.append("" if value is None else f"{value:.2f}" + (f" ± {sem:.2f}" if sem else ""))
+        lines.append("| Bayes ceiling | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(results: dict[str, Any], path: str | Path, title: str = "") -> None:
+    """Accuracy against m for every model (error bars = s.e.m.), the ceiling dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, record in results["models"].items():
+        contexts = sorted(int(m) for m in record["accuracy"])
+        means = [record["accuracy"][str(m)]["mean"] for m in contexts]
+        sems = [record["accuracy"][str(m)]["sem"] for m in contexts]
+        axis.errorbar(contexts, means, yerr=sems, marker="o", capsize=3, label=name)
+    if results.get("ceiling"):
+        contexts = sorted(int(m) for m in results["ceiling"])
+        axis.plot(contexts, [results["ceiling"][str(m)] for m in contexts], "k--", label="Bayes ceiling")
+    axis.set_xlabel("context size m (pairs)")
+    axis.set_ylabel("accuracy on unseen targets (%)")
+    axis.set_title(title or "Accuracy against context size")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "") -> dict[str, Path]:
+    """Write results.json, results.md and accuracy.png into `out_dir`; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "results.json",
+        "markdown": out_dir / "results.md",
+        "plot": out_dir / "accuracy.png",
+    }
+    write_json(results, paths["json"])
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text((f"# {title}\n\n" if title else "") + markdown_table(results))
+    plot_accuracy(results, paths["plot"], title)
+    return paths

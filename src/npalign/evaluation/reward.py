@@ -1,0 +1,112 @@
+"""Evaluate reward models against context size on unseen targets, beside the Bayes ceiling (L3, evaluation).
+
+For each m, the same fixed episodes (users balanced over types, m context pairs, T disjoint targets)
+are scored by every model and by the Bayes-optimal predictor when the data is synthetic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from npalign.data.episodes import EpisodeSampler, derived_seed
+from npalign.data.synthetic import BayesOracle, closed_form_ceiling
+from npalign.models.reward import PreferenceModel
+from npalign.types import PreferenceSet
+from npalign.utils.metrics import episode_accuracy, episode_nll, expected_calibration_error, mean_and_sem
+
+logger = logging.getLogger(__name__)
+
+
+def _type_weighted(values: torch.Tensor, types: torch.Tensor, type_names: list[str]) -> dict[str, Any]:
+    """Mean and s.e.m. (percent) with equal weight per user type, plus the per-type means."""
+    by_type, sems = {}, []
+    for k, name in enumerate(type_names):
+        selected = values[types == k]
+        if selected.numel() == 0:
+            continue
+        mean, sem = mean_and_sem(selected)
+        by_type[name or "all"] = 100 * mean
+        sems.append(sem)
+    mean = sum(by_type.values()) / len(by_type)
+    sem = 100 * math.sqrt(sum(s * s for s in sems if not math.isnan(s))) / len(sems)
+    return {"mean": mean, "sem": sem, "by_type": by_type}
+
+
+def evaluation_sampler(data: PreferenceSet, contexts: list[int], targets: int) -> EpisodeSampler:
+    return EpisodeSampler(data, targets=targets, max_context=max(contexts))
+
+
+@torch.no_grad()
+def evaluate_reward_model(
+    model: PreferenceModel,
+    data: PreferenceSet,
+    *,
+    contexts: list[int],
+    episodes: int,
+    targets: int,
+    seed: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Accuracy (mean, s.e.m., per type), NLL and ECE at each context size on fixed episodes.
+
+    Returns:
+        {"accuracy": {"<m>": {"mean", "sem", "by_type"}}, "nll": {"<m>": {...}}, "ece": {"<m>": float}}
+        with accuracies in percent.
+    """
+    sampler = evaluation_sampler(data, contexts, targets)
+    model.eval()
+    result: dict[str, Any] = {"accuracy": {}, "nll": {}, "ece": {}}
+    for m in tqdm(contexts, desc=f"evaluate {model.kind}", disable=not progress):
+        generator = torch.Generator().manual_seed(derived_seed(seed, "eval-noise", m))
+        accuracy, nll, types, probs_all, masks = [], [], [], [], []
+        for batch in sampler.evaluation_batches(m, episodes, seed):
+            latent = model.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
+            probs = model.prefer_prob(batch.target_chosen, batch.target_rejected, latent, generator)
+            accuracy.append(episode_accuracy(probs, batch.target_mask))
+            nll.append(episode_nll(probs, batch.target_mask))
+            types.append(batch.user_type)
+            probs_all.append(probs)
+            masks.append(batch.target_mask)
+        type_index = torch.cat(types)
+        result["accuracy"][str(m)] = _type_weighted(torch.cat(accuracy), type_index, sampler.type_names)
+        nll_summary = _type_weighted(torch.cat(nll), type_index, sampler.type_names)
+        result["nll"][str(m)] = {
+            key: value / 100 if key != "by_type" else {t: v / 100 for t, v in value.items()}
+            for key, value in nll_summary.items()
+        }
+        result["ece"][str(m)] = expected_calibration_error(torch.cat(probs_all), torch.cat(masks))
+    return result
+
+
+def bayes_ceiling(
+    data: PreferenceSet, *, contexts: list[int], episodes: int, targets: int, seed: int
+) -> dict[str, Any] | None:
+    """The Bayes-optimal accuracy (percent) at each m, or None when the data is not synthetic.
+
+    Exact where a closed form exists (the paper's 1-D task); otherwise the Bayes predictor's accuracy on
+    the very episodes the models are scored on, with its s.e.m.
+    """
+    spec = data.meta.get("task")
+    if spec is None:
+        return None
+    sampler = evaluation_sampler(data, contexts, targets)
+    oracle = BayesOracle(spec, seed=seed)
+    ceiling, sems, method = {}, {}, {}
+    for m in contexts:
+        exact = closed_form_ceiling(spec, m)
+        if exact is not None:
+            ceiling[str(m)], sems[str(m)], method[str(m)] = 100 * exact, 0.0, "exact"
+            continue
+        values, types = [], []
+        for batch in sampler.evaluation_batches(m, episodes, seed):
+            values.append(oracle.episode_accuracy(batch))
+            types.append(batch.user_type)
+        summary = _type_weighted(torch.cat(values), torch.cat(types), sampler.type_names)
+        ceiling[str(m)], sems[str(m)] = summary["mean"], summary["sem"]
+        method[str(m)] = "bayes-on-episodes" if spec["users"] == "types" else "bayes-particles-on-episodes"
+    return {"ceiling": ceiling, "ceiling_sem": sems, "ceiling_method": method}

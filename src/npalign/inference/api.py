@@ -1,0 +1,134 @@
+"""The inference API: infer a user's z from a few choices, then score items for that user (L2, inference).
+
+    model = npalign.load("runs/np_btl")
+    z = model.infer_user(chosen, rejected)        # (C, D) each; C may be 0
+    model.reward(items, z)                         # (N, D) -> (N,)
+    model.prefer_prob(a, b, z)                     # (N, D) twice -> (N,)
+
+Everything also takes a leading batch dimension of B users.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from npalign.models.builders import load_reward_model
+from npalign.models.reward import PreferenceModel
+from npalign.types import Posterior, UserLatent
+
+
+def _as_tensor(value: Any, name: str, width: int) -> Tensor:
+    tensor = torch.as_tensor(value, dtype=torch.float32)
+    if tensor.dim() == 1 and tensor.numel() == 0:
+        tensor = tensor.reshape(0, width)
+    if tensor.dim() not in (2, 3) or tensor.shape[-1] != width:
+        raise ValueError(
+            f"{name} must have shape (N, {width}) or (B, N, {width}); got {tuple(tensor.shape)}."
+        )
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or inf.")
+    return tensor
+
+
+class RewardPredictor:
+    """A trained reward model for inference: no optimizer, no accelerate, no data pipeline.
+
+    Attributes:
+        kind: btl | dpl | np-btl | np-btl-latent.
+        embed_dim: D, the item feature width the model expects.
+        latent_dim: Z (0 for models without a user latent).
+        type_names: the user types seen in training.
+        embedder: the name of the text embedder the features came from ("" for feature data).
+    """
+
+    def __init__(self, model: PreferenceModel, record: dict[str, Any], *, seed: int = 0) -> None:
+        self.model = model.eval()
+        self.record = record
+        self.kind: str = record["model"]["kind"]
+        self.embed_dim: int = int(record["embed_dim"])
+        self.latent_dim: int = model.latent_dim if model.conditional else 0
+        self.type_names: list[str] = list(record.get("type_names", []))
+        self.embedder: str = record.get("embedder", "")
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, seed: int = 0) -> RewardPredictor:
+        model, record = load_reward_model(path)
+        return cls(model, record, seed=seed)
+
+    @torch.inference_mode()
+    def infer_user(self, chosen: Any, rejected: Any) -> UserLatent:
+        """The user latent from a user's choices.
+
+        Args:
+            chosen: (C, D) or (B, C, D) features of the preferred items; C = 0 is allowed and gives
+                the population prior.
+            rejected: same shape, the other items.
+        Returns:
+            z (Z,) or (B, Z) (a Posterior for the latent model; (0,) wide for btl/dpl).
+        """
+        chosen_t = _as_tensor(chosen, "chosen", self.embed_dim)
+        rejected_t = _as_tensor(rejected, "rejected", self.embed_dim)
+        if chosen_t.shape != rejected_t.shape:
+            raise ValueError(
+                f"chosen {tuple(chosen_t.shape)} and rejected {tuple(rejected_t.shape)} differ in shape."
+            )
+        single = chosen_t.dim() == 2
+        if single:
+            chosen_t, rejected_t = chosen_t[None], rejected_t[None]  # (1, C, D)
+        mask = torch.ones(chosen_t.shape[:2], dtype=torch.bool)  # (B, C)
+        latent = self.model.infer(chosen_t, rejected_t, mask)
+        if latent is None:
+            latent = torch.zeros(chosen_t.shape[0], 0)
+        if single:
+            return Posterior(latent.mean[0], latent.scale[0]) if isinstance(latent, Posterior) else latent[0]
+        return latent
+
+    def _prepare(self, items: Tensor, latent: UserLatent) -> tuple[Tensor, UserLatent | None, bool]:
+        """Give items a batch dim (B, N, D) and the latent a matching (B, Z); remember to squeeze."""
+        single = items.dim() == 2
+        if single:
+            items = items[None]
+        if isinstance(latent, Posterior):
+            mean, scale = latent.mean, latent.scale
+            if mean.dim() == 1:
+                mean, scale = mean[None], scale[None]
+            return items, Posterior(mean.expand(items.shape[0], -1), scale.expand(items.shape[0], -1)), single
+        z = torch.as_tensor(latent, dtype=torch.float32)
+        if z.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"z has width {z.shape[-1]} but this {self.kind} model's latent is {self.latent_dim}-d."
+            )
+        if z.dim() == 1:
+            z = z[None]
+        return items, (z.expand(items.shape[0], -1) if self.latent_dim else None), single
+
+    @torch.inference_mode()
+    def reward(self, items: Any, z: UserLatent) -> Tensor:
+        """Rewards of items for a user: (N, D) -> (N,), or (B, N, D) -> (B, N). Posterior z: mean reward."""
+        batch, latent, single = self._prepare(_as_tensor(items, "items", self.embed_dim), z)
+        if isinstance(latent, Posterior):
+            rewards = self.model.reward(batch, latent.sample(self.model.num_samples, self.generator)).mean(0)
+        else:
+            rewards = self.model.reward(batch, latent)
+        return rewards[0] if single else rewards
+
+    @torch.inference_mode()
+    def prefer_prob(self, a: Any, b: Any, z: UserLatent) -> Tensor:
+        """p(a > b) for a user: (N, D) twice -> (N,), or (B, N, D) -> (B, N)."""
+        a_t, b_t = _as_tensor(a, "a", self.embed_dim), _as_tensor(b, "b", self.embed_dim)
+        if a_t.shape != b_t.shape:
+            raise ValueError(f"a {tuple(a_t.shape)} and b {tuple(b_t.shape)} differ in shape.")
+        a_batch, latent, single = self._prepare(a_t, z)
+        b_batch = b_t[None] if single else b_t
+        probs = self.model.prefer_prob(a_batch, b_batch, latent, self.generator)
+        return probs[0] if single else probs
+
+
+def load(path: str | Path, *, seed: int = 0) -> RewardPredictor:
+    """Load a reward-model run directory written by `npalign train` (strictly; no pickle)."""
+    return RewardPredictor.from_pretrained(path, seed=seed)

@@ -1,0 +1,103 @@
+"""Context encoder: a user's labelled pairs -> latent z (L1, models)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from npalign.types import Posterior
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, depth: int = 2) -> nn.Sequential:
+    """`depth` linear layers with GELU between them: in -> hidden ... -> out."""
+    dims = [in_dim] + [hidden_dim] * (depth - 1) + [out_dim]
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < depth - 1:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean over dim 1 of the rows where mask is True.
+
+    Args:
+        values: (B, C, H).
+        mask: (B, C) bool.
+    Returns:
+        (B, H) means (zeros where a row has no True entry) and (B,) counts.
+    """
+    weights = mask.to(values.dtype)  # (B, C)
+    counts = weights.sum(1)  # (B,)
+    total = torch.einsum("bch,bc->bh", values, weights)  # (B, H)
+    return total / counts.clamp(min=1.0)[:, None], counts
+
+
+class ContextEncoder(nn.Module):
+    """Permutation-invariant set encoder over a user's context pairs.
+
+    Each pair becomes h_j = f([e(chosen_j); e(rejected_j)]); optionally the pairs attend to each other;
+    then a masked *mean* (never a sum, so z does not grow with the context size) and an MLP give z.
+    An empty context maps to a learned population prior, so m = 0 is a valid input.
+
+    With `stochastic=True` the head returns a diagonal Gaussian q(z | context) whose scale is floored
+    at `min_scale`, which keeps the latent NP from collapsing onto a point that ignores the context.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden_dim: int,
+        latent_dim: int,
+        *,
+        stochastic: bool = False,
+        attention: bool = False,
+        num_heads: int = 8,
+        min_scale: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if attention and hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim={hidden_dim} must be divisible by num_heads={num_heads}.")
+        self.embed_dim, self.hidden_dim, self.latent_dim = embed_dim, hidden_dim, latent_dim
+        self.stochastic, self.min_scale = stochastic, min_scale
+        self.pair_net = mlp(2 * embed_dim, hidden_dim, hidden_dim)
+        self.attention = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True) if attention else None
+        self.attention_norm = nn.LayerNorm(hidden_dim) if attention else None
+        self.empty_context = nn.Parameter(torch.zeros(hidden_dim))
+        self.head = mlp(hidden_dim, hidden_dim, 2 * latent_dim if stochastic else latent_dim)
+
+    def forward(
+        self, context_chosen: Tensor, context_rejected: Tensor, context_mask: Tensor
+    ) -> Tensor | Posterior:
+        """Encode B users' contexts.
+
+        Args:
+            context_chosen: (B, C, D) features of the preferred items; C may be 0.
+            context_rejected: (B, C, D).
+            context_mask: (B, C) True on real pairs; padding is ignored whatever its values.
+        Returns:
+            z (B, Z), or a Posterior with mean and scale (B, Z) when stochastic.
+        """
+        batch = context_mask.shape[0]
+        if context_mask.shape[1] == 0:
+            pooled = self.empty_context.expand(batch, -1)  # (B, H)
+        else:
+            pairs = self.pair_net(torch.cat([context_chosen, context_rejected], dim=-1))  # (B, C, H)
+            if self.attention is not None:
+                assert self.attention_norm is not None
+                # Rows with no real pair would make attention NaN; let them attend to slot 0 and
+                # discard the result below through the count.
+                key_padding = ~context_mask.clone()
+                key_padding[:, 0] &= context_mask.any(1)
+                attended, _ = self.attention(
+                    pairs, pairs, pairs, key_padding_mask=key_padding, need_weights=False
+                )
+                pairs = self.attention_norm(pairs + attended)  # (B, C, H)
+            mean, counts = masked_mean(pairs, context_mask)  # (B, H), (B,)
+            pooled = torch.where(counts[:, None] > 0, mean, self.empty_context.expand(batch, -1))
+        out = self.head(pooled)  # (B, Z) or (B, 2Z)
+        if not self.stochastic:
+            return out
+        loc, raw_scale = out.chunk(2, dim=-1)
+        return Posterior(loc, self.min_scale + (1.0 - self.min_scale) * torch.sigmoid(raw_scale))

@@ -1,0 +1,173 @@
+"""Reward models over item features: BTL, DPL, NP-BTL (deterministic and latent) (L1, models).
+
+All four share one shape: an item network enc(e(y)) -> (B, T, H), optionally shifted by a projection
+of the user latent z, then a head to a reward (or DPL's mean and variance). The first decoder layer on
+[enc(y); z] is split into W_y enc(y) + W_z z, which is the same function and lets z be projected once
+per user instead of once per item.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from npalign.models.encoder import ContextEncoder, mlp
+from npalign.models.losses import (
+    bt_log_likelihood,
+    dpl_log_likelihood,
+    dpl_standardised_margin,
+    masked_mean_nll,
+    neural_process_loss,
+)
+from npalign.types import EpisodeBatch, Posterior, UserLatent
+
+KINDS = ("btl", "dpl", "np-btl", "np-btl-latent")
+
+
+class PreferenceModel(nn.Module):
+    """p(chosen > rejected | user) from item features and, for NP kinds, a user latent z.
+
+    Args:
+        kind: "btl" | "dpl" | "np-btl" | "np-btl-latent".
+        embed_dim: D, item feature width.
+        hidden_dim: H.
+        latent_dim: Z (unused by btl/dpl).
+        attention / num_heads: self-attention across context pairs before pooling.
+        min_scale: floor of the latent posterior's scale.
+        kl_weight: beta of the NP objective.
+        num_samples: S, z samples when predicting with the latent model.
+        dpl_cdf: "exact" (normal CDF) or "logistic" (the release's stand-in).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        embed_dim: int,
+        hidden_dim: int = 256,
+        latent_dim: int = 64,
+        *,
+        attention: bool = False,
+        num_heads: int = 8,
+        min_scale: float = 0.01,
+        kl_weight: float = 1.0,
+        num_samples: int = 8,
+        dpl_cdf: str = "exact",
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r} is not one of {KINDS}.")
+        self.kind, self.embed_dim, self.latent_dim = kind, embed_dim, latent_dim
+        self.kl_weight, self.num_samples, self.dpl_cdf = kl_weight, num_samples, dpl_cdf
+        self.item_net = mlp(embed_dim, hidden_dim, hidden_dim)
+        self.item_proj = nn.Linear(hidden_dim, hidden_dim)
+        self.encoder: ContextEncoder | None = None
+        self.latent_proj: nn.Linear | None = None
+        if self.conditional:
+            self.encoder = ContextEncoder(
+                embed_dim,
+                hidden_dim,
+                latent_dim,
+                stochastic=kind == "np-btl-latent",
+                attention=attention,
+                num_heads=num_heads,
+                min_scale=min_scale,
+            )
+            self.latent_proj = nn.Linear(latent_dim, hidden_dim, bias=False)
+        self.out = nn.Linear(hidden_dim, 2 if kind == "dpl" else 1)
+
+    @property
+    def conditional(self) -> bool:
+        return self.kind.startswith("np-")
+
+    # ------------------------------------------------------------------ building blocks
+    def infer(
+        self, context_chosen: Tensor, context_rejected: Tensor, context_mask: Tensor
+    ) -> UserLatent | None:
+        """The user latent from (B, C, D) context features and a (B, C) mask; None for btl/dpl."""
+        if self.encoder is None:
+            return None
+        return self.encoder(context_chosen, context_rejected, context_mask)
+
+    def item_outputs(self, items: Tensor, z: Tensor | None) -> Tensor:
+        """Head outputs for items.
+
+        Args:
+            items: (B, T, D) features.
+            z: None, (B, Z), or (S, B, Z) samples.
+        Returns:
+            (B, T, O) or (S, B, T, O), O = 1 (reward) or 2 (DPL mean, raw scale).
+        """
+        hidden = self.item_proj(self.item_net(items))  # (B, T, H)
+        if z is not None:
+            assert self.latent_proj is not None
+            hidden = hidden + self.latent_proj(z).unsqueeze(-2)  # (B, T, H) or (S, B, T, H)
+        return self.out(F.gelu(hidden))
+
+    def reward(self, items: Tensor, z: Tensor | None) -> Tensor:
+        """Scalar reward (the DPL mean for dpl): (B, T, D) -> (B, T), or (S, B, T) with sampled z."""
+        return self.item_outputs(items, z)[..., 0]
+
+    def log_likelihood(self, chosen: Tensor, rejected: Tensor, z: Tensor | None) -> Tensor:
+        """log p(chosen > rejected): (B, T, D) twice -> (B, T), or (S, B, T) with sampled z."""
+        out_chosen, out_rejected = self.item_outputs(chosen, z), self.item_outputs(rejected, z)
+        if self.kind == "dpl":
+            var_chosen = F.softplus(out_chosen[..., 1]) + 1e-4
+            var_rejected = F.softplus(out_rejected[..., 1]) + 1e-4
+            margin = dpl_standardised_margin(
+                out_chosen[..., 0], out_rejected[..., 0], var_chosen, var_rejected
+            )
+            return dpl_log_likelihood(margin, self.dpl_cdf)
+        return bt_log_likelihood(out_chosen[..., 0] - out_rejected[..., 0])
+
+    def prefer_prob(
+        self,
+        chosen: Tensor,
+        rejected: Tensor,
+        latent: UserLatent | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """p(chosen > rejected) (B, T); a Posterior latent is averaged over `num_samples` draws."""
+        if isinstance(latent, Posterior):
+            z = latent.sample(self.num_samples, generator)  # (S, B, Z)
+            return self.log_likelihood(chosen, rejected, z).exp().mean(0)
+        return self.log_likelihood(chosen, rejected, latent).exp()
+
+    # ------------------------------------------------------------------ training
+    def forward(
+        self, batch: EpisodeBatch, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss; going through forward lets accelerate's DDP wrapper sync gradients."""
+        return self.loss(batch, generator)
+
+    def loss(
+        self, batch: EpisodeBatch, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss on an episode batch and detached statistics.
+
+        Deterministic models: mean negative log-likelihood of the targets given z(context).
+        Latent NP: the standard NP objective with q(z | C u T) inside and KL to q(z | C).
+        """
+        if self.kind != "np-btl-latent":
+            latent = self.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
+            assert not isinstance(latent, Posterior)
+            log_lik = self.log_likelihood(batch.target_chosen, batch.target_rejected, latent)  # (B, T)
+            loss = masked_mean_nll(log_lik, batch.target_mask)
+            accuracy = (
+                (log_lik > -0.6931471805599453).float() * batch.target_mask
+            ).sum() / batch.target_mask.sum()
+            return loss, {"nll": loss.detach(), "accuracy": accuracy.detach()}
+        posterior_context = self.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
+        posterior_full = self.infer(
+            torch.cat([batch.context_chosen, batch.target_chosen], 1),
+            torch.cat([batch.context_rejected, batch.target_rejected], 1),
+            torch.cat([batch.context_mask, batch.target_mask], 1),
+        )
+        assert isinstance(posterior_context, Posterior) and isinstance(posterior_full, Posterior)
+        z = posterior_full.sample(1, generator)  # (1, B, Z)
+        log_lik = self.log_likelihood(batch.target_chosen, batch.target_rejected, z)  # (1, B, T)
+        loss, kl = neural_process_loss(
+            log_lik, batch.target_mask, posterior_full, posterior_context, self.kl_weight
+        )
+        nll = masked_mean_nll(log_lik, batch.target_mask)
+        return loss, {"nll": nll.detach(), "kl": kl.detach()}

@@ -1,0 +1,184 @@
+"""Loading preference files: both row shapes, splits by prompt and user, and every bad input's error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from npalign.data.loaders import (
+    load_preferences,
+    preferences_to_rows,
+    rows_to_preferences,
+    split_by_prompt,
+    split_by_user,
+)
+from npalign.data.synthetic import generate, task_spec
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _feature_rows(n: int = 6) -> list[dict]:
+    return [
+        {
+            "user_id": f"u{i % 2}",
+            "prompt": f"p{i // 2}",
+            "chosen": [float(i), 1.0],
+            "rejected": [0.0, float(i)],
+            "user_type": f"t{i % 2}",
+        }
+        for i in range(n)
+    ]
+
+
+def test_user_grouped_features(tmp_path: Path) -> None:
+    data, report = load_preferences(_write(tmp_path / "d.jsonl", _feature_rows()))
+    assert report.format == "user-grouped" and report.pairs == 6 and report.users == 2
+    assert data.features is not None and data.features.shape == (12, 2)
+    assert data.user_types == ["t0", "t1"]
+    torch.testing.assert_close(data.features[data.chosen[3]], torch.tensor([3.0, 1.0]))
+
+
+def test_user_grouped_text_deduplicates_items_per_prompt() -> None:
+    rows = [
+        {"user_id": "a", "prompt": "q", "chosen": "x", "rejected": "y"},
+        {"user_id": "b", "prompt": "q", "chosen": "y", "rejected": "x"},
+        {"user_id": "b", "prompt": "r", "chosen": "y", "rejected": "x"},
+    ]
+    data, _ = rows_to_preferences(rows)
+    assert data.is_text and data.num_items == 4  # (q, x), (q, y), (r, y), (r, x)
+    assert data.item_prompts == ["q", "q", "r", "r"]
+    assert data.user_types == ["", ""]
+
+
+def test_multi_label_rows_ties_dropped_and_counted(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "q1", "response_a": "A", "response_b": "B", "choice_helpful": 0, "choice_honest": 1},
+        {"prompt": "q2", "response_a": "C", "response_b": "D", "choice_helpful": 0.5, "choice_honest": 0},
+    ]
+    data, report = load_preferences(_write(tmp_path / "m.jsonl", rows))
+    assert report.format == "multi-label" and report.ties_dropped == {"helpful": 1, "honest": 0}
+    assert data.num_pairs == 3 and sorted(data.user_ids) == ["helpful", "honest"]
+    assert data.item_responses is not None
+    helpful = data.user_ids.index("helpful")
+    first = int((data.user == helpful).nonzero()[0])
+    assert data.item_responses[int(data.chosen[first])] == "A"  # 0 means response_a is preferred
+    only, _ = load_preferences(tmp_path / "m.jsonl", labels=["honest"])
+    assert only.user_ids == ["honest"] and only.num_pairs == 2
+
+
+def test_parquet_and_saved_dataset_load_like_jsonl(tmp_path: Path) -> None:
+    import datasets
+
+    rows = _feature_rows()
+    expected, _ = rows_to_preferences(rows)
+    dataset = datasets.Dataset.from_list(rows)
+    dataset.to_parquet(str(tmp_path / "d.parquet"))
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    for source in (tmp_path / "d.parquet", tmp_path / "saved"):
+        data, _ = load_preferences(source)
+        assert data.features is not None and expected.features is not None
+        torch.testing.assert_close(data.features, expected.features)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"user_id": "u", "chosen": [1.0]}], r"row 0: missing column\(s\) \['rejected'\]"),
+        (
+            [
+                {"user_id": "u", "chosen": [1.0, 2.0], "rejected": [1.0, 2.0]},
+                {"user_id": "u", "chosen": [1.0], "rejected": [2.0]},
+            ],
+            r"row 1, column 'chosen': 1 features, but earlier items have 2",
+        ),
+        (
+            [{"user_id": "u", "chosen": [float("nan")], "rejected": [1.0]}],
+            r"row 0, column 'chosen': features contain NaN or inf",
+        ),
+        (
+            [{"user_id": "u", "chosen": [1.0], "rejected": [float("inf")]}],
+            r"row 0, column 'rejected': features contain NaN or inf",
+        ),
+        (
+            [{"user_id": "u", "chosen": "text", "rejected": [1.0]}],
+            r"row 0, column 'rejected': a features item in a file whose items so far are text",
+        ),
+        ([{"user_id": "u", "chosen": "", "rejected": "b"}], r"row 0, column 'chosen': empty text"),
+        (
+            [
+                {"user_id": "u", "chosen": "a", "rejected": "b", "user_type": "x"},
+                {"user_id": "u", "chosen": "a", "rejected": "b", "user_type": "y"},
+            ],
+            r"row 1: user 'u' has user_type 'y'",
+        ),
+        ([{"response_a": "a", "response_b": "b", "choice_x": 2}], r"column 'choice_x': value 2; use 0"),
+        ([{"prompt": "q", "chosen": "a"}], r"cannot tell the format"),
+        ([{"response_a": "a", "response_b": "b"}], r"multi-label rows need choice_<label> columns"),
+    ],
+)
+def test_bad_rows_raise_clear_errors(rows: list[dict], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rows_to_preferences(rows)
+
+
+def test_unknown_label_empty_file_and_bad_json(tmp_path: Path) -> None:
+    rows = [{"response_a": "a", "response_b": "b", "choice_helpful": 0}]
+    with pytest.raises(ValueError, match=r"unknown label\(s\) \['honest'\]; the file has \['helpful'\]"):
+        rows_to_preferences(rows, labels=["honest"])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        load_preferences(tmp_path / "empty.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"user_id": "u"}\n{oops\n')
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
+        load_preferences(tmp_path / "bad.jsonl")
+    with pytest.raises(FileNotFoundError):
+        load_preferences(tmp_path / "missing.jsonl")
+
+
+def test_split_column_filter(tmp_path: Path) -> None:
+    rows = [dict(r, split="train" if i < 4 else "test") for i, r in enumerate(_feature_rows())]
+    data, report = load_preferences(_write(tmp_path / "s.jsonl", rows), split="test")
+    assert data.num_pairs == 2 and report.rows_outside_split == 4
+    with pytest.raises(ValueError, match="no 'split' column"):
+        rows_to_preferences(_feature_rows(), split="train")
+
+
+def test_split_by_prompt_keeps_every_prompt_in_one_part() -> None:
+    rows = [
+        {"user_id": f"u{i % 5}", "prompt": f"p{i % 37}", "chosen": f"c{i}", "rejected": f"r{i}"}
+        for i in range(400)
+    ]
+    data, _ = rows_to_preferences(rows)
+    parts = split_by_prompt(data, (0.8, 0.1, 0.1), seed=0)
+    assert sum(p.num_pairs for p in parts) == data.num_pairs
+    prompt_sets = [set(p.prompt_ids) for p in parts]
+    assert (
+        not (prompt_sets[0] & prompt_sets[1])
+        and not (prompt_sets[0] & prompt_sets[2])
+        and not (prompt_sets[1] & prompt_sets[2])
+    )
+    for part in parts:  # subsets are self-contained
+        assert part.item_responses is not None
+        assert int(part.chosen.max()) < part.num_items and int(part.user.max()) < part.num_users
+
+
+def test_split_by_user_is_stratified_and_disjoint() -> None:
+    data = generate(task_spec("paper1d", num_pairs=2000, num_users=40), seed=0)
+    train, val, test = split_by_user(data, (0.8, 0.1, 0.1), seed=0)
+    assert (train.num_users, val.num_users, test.num_users) == (32, 4, 4)
+    assert not set(train.user_ids) & set(test.user_ids)
+    assert sorted(set(test.user_types)) == ["type0", "type1"]
+
+
+def test_rows_round_trip() -> None:
+    data = generate(task_spec("mixture2d", num_pairs=300, num_users=6), seed=1)
+    again, _ = rows_to_preferences(preferences_to_rows(data))
+    assert again.features is not None and data.features is not None
+    torch.testing.assert_close(again.features[again.chosen], data.features[data.chosen])
+    assert again.user_types == data.user_types

@@ -1,0 +1,243 @@
+"""Training, saving, loading and resuming reward models; behaviour of a trained NP-BTL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import npalign
+from npalign.config import TrainConfig, load_config
+from npalign.data.episodes import EpisodeSampler
+from npalign.data.loaders import split_by_user
+from npalign.data.synthetic import generate, task_spec
+from npalign.models.builders import load_reward_model
+from npalign.training.reward import train_reward_model
+from npalign.utils.io import load_tensors
+
+SMALL = [
+    "model.hidden_dim=32",
+    "model.latent_dim=8",
+    "episodes.batch_users=32",
+    "optim.warmup_steps=20",
+    "eval.val_episodes=64",
+    "progress=false",
+    "optim.lr=3e-3",
+]
+
+
+@pytest.fixture(scope="module")
+def paper_splits():  # noqa: ANN201
+    data = generate(task_spec("paper1d", num_pairs=8000, num_users=160), seed=0)
+    return split_by_user(data, (0.8, 0.1, 0.1), seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained_np(paper_splits, tmp_path_factory) -> Path:  # noqa: ANN001
+    train, val, _ = paper_splits
+    out = tmp_path_factory.mktemp("np") / "run"
+    cfg = load_config(
+        TrainConfig,
+        overrides=[*SMALL, "model.kind=np-btl", "optim.steps=600", "eval.val_every=300", "save_every=300"],
+    )
+    train_reward_model(cfg, train, val, out)
+    return out
+
+
+def _disagreement_pairs(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs with both items above 0.5, where type0 prefers the larger and type1 the smaller."""
+    generator = torch.Generator().manual_seed(5)
+    items = 0.55 + 0.4 * torch.rand(count, 2, generator=generator)
+    larger, smaller = items.max(1).values, items.min(1).values
+    return larger[:, None], smaller[:, None]
+
+
+def test_run_directory_holds_everything_and_no_pickle(trained_np: Path) -> None:
+    names = {p.name for p in trained_np.iterdir()}
+    assert {"config.yaml", "model_config.json", "model.safetensors", "metrics.jsonl", "checkpoint"} <= names
+    assert (
+        not list(trained_np.rglob("*.pt"))
+        and not list(trained_np.rglob("*.bin"))
+        and not list(trained_np.rglob("*.pkl"))
+    )
+    records = [json.loads(line) for line in (trained_np / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_accuracy" in r for r in records) and any("loss" in r for r in records)
+
+
+def test_flipping_every_context_choice_flips_predictions_where_types_disagree(trained_np: Path) -> None:
+    model = npalign.load(str(trained_np))
+    larger, smaller = _disagreement_pairs(200)
+    context_chosen, context_rejected = larger[:5], smaller[:5]  # a type0 user's choices
+    targets_a, targets_b = larger[5:], smaller[5:]
+    z_type0 = model.infer_user(context_chosen, context_rejected)
+    z_type1 = model.infer_user(context_rejected, context_chosen)  # every choice flipped
+    assert not torch.allclose(z_type0, z_type1)  # z depends on the user
+    p_type0 = model.prefer_prob(targets_a, targets_b, z_type0)
+    p_type1 = model.prefer_prob(targets_a, targets_b, z_type1)
+    assert float((p_type0 > 0.5).float().mean()) > 0.9
+    assert float((p_type1 < 0.5).float().mean()) > 0.9
+    # where the types agree (both items below 0.5, larger preferred by both) the prediction does not flip
+    low_a, low_b = targets_a - 0.5, targets_b - 0.5
+    assert float((model.prefer_prob(low_a, low_b, z_type1) > 0.5).float().mean()) > 0.9
+
+
+def test_inference_api_shapes_and_empty_context(trained_np: Path) -> None:
+    model = npalign.load(str(trained_np))
+    z0 = model.infer_user(torch.zeros(0, 1), torch.zeros(0, 1))
+    assert z0.shape == (8,) and torch.isfinite(z0).all()
+    z_batch = model.infer_user(torch.rand(3, 4, 1), torch.rand(3, 4, 1))
+    assert z_batch.shape == (3, 8)
+    items = torch.rand(1000, 1)
+    assert model.reward(items, z0).shape == (1000,)
+    assert model.reward(items[None].expand(3, -1, -1), z_batch).shape == (3, 1000)
+    probs = model.prefer_prob(items[:10], items[10:20], z0)
+    torch.testing.assert_close(probs + model.prefer_prob(items[10:20], items[:10], z0), torch.ones(10))
+    with pytest.raises(ValueError, match="shape"):
+        model.infer_user(torch.rand(4, 2), torch.rand(4, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        model.reward(torch.tensor([[float("nan")]]), z0)
+
+
+def test_save_load_gives_identical_outputs(trained_np: Path, paper_splits) -> None:  # noqa: ANN001
+    _, _, test = paper_splits
+    model, _ = load_reward_model(trained_np)
+    again, _ = load_reward_model(trained_np)
+    batch = next(EpisodeSampler(test, targets=20, max_context=5).evaluation_batches(5, 64, seed=0))
+    z = model.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
+    z_again = again.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
+    assert torch.equal(
+        model.prefer_prob(batch.target_chosen, batch.target_rejected, z),
+        again.prefer_prob(batch.target_chosen, batch.target_rejected, z_again),
+    )
+
+
+def test_loading_is_strict(trained_np: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_config.json").write_text((trained_np / "model_config.json").read_text())
+    state = load_tensors(trained_np / "model.safetensors")
+    save_file(
+        {k: v for k, v in state.items() if not k.startswith("encoder.")}, str(broken / "model.safetensors")
+    )
+    with pytest.raises(ValueError, match="Missing keys.*encoder"):
+        load_reward_model(broken)
+
+
+@pytest.mark.parametrize("kind", ["btl", "dpl", "np-btl-latent"])
+def test_every_kind_trains_saves_and_loads(kind: str, paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
+    train, val, _ = paper_splits
+    cfg = load_config(
+        TrainConfig,
+        overrides=[
+            *SMALL,
+            f"model.kind={kind}",
+            "optim.steps=100",
+            "eval.val_every=50",
+            "save_every=50",
+            "model.kl_weight=0.1",
+        ],
+    )
+    result = train_reward_model(cfg, train, val, tmp_path / kind)
+    assert result.best_step in (50, 100)
+    model = npalign.load(str(tmp_path / kind))
+    z = model.infer_user(torch.rand(3, 1), torch.rand(3, 1))
+    probs = model.prefer_prob(torch.rand(10, 1), torch.rand(10, 1), z)
+    assert probs.shape == (10,) and bool(((probs > 0) & (probs < 1)).all())
+
+
+def test_refuses_to_overwrite_a_trained_run(trained_np: Path, paper_splits) -> None:  # noqa: ANN001
+    train, val, _ = paper_splits
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_reward_model(load_config(TrainConfig, overrides=SMALL), train, val, trained_np)
+
+
+def _train_command(data: Path, val: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "npalign.cli.main",
+        "train",
+        "--data",
+        str(data),
+        "--val",
+        str(val),
+        "--model",
+        "np-btl-latent",
+        "--out",
+        str(out),
+        *extra,
+        *SMALL,
+        "model.hidden_dim=16",
+        f"optim.steps={steps}",
+        "save_every=50",
+        "log_every=25",
+        "eval.val_every=100",
+        "eval.val_episodes=32",
+    ]
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    """A real SIGKILL mid-run, then --resume: the metrics and the weights equal an uninterrupted run."""
+    from npalign.cli.main import main
+
+    data = tmp_path / "paper.jsonl"
+    assert (
+        main(
+            [
+                "synth",
+                "--task",
+                "paper1d",
+                "--num-pairs",
+                "4000",
+                "--num-users",
+                "80",
+                "--out",
+                str(data),
+                "--write-splits",
+            ]
+        )
+        == 0
+    )
+    train, val = tmp_path / "paper.train.jsonl", tmp_path / "paper.validation.jsonl"
+    steps = 1500
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(_train_command(train, val, reference, steps), check=True, env=env, capture_output=True)
+
+    crashed = tmp_path / "crashed"
+    process = subprocess.Popen(
+        _train_command(train, val, crashed, steps),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = crashed / "checkpoint" / "trainer_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["step"] >= 100:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed; raise `steps`"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 100 <= killed_at < steps
+    subprocess.run(
+        _train_command(train, val, crashed, steps, "--resume"), check=True, env=env, capture_output=True
+    )
+
+    assert (crashed / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    for name in ("model.safetensors", "checkpoint/model.safetensors"):
+        expected, got = load_tensors(reference / name), load_tensors(crashed / name)
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[k], got[k]) for k in expected)
