@@ -1,0 +1,296 @@
+"""`npalign` command line: demo, synth, train, evaluate, data build (L4, cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from npalign import __version__
+from npalign.cli import data_cmd
+
+
+def _contexts(values: list[str]) -> list[int]:
+    out = []
+    for value in values:
+        for part in value.replace(",", " ").split():
+            if not part.isdigit():
+                raise argparse.ArgumentTypeError(f"context sizes must be integers >= 0, got {part!r}")
+            out.append(int(part))
+    return out
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from npalign.evaluation.demo import run_synthetic_benchmark
+    from npalign.evaluation.report import markdown_table
+
+    run = run_synthetic_benchmark(args.out, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+    print(markdown_table(run.results))
+    print(
+        f"wrote {run.paths['json']}, {run.paths['markdown']} and {run.paths['plot']} in {run.seconds:.1f} s"
+    )
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from npalign.data.loaders import preferences_to_rows, split_by_user
+    from npalign.data.synthetic import generate, task_spec
+    from npalign.utils.io import atomic_path, write_json
+
+    types = json.loads(args.types) if args.types else None
+    basis = [b.strip() for b in args.basis.split(";")] if args.basis else None
+    spec = task_spec(
+        args.task,
+        num_pairs=args.num_pairs,
+        num_users=args.num_users,
+        noise=args.noise,
+        users=args.users,
+        alpha=args.alpha,
+        basis=basis,
+        types=types,
+        dim=args.dim,
+    )
+    data = generate(spec, seed=args.seed)
+    parts = split_by_user(data, (0.8, 0.1, 0.1), seed=args.seed)
+    split_of_user = {
+        user: name
+        for name, part in zip(("train", "validation", "test"), parts, strict=True)
+        for user in part.user_ids
+    }
+    rows = preferences_to_rows(data)
+    for row in rows:
+        row["split"] = split_of_user[row["user_id"]]
+    out = Path(args.out)
+    files = {out: rows}
+    if args.write_splits:
+        for name in ("train", "validation", "test"):
+            files[out.with_name(f"{out.stem}.{name}{out.suffix}")] = [r for r in rows if r["split"] == name]
+    for path, selected in files.items():
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in selected))
+        write_json(spec, f"{path}.task.json")
+        print(f"wrote {len(selected)} pairs to {path} (task spec in {path}.task.json)")
+    return 0
+
+
+def _load(path: str, split: str | None, labels: list[str] | None):  # noqa: ANN202 - CLI glue
+    from npalign.data.loaders import load_preferences
+
+    data, report = load_preferences(path, split=split, labels=labels)
+    if any(report.ties_dropped.values()):
+        print(f"{path}: dropped ties per label {report.ties_dropped}", file=sys.stderr)
+    return data
+
+
+def _features(data, embedder: str, cache: str | None):  # noqa: ANN001, ANN202 - CLI glue
+    if not data.is_text:
+        return data
+    if not embedder:
+        raise ValueError("the data holds texts; choose an embedder with --embedder (e.g. minilm or smollm2).")
+    from npalign.inference.embedding import embed_preferences
+
+    return embed_preferences(data, embedder, cache_dir=cache, progress=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from npalign.config import TrainConfig, load_config
+    from npalign.training.reward import train_reward_model
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model.kind={args.model}")
+    if args.embedder:
+        overrides.append(f"embedder={args.embedder}")
+    cfg = load_config(TrainConfig, args.config, overrides)
+    train = _features(_load(args.data, args.data_split, args.labels), cfg.embedder, args.cache)
+    val = (
+        _features(_load(args.val, args.val_split, args.labels), cfg.embedder, args.cache)
+        if args.val
+        else None
+    )
+    result = train_reward_model(cfg, train, val, args.out, resume=args.resume)
+    print(
+        json.dumps(
+            {
+                "out": str(result.out_dir),
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "best_val_nll": result.best_val_nll,
+                "seconds": round(result.seconds, 2),
+                "ms_per_step": round(result.ms_per_step, 2),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from npalign.evaluation.report import markdown_table, write_report
+    from npalign.evaluation.reward import bayes_ceiling, evaluate_reward_model
+    from npalign.models.builders import load_reward_model
+
+    model, record = load_reward_model(args.model)
+    data = _features(_load(args.data, args.split, args.labels), record.get("embedder", ""), args.cache)
+    if data.features is not None and int(data.features.shape[1]) != int(record["embed_dim"]):
+        raise ValueError(
+            f"{args.data} has {data.features.shape[1]}-d items but the model expects {record['embed_dim']}."
+        )
+    name = args.name or record["model"]["kind"]
+    results = {
+        "models": {
+            name: evaluate_reward_model(
+                model,
+                data,
+                contexts=args.contexts,
+                episodes=args.episodes,
+                targets=args.targets,
+                seed=args.seed,
+                progress=True,
+            )
+        }
+    }
+    ceiling = bayes_ceiling(
+        data, contexts=args.contexts, episodes=args.episodes, targets=args.targets, seed=args.seed
+    )
+    if ceiling is not None:
+        results.update(ceiling)
+    out = Path(args.out)
+    paths = write_report(results, out.parent, title=f"{name} on {Path(args.data).name}")
+    if paths["json"] != out:
+        from npalign.utils.io import write_json
+
+        write_json(results, out)
+        paths["json"].unlink()
+    print(markdown_table(results))
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="npalign",
+        description="Few-shot steerable alignment: reward models and policies that adapt to a user from a "
+        "handful of that user's pairwise choices (neural processes).",
+    )
+    parser.add_argument("--version", action="version", version=f"npalign {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="train BTL, DPL and NP-BTL on the paper's 1-D task; compare to the ceiling",
+        description="Generate the paper's 1-D task (20,000 pairs, 400 users, split by user), "
+        "train BTL, DPL and NP-BTL, evaluate them on unseen users at m = 0, 1, 3, 5, 10 against "
+        "the Bayes ceiling, print the table, write results.json, results.md and accuracy.png.",
+    )
+    demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
+    demo.add_argument("--episodes", type=int, default=10000, help="evaluation episodes per context size")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
+
+    synth = commands.add_parser(
+        "synth",
+        help="write a synthetic dataset (user-grouped JSONL with user_type)",
+        description="Write a synthetic heterogeneous-preference task as user-grouped JSONL "
+        "rows with a split column (by user, 80/10/10) and the task spec in FILE.task.json.",
+    )
+    synth.add_argument("--task", required=True, help="paper1d | mixture2d | dirichlet2d")
+    synth.add_argument("--out", required=True, help="output JSONL file")
+    synth.add_argument("--num-pairs", type=int, default=None)
+    synth.add_argument("--num-users", type=int, default=None)
+    synth.add_argument("--noise", type=float, default=None, help="Bradley-Terry temperature; 0 = noiseless")
+    synth.add_argument(
+        "--users",
+        choices=["types", "dirichlet"],
+        default=None,
+        help="discrete types or random convex mixtures of the basis rewards",
+    )
+    synth.add_argument(
+        "--alpha", type=float, default=None, help="Dirichlet concentration (--users dirichlet)"
+    )
+    synth.add_argument("--dim", type=int, default=None, help="item dimension (with --basis)")
+    synth.add_argument(
+        "--basis", default=None, help="';'-separated basis rewards, e.g. 'coord:0;bump:0.5,0.5'"
+    )
+    synth.add_argument(
+        "--types", default=None, help="JSON: type name -> basis weights, e.g. '{\"a\": [1, 0]}'"
+    )
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--write-splits", action="store_true", help="also write FILE.train/.validation/.test files"
+    )
+    synth.set_defaults(func=cmd_synth)
+
+    train = commands.add_parser(
+        "train",
+        help="train a reward model (btl, dpl, np-btl, np-btl-latent)",
+        description="Meta-train a reward model over users. key=value arguments override the "
+        "config, e.g. optim.lr=3e-4 episodes.max_context=10.",
+    )
+    train.add_argument("--data", required=True, help="training preference file")
+    train.add_argument("--val", default=None, help="validation file (held-out users or prompts)")
+    train.add_argument("--model", choices=["btl", "dpl", "np-btl", "np-btl-latent"], default=None)
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--config", default=None, help="YAML config (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint after a crash")
+    train.add_argument(
+        "--embedder", default=None, help="for text data: minilm, smollm2, or a local model path"
+    )
+    train.add_argument("--cache", default=None, help="embedding cache directory")
+    train.add_argument("--data-split", default=None, help="use only rows whose split column equals this")
+    train.add_argument(
+        "--val-split", default=None, help="use only validation rows whose split column equals this"
+    )
+    train.add_argument(
+        "--labels", nargs="+", default=None, help="multi-label files: which choice_<label> columns"
+    )
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy against context size on unseen targets",
+        description="Score a trained reward model at each context size m on fixed episodes "
+        "(targets disjoint from the context), per user type, with the Bayes ceiling when "
+        "the data is synthetic. Writes results.json (one model), results.md, accuracy.png.",
+    )
+    evaluate.add_argument("--model", required=True, help="run directory written by npalign train")
+    evaluate.add_argument("--data", required=True, help="evaluation preference file")
+    evaluate.add_argument("--contexts", nargs="+", default=["0", "1", "3", "5", "10"], help="context sizes m")
+    evaluate.add_argument("--out", required=True, help="results JSON file")
+    evaluate.add_argument("--episodes", type=int, default=10000, help="episodes per context size")
+    evaluate.add_argument("--targets", type=int, default=20, help="target pairs per episode")
+    evaluate.add_argument("--seed", type=int, default=1234)
+    evaluate.add_argument("--name", default=None, help="model name in results.json (default: its kind)")
+    evaluate.add_argument("--split", default=None, help="use only rows whose split column equals this")
+    evaluate.add_argument(
+        "--labels", nargs="+", default=None, help="multi-label files: which choice_<label> columns"
+    )
+    evaluate.add_argument("--cache", default=None, help="embedding cache directory")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    data_cmd.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if hasattr(args, "contexts"):
+        args.contexts = _contexts(args.contexts)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+        print(f"npalign {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
