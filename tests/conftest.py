@@ -1,0 +1,128 @@
+"""Shared test fixtures: tiny random models and offline tokenizers; nothing is downloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+# Words the LM tests write prompts and responses with; anything else maps to <unk>.
+# fmt: off
+TINY_WORDS = [
+    "hello", "world", "good", "bad", "answer", "question", "user", "assistant", "system", "yes", "no",
+    "the", "a", "is", "what", "how", "why", "tell", "me", "about", "cats", "dogs", "short", "long",
+    "reply", "very", "please", "thanks", "one", "two", "three", "four", "five", "six", "seven", "eight",
+    "nine", "ten", "?", ".", ",",
+]
+# fmt: on
+TINY_VOCAB_SIZE = 64  # every tiny tokenizer below fits in it
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+ZEPHYR_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '</s>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def _word_tokenizer(specials: list[str], eos: str, template: str) -> PreTrainedTokenizerFast:
+    """A word-level fast tokenizer: specials first (pad = 0, unk = 1), then TINY_WORDS; splits on whitespace
+    and punctuation, so the expected token positions in tests can be written by hand."""
+    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", *specials, *TINY_WORDS])}
+    assert len(vocab) <= TINY_VOCAB_SIZE
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token=eos,
+        additional_special_tokens=[s for s in specials if s != eos],
+    )
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+@pytest.fixture
+def tiny_chatml_tokenizer() -> PreTrainedTokenizerFast:
+    """ChatML (Qwen-style) template: `<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n`."""
+    return _word_tokenizer(["<|im_start|>", "<|im_end|>"], "<|im_end|>", CHATML_TEMPLATE)
+
+
+@pytest.fixture
+def tiny_zephyr_tokenizer() -> PreTrainedTokenizerFast:
+    """Zephyr template: `<|user|>\\n...</s>\\n<|assistant|>\\n`."""
+    return _word_tokenizer(["<|user|>", "<|assistant|>", "</s>"], "</s>", ZEPHYR_TEMPLATE)
+
+
+# Larger than HF's 0.02 so that tiny random LMs have peaked next-token distributions and FiLM
+# perturbations visibly move them.
+_INIT = 0.2
+
+
+@pytest.fixture
+def tiny_llama() -> PreTrainedModel:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        initializer_range=_INIT,
+        pad_token_id=0,
+        eos_token_id=3,
+        bos_token_id=None,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture
+def tiny_qwen2() -> PreTrainedModel:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        initializer_range=_INIT,
+        pad_token_id=0,
+        eos_token_id=3,
+        bos_token_id=None,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture
+def tiny_gpt2() -> PreTrainedModel:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=TINY_VOCAB_SIZE,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=128,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=_INIT,
+        pad_token_id=0,
+        eos_token_id=3,
+        bos_token_id=3,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
