@@ -19,7 +19,11 @@ def _context(batch: int = 3, size: int = 6, dim: int = 4) -> tuple[torch.Tensor,
 
 def _encoders() -> list[ContextEncoder]:
     torch.manual_seed(1)
-    return [ContextEncoder(4, 32, 8), ContextEncoder(4, 32, 8, attention=True, num_heads=4)]
+    return [
+        ContextEncoder(4, 32, 8),
+        ContextEncoder(4, 32, 8, pooling="mean+max"),
+        ContextEncoder(4, 32, 8, attention=True, num_heads=4, pooling="mean+max"),
+    ]
 
 
 def test_z_is_invariant_to_context_order() -> None:

@@ -96,3 +96,20 @@ def test_text_items_without_features_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="embed it first"):
         EpisodeSampler(data, targets=1, max_context=0)
+
+
+def test_context_never_shares_a_prompt_with_the_targets() -> None:
+    """Text data: several pairs per prompt; a context pair on a target's prompt would leak the answer."""
+    pairs = 600
+    data = PreferenceSet(
+        chosen=torch.arange(pairs) * 2, rejected=torch.arange(pairs) * 2 + 1,
+        user=torch.arange(pairs) % 3, prompt=(torch.arange(pairs) // 3) % 40,  # 40 prompts, 5 pairs each per user
+        user_ids=["a", "b", "c"], user_types=["x", "y", "z"], prompt_ids=[f"q{i}" for i in range(40)],
+        features=torch.randn(2 * pairs, 2),
+    )
+    sampler = EpisodeSampler(data, targets=10, max_context=10, batch_users=3, seed=0)
+    for step in range(30):
+        batch = sampler.batch_at(step)
+        for b in range(3):
+            context = batch.context_pairs[b][batch.context_mask[b]]
+            assert not set(data.prompt[context].tolist()) & set(data.prompt[batch.target_pairs[b]].tolist())

@@ -27,6 +27,7 @@ class ModelConfig:
     attention: bool = False
     num_heads: int = 8
     min_scale: float = 0.01
+    pooling: str = "mean+max"
     kl_weight: float = 1.0
     num_samples: int = 8
     dpl_cdf: str = "exact"
@@ -38,6 +39,8 @@ class ModelConfig:
             raise ValueError(
                 f"model.dpl_cdf={self.dpl_cdf!r}: use 'exact' (normal CDF) or 'logistic' (the release's stand-in)."
             )
+        if self.pooling not in ("mean", "mean+max"):
+            raise ValueError(f"model.pooling={self.pooling!r}: use 'mean' or 'mean+max'.")
         if self.hidden_dim <= 0 or self.latent_dim <= 0:
             raise ValueError("model.hidden_dim and model.latent_dim must be positive.")
         if not 0 < self.min_scale < 1:

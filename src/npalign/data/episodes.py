@@ -49,6 +49,7 @@ class EpisodeSampler:
             raise ValueError("the data has text items without features; embed it first (npalign embed).")
         self.features = data.features.float().contiguous()  # (N, D)
         self.chosen, self.rejected = data.chosen, data.rejected  # (P,)
+        self.pair_prompt = data.prompt  # (P,)
         self.targets, self.max_context, self.min_context = targets, max_context, min_context
         self.batch_users, self.seed = batch_users, seed
         self.type_names = data.type_names
@@ -96,10 +97,23 @@ class EpisodeSampler:
         pool = self.user_pairs[users]  # (B, W)
         keys = torch.rand(pool.shape, generator=generator)
         keys.masked_fill_(pool < 0, 2.0)  # padding sorts last
-        # The first C + T slots of a random order of the user's own pairs: context then targets, so
-        # the two can never share a pair.
-        picked = pool.gather(1, keys.argsort(1)[:, : width_c + self.targets])  # (B, C + T)
-        context_pairs, target_pairs = picked[:, :width_c], picked[:, width_c:]  # (B, C), (B, T)
+        order = keys.argsort(1)
+        # Targets are the first T slots of a random order of the user's own pairs. The context comes
+        # from the rest, skipping every pair that shares a prompt with a target: context and targets
+        # never share a pair, nor a prompt (with text, the same prompt would leak the user's answer).
+        target_pairs = pool.gather(1, order[:, : self.targets])  # (B, T)
+        target_prompts = self.pair_prompt[target_pairs]  # (B, T)
+        pool_prompts = self.pair_prompt[pool.clamp(min=0)]  # (B, W)
+        clash = (pool_prompts[:, :, None] == target_prompts[:, None, :]).any(-1)  # (B, W)
+        keys = keys.masked_fill(clash, 2.0)  # targets themselves clash too
+        eligible = (keys < 2.0).sum(1)  # (B,)
+        if width_c and bool((eligible < context_sizes).any()):
+            short = int(users[(eligible < context_sizes).nonzero()[0]])
+            raise ValueError(
+                f"user index {short} has too few pairs on prompts other than its targets' for a context of "
+                f"{int(context_sizes.max())}; lower the context size or the number of targets."
+            )
+        context_pairs = pool.gather(1, keys.argsort(1)[:, :width_c])  # (B, C)
         context_mask = torch.arange(width_c)[None, :] < context_sizes[:, None]  # (B, C)
         context_pairs = context_pairs.masked_fill(~context_mask, -1)
         safe = context_pairs.clamp(min=0)

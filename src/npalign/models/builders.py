@@ -20,6 +20,7 @@ def build_reward_model(cfg: ModelConfig, embed_dim: int) -> PreferenceModel:
         attention=cfg.attention,
         num_heads=cfg.num_heads,
         min_scale=cfg.min_scale,
+        pooling=cfg.pooling,
         kl_weight=cfg.kl_weight,
         num_samples=cfg.num_samples,
         dpl_cdf=cfg.dpl_cdf,

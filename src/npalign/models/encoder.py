@@ -38,7 +38,8 @@ class ContextEncoder(nn.Module):
     """Permutation-invariant set encoder over a user's context pairs.
 
     Each pair becomes h_j = f([e(chosen_j); e(rejected_j)]); optionally the pairs attend to each other;
-    then a masked *mean* (never a sum, so z does not grow with the context size) and an MLP give z.
+    then a masked *mean* (never a sum, so z does not grow with the context size), optionally joined by a
+    masked max, and an MLP give z.
     An empty context maps to a learned population prior, so m = 0 is a valid input.
 
     With `stochastic=True` the head returns a diagonal Gaussian q(z | context) whose scale is floored
@@ -55,17 +56,21 @@ class ContextEncoder(nn.Module):
         attention: bool = False,
         num_heads: int = 8,
         min_scale: float = 0.01,
+        pooling: str = "mean",
     ) -> None:
         super().__init__()
+        if pooling not in ("mean", "mean+max"):
+            raise ValueError(f"pooling={pooling!r}: use 'mean' or 'mean+max'.")
         if attention and hidden_dim % num_heads:
             raise ValueError(f"hidden_dim={hidden_dim} must be divisible by num_heads={num_heads}.")
         self.embed_dim, self.hidden_dim, self.latent_dim = embed_dim, hidden_dim, latent_dim
-        self.stochastic, self.min_scale = stochastic, min_scale
+        self.stochastic, self.min_scale, self.pooling = stochastic, min_scale, pooling
         self.pair_net = mlp(2 * embed_dim, hidden_dim, hidden_dim)
         self.attention = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True) if attention else None
         self.attention_norm = nn.LayerNorm(hidden_dim) if attention else None
-        self.empty_context = nn.Parameter(torch.zeros(hidden_dim))
-        self.head = mlp(hidden_dim, hidden_dim, 2 * latent_dim if stochastic else latent_dim)
+        pooled_dim = 2 * hidden_dim if pooling == "mean+max" else hidden_dim
+        self.empty_context = nn.Parameter(torch.zeros(pooled_dim))
+        self.head = mlp(pooled_dim, hidden_dim, 2 * latent_dim if stochastic else latent_dim)
 
     def forward(
         self, context_chosen: Tensor, context_rejected: Tensor, context_mask: Tensor
@@ -94,8 +99,13 @@ class ContextEncoder(nn.Module):
                     pairs, pairs, pairs, key_padding_mask=key_padding, need_weights=False
                 )
                 pairs = self.attention_norm(pairs + attended)  # (B, C, H)
-            mean, counts = masked_mean(pairs, context_mask)  # (B, H), (B,)
-            pooled = torch.where(counts[:, None] > 0, mean, self.empty_context.expand(batch, -1))
+            pooled, counts = masked_mean(pairs, context_mask)  # (B, H), (B,)
+            if self.pooling == "mean+max":
+                # The max lets one decisive pair count however many uninformative ones surround it;
+                # like the mean, it ignores order and repetition and does not grow with m.
+                peak = pairs.masked_fill(~context_mask[..., None], float("-inf")).amax(1)  # (B, H)
+                pooled = torch.cat([pooled, torch.where(counts[:, None] > 0, peak, 0.0)], -1)  # (B, 2H)
+            pooled = torch.where(counts[:, None] > 0, pooled, self.empty_context.expand(batch, -1))
         out = self.head(pooled)  # (B, Z) or (B, 2Z)
         if not self.stochastic:
             return out

@@ -50,6 +50,7 @@ class PreferenceModel(nn.Module):
         attention: bool = False,
         num_heads: int = 8,
         min_scale: float = 0.01,
+        pooling: str = "mean+max",
         kl_weight: float = 1.0,
         num_samples: int = 8,
         dpl_cdf: str = "exact",
@@ -59,8 +60,8 @@ class PreferenceModel(nn.Module):
             raise ValueError(f"kind={kind!r} is not one of {KINDS}.")
         self.kind, self.embed_dim, self.latent_dim = kind, embed_dim, latent_dim
         self.kl_weight, self.num_samples, self.dpl_cdf = kl_weight, num_samples, dpl_cdf
+        # enc(e(y)) ends in a linear layer, so it doubles as W_y of the decoder's first layer.
         self.item_net = mlp(embed_dim, hidden_dim, hidden_dim)
-        self.item_proj = nn.Linear(hidden_dim, hidden_dim)
         self.encoder: ContextEncoder | None = None
         self.latent_proj: nn.Linear | None = None
         if self.conditional:
@@ -72,6 +73,7 @@ class PreferenceModel(nn.Module):
                 attention=attention,
                 num_heads=num_heads,
                 min_scale=min_scale,
+                pooling=pooling,
             )
             self.latent_proj = nn.Linear(latent_dim, hidden_dim, bias=False)
         self.out = nn.Linear(hidden_dim, 2 if kind == "dpl" else 1)
@@ -98,7 +100,7 @@ class PreferenceModel(nn.Module):
         Returns:
             (B, T, O) or (S, B, T, O), O = 1 (reward) or 2 (DPL mean, raw scale).
         """
-        hidden = self.item_proj(self.item_net(items))  # (B, T, H)
+        hidden = self.item_net(items)  # (B, T, H)
         if z is not None:
             assert self.latent_proj is not None
             hidden = hidden + self.latent_proj(z).unsqueeze(-2)  # (B, T, H) or (S, B, T, H)
@@ -110,7 +112,12 @@ class PreferenceModel(nn.Module):
 
     def log_likelihood(self, chosen: Tensor, rejected: Tensor, z: Tensor | None) -> Tensor:
         """log p(chosen > rejected): (B, T, D) twice -> (B, T), or (S, B, T) with sampled z."""
-        out_chosen, out_rejected = self.item_outputs(chosen, z), self.item_outputs(rejected, z)
+        # One pass over both items of every pair: (2, B, T, D) -> (2, [S,] B, T, O).
+        stacked = torch.stack([chosen, rejected])  # (2, B, T, D)
+        if z is not None and z.dim() == 3:
+            stacked = stacked.unsqueeze(1)  # (2, 1, B, T, D) against S samples of z
+        both = self.item_outputs(stacked, None if z is None else z.unsqueeze(0))
+        out_chosen, out_rejected = both[0], both[1]
         if self.kind == "dpl":
             var_chosen = F.softplus(out_chosen[..., 1]) + 1e-4
             var_rejected = F.softplus(out_rejected[..., 1]) + 1e-4
