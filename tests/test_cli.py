@@ -43,7 +43,7 @@ def test_synth_train_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert set(record) == {"0", "1", "3"}
     assert {"mean", "sem", "by_type"} <= set(record["1"]) and set(record["1"]["by_type"]) == {"type0", "type1"}
     assert results["ceiling"] == pytest.approx({"0": 75.0, "1": 87.5, "3": 96.875})
-    assert (out.parent / "accuracy.png").stat().st_size > 1000
+    assert (out.parent / "accuracy.png").stat().st_size > 1000 and (out.parent / "results.md").exists()
     assert "| np-btl |" in capsys.readouterr().out
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -135,9 +136,8 @@ class EpisodeBatch:
     type_names: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> EpisodeBatch:
-        moved = {
-            name: value.to(device) if isinstance(value, Tensor) else value
-            for name, value in self.__dict__.items()
+        moved: dict[str, Any] = {
+            name: value.to(device) if isinstance(value, Tensor) else value for name, value in self.__dict__.items()
         }
         return EpisodeBatch(**moved)
 

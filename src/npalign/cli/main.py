@@ -158,14 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if ceiling is not None:
         results.update(ceiling)
     out = Path(args.out)
-    paths = write_report(results, out.parent, title=f"{name} on {Path(args.data).name}")
-    if paths["json"] != out:
-        from npalign.utils.io import write_json
-
-        write_json(results, out)
-        paths["json"].unlink()
+    paths = write_report(results, out.parent, title=f"{name} on {Path(args.data).name}", json_name=out.name)
     print(markdown_table(results))
-    print(f"wrote {out}")
+    print(f"wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
     return 0
 
 

@@ -58,14 +58,21 @@ def plot_accuracy(results: dict[str, Any], path: str | Path, title: str = "") ->
     plt.close(figure)
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "") -> dict[str, Path]:
-    """Write results.json, results.md and accuracy.png into `out_dir`; return their paths."""
+def write_report(
+    results: dict[str, Any], out_dir: str | Path, title: str = "", json_name: str = "results.json"
+) -> dict[str, Path]:
+    """Write `json_name`, a Markdown table and a PNG plot into `out_dir`; return their paths.
+
+    With the default name the files are results.json, results.md and accuracy.png; with another
+    JSON name (e.g. np.json) they are np.json, np.md and np.png.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(json_name).stem
     paths = {
-        "json": out_dir / "results.json",
-        "markdown": out_dir / "results.md",
-        "plot": out_dir / "accuracy.png",
+        "json": out_dir / json_name,
+        "markdown": out_dir / f"{stem}.md",
+        "plot": out_dir / ("accuracy.png" if json_name == "results.json" else f"{stem}.png"),
     }
     write_json(results, paths["json"])
     with atomic_path(paths["markdown"]) as tmp:
