@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from npalign import __version__
-from npalign.cli import data_cmd
+from npalign.cli import data_cmd, dpo_cmd
 
 
 def _contexts(values: list[str]) -> list[int]:
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     data_cmd.register(commands)
+    dpo_cmd.register(commands)
     return parser
 
 

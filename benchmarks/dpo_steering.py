@@ -1,0 +1,348 @@
+"""DSP steering, measured on generated text: does NP-DPO answer each domain's user the way that domain wants?
+
+Steps (each cached in --work, so a rerun resumes):
+1. data     DSP with the four domain users and the two length users, split by query (0.6 / 0.1 / 0.3:
+            136 test queries, so every comparison has >= 100 held-out queries).
+2. judges   one BTL reward model per domain on frozen embeddings (--judge-embedder), fitted on the original
+            DSP responses of that domain's training queries only; their held-out pairwise accuracy on
+            test queries is reported beside every figure (it bounds what the judges can see).
+3. policies NP-DPO (configs/dpo/np_dpo_dsp_smollm2.yaml, SmolLM2-135M-Instruct) on all six users, and the
+            unconditional DPO baseline on the same mixed data.
+4. steering for each held-out query and each domain d: answers generated for d's user (z from 4 of d's
+            choices on training queries), for every other domain's user, and by the baseline; the
+            domain-d judge compares them. Targets: >= 65 % against other users, >= 60 % against the baseline.
+5. length   median answer tokens for the concise and the detailed user (target: concise >= 30 % shorter)
+            and along z = (1 - t) z_concise + t z_detailed (target: monotone in t).
+6. accuracy implicit-reward accuracy on unseen test pairs against m per user type (no type may fall).
+
+    python benchmarks/dpo_steering.py --quick --out out/dpo_steering_quick.json   # end to end, minutes
+    python benchmarks/dpo_steering.py --out out/dpo_steering.json                 # the real measurement
+
+--quick keeps the training batch (2 users x 9 target pairs, 128-token responses, so the measured step time
+is the real one) but trains 2 steps, generates 32 tokens for 3 queries and scores few episodes: it checks
+that the pipeline runs end to end; its win rates are not measurements. Every run records the measured time of one training step and
+one generation batch on the machine, and the extrapolated cost of the full setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from npalign.config import TrainConfig, load_config
+from npalign.data.builders import DSP_DOMAINS, build_dataset
+from npalign.data.dpo_episodes import filter_user_types, user_context
+from npalign.data.loaders import load_preferences
+from npalign.dpo_config import DPOTrainConfig
+from npalign.evaluation.dpo import evaluate_policy
+from npalign.inference.api import RewardPredictor
+from npalign.inference.policy import PolicyRunner, load_policy
+from npalign.models.embedders import build_embedder
+from npalign.models.embedding_cache import EmbeddingCache
+from npalign.training.dpo import (
+    embed_items,
+    embedding_cache_root,
+    load_dpo_data,
+    precompute_reference,
+    train_policy,
+)
+from npalign.training.reward import train_reward_model
+from npalign.types import PreferenceSet
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "dpo" / "np_dpo_dsp_smollm2.yaml"
+SPLITS = (0.6, 0.1, 0.3)
+LENGTH_USERS = ("concise", "detailed")
+CONTEXT_SIZE = 4
+INTERPOLATION = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ----- 1-2: data and judges ---------------------------------------------------------------------------------
+
+
+def build_data(work: Path) -> Path:
+    path = work / "dsp.jsonl"
+    if not path.is_file():
+        report = build_dataset("dsp", input=None, out=path, splits=SPLITS, length_users=True)
+        log(f"built {path}: {report.total_written} pairs")
+    return path
+
+
+def train_judges(
+    data_path: Path, work: Path, embedder_name: str, cache: str | None, steps: int
+) -> dict[str, Any]:
+    """One BTL per domain on the original DSP responses; returns {domain: {path, heldout_accuracy}}."""
+    embedder = build_embedder(embedder_name)
+    store = EmbeddingCache.for_embedder(embedding_cache_root(cache), embedder)
+    judges: dict[str, Any] = {}
+    for domain in DSP_DOMAINS:
+        folder = work / "judges" / domain
+        train, _ = load_preferences(data_path, split="train")
+        test, _ = load_preferences(data_path, split="test")
+        train = embed_items(filter_user_types(train, [domain]), embedder, store, batch_size=64, progress=True)
+        test = embed_items(filter_user_types(test, [domain]), embedder, store, batch_size=64, progress=True)
+        if not (folder / "model.safetensors").is_file():
+            overrides = ["model.kind=btl", "model.hidden_dim=256", f"optim.steps={steps}", "optim.lr=1e-3"]
+            overrides += ["optim.warmup_steps=20", "episodes.batch_users=8", "episodes.targets=32"]
+            overrides += ["episodes.min_context=0", "episodes.max_context=0", f"embedder={embedder_name}"]
+            overrides += [f"save_every={steps}", f"log_every={steps}", "progress=false"]
+            train_reward_model(load_config(TrainConfig, overrides=overrides), train, None, folder)
+        judge = RewardPredictor.from_pretrained(folder)
+        assert test.features is not None
+        no_z = torch.zeros(0)
+        chosen = judge.reward(test.features[test.chosen], no_z)
+        rejected = judge.reward(test.features[test.rejected], no_z)
+        accuracy = 100 * float((chosen > rejected).float().mean())
+        judges[domain] = {"path": str(folder), "heldout_accuracy": accuracy, "heldout_pairs": test.num_pairs}
+        log(f"judge {domain}: held-out pairwise accuracy {accuracy:.1f} % on {test.num_pairs} pairs")
+    judges["_embedder"] = embedder
+    return judges
+
+
+def judge_scores(judges: dict[str, Any], domain: str, prompts: list[str], answers: list[str]) -> torch.Tensor:
+    """r_domain of (prompt, answer) pairs, (N,); empty answers get -inf (they lose every comparison)."""
+    embedder = judges["_embedder"]
+    judge = RewardPredictor.from_pretrained(judges[domain]["path"])
+    scores = torch.full((len(answers),), float("-inf"))
+    keep = [i for i, answer in enumerate(answers) if answer.strip()]
+    if keep:
+        features = embedder.embed([prompts[i] for i in keep], [answers[i] for i in keep], batch_size=32)
+        scores[keep] = judge.reward(features, torch.zeros(0))
+    return scores
+
+
+# ----- 3: policies ------------------------------------------------------------------------------------------
+
+
+def policy_config(args: argparse.Namespace, data_path: Path, mode: str) -> DPOTrainConfig:
+    overrides = [f"data.train={data_path}", f"mode={mode}", f"optim.steps={args.steps}", "progress=true"]
+    overrides += [f"data.max_response_length={args.max_response_length}"]
+    if args.embedding_cache:
+        overrides.append(f"embedder.cache={args.embedding_cache}")
+    if args.quick:  # the full batch (so the step time is the real one), two steps, no validation
+        overrides += ["optim.warmup_steps=1", "save_every=2", "log_every=1", "data.val_split=null"]
+        overrides += ["dpo.precompute_reference=false"]
+    return load_config(DPOTrainConfig, CONFIG, overrides)
+
+
+def train(args: argparse.Namespace, data_path: Path, work: Path, mode: str) -> tuple[Path, dict[str, Any]]:
+    out = work / ("np_dpo" if mode == "conditional" else "dpo_unconditional")
+    cfg = policy_config(args, data_path, mode)
+    if (out / "summary.json").is_file() and json.loads((out / "summary.json").read_text())[
+        "steps"
+    ] == cfg.optim.steps:
+        return out, json.loads((out / "summary.json").read_text())
+    train_data, val_data = load_dpo_data(cfg)
+    result = train_policy(cfg, train_data, val_data, out, resume=(out / "checkpoint").exists())
+    log(f"trained {mode}: {result.steps} steps, {result.ms_per_step:.0f} ms/step")
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def time_reference(run: Path, data: PreferenceSet, args: argparse.Namespace, pairs: int = 18) -> float:
+    """Seconds per pair of the once-per-dataset reference pass (dpo.precompute_reference), measured."""
+    runner = load_policy(run)
+    subset = data.subset(torch.arange(data.num_pairs) < pairs)
+    started = time.perf_counter()
+    precompute_reference(
+        runner.policy,
+        runner.tokenizer,
+        subset,
+        max_prompt_length=128,
+        max_response_length=args.max_response_length,
+        batch_pairs=pairs,
+    )
+    return (time.perf_counter() - started) / pairs
+
+
+# ----- 4-5: generation and judging ---------------------------------------------------------------------------
+
+
+def generate_all(
+    runner: PolicyRunner, queries: list[str], z: torch.Tensor | None, args: argparse.Namespace
+) -> tuple[list[str], float]:
+    started = time.perf_counter()
+    answers = runner.generate(
+        queries, z=z, max_new_tokens=args.max_new_tokens, batch_size=args.generation_batch
+    )
+    return answers, time.perf_counter() - started
+
+
+def win_rate(scores_own: torch.Tensor, scores_other: torch.Tensor) -> float:
+    """Percent of queries where the own answer scores higher (ties count half)."""
+    wins = (scores_own > scores_other).float() + 0.5 * (scores_own == scores_other).float()
+    return 100 * float(wins.mean())
+
+
+def median_tokens(runner: PolicyRunner, answers: list[str]) -> float:
+    return float(
+        statistics.median(len(runner.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", default="out/dpo_steering", help="folder for data, judges, runs, answers")
+    parser.add_argument("--out", default="out/dpo_steering.json")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny everything, no measurement")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="policy training steps (default 2000, quick 2)"
+    )
+    parser.add_argument(
+        "--queries", type=int, default=None, help="held-out queries (default all 136, quick 3)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128, quick 8")
+    parser.add_argument("--max-response-length", type=int, default=None, help="training truncation (128)")
+    parser.add_argument("--generation-batch", type=int, default=8)
+    parser.add_argument("--judge-embedder", default="minilm")
+    parser.add_argument("--judge-steps", type=int, default=None, help="BTL judge steps (default 400)")
+    parser.add_argument("--embedding-cache", default=None)
+    parser.add_argument("--eval-episodes", type=int, default=None, help="implicit-reward accuracy episodes")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 avoids spin-wait stalls on a busy CPU)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    args.steps = args.steps or (2 if quick else 2000)
+    args.queries = args.queries or (3 if quick else 10_000)
+    args.max_new_tokens = args.max_new_tokens or (32 if quick else 128)
+    args.max_response_length = args.max_response_length or 128
+    args.judge_steps = args.judge_steps or (50 if quick else 400)
+    args.eval_episodes = args.eval_episodes or (4 if quick else 120)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    data_path = build_data(work)
+    t = time.perf_counter()
+    judges = train_judges(data_path, work, args.judge_embedder, args.embedding_cache, args.judge_steps)
+    timings["judges_seconds"] = time.perf_counter() - t
+
+    runs: dict[str, Path] = {}
+    for mode in ("conditional", "unconditional"):
+        t = time.perf_counter()
+        runs[mode], summary = train(args, data_path, work, mode)
+        timings[f"train_{mode}_seconds"] = time.perf_counter() - t
+        timings[f"train_{mode}_ms_per_step"] = summary["ms_per_step"]
+
+    test, _ = load_preferences(data_path, split="test")
+    train_data, _ = load_preferences(data_path, split="train")
+    timings["reference_seconds_per_pair"] = time_reference(runs["conditional"], train_data, args)
+    queries = sorted(set(test.prompt_ids))[: args.queries]
+    log(f"{len(queries)} held-out queries")
+    np_dpo, baseline = load_policy(runs["conditional"]), load_policy(runs["unconditional"])
+    users = [*DSP_DOMAINS, *LENGTH_USERS]
+    z = {user: np_dpo.infer_z(user_context(train_data, user, CONTEXT_SIZE, seed=0)) for user in users}
+
+    answers: dict[str, list[str]] = {}
+    generation_seconds: list[float] = []
+    for user in users:
+        answers[user], seconds = generate_all(np_dpo, queries, z[user], args)
+        generation_seconds.append(seconds)
+        log(f"generated for {user}: {seconds:.1f} s")
+    answers["baseline"], seconds = generate_all(baseline, queries, None, args)
+    generation_seconds.append(seconds)
+    per_answer = sum(generation_seconds) / (len(generation_seconds) * len(queries))
+    timings["seconds_per_generated_answer"] = per_answer
+
+    steering: dict[str, Any] = {}
+    for domain in DSP_DOMAINS:
+        own = judge_scores(judges, domain, queries, answers[domain])
+        others = {
+            other: win_rate(own, judge_scores(judges, domain, queries, answers[other]))
+            for other in DSP_DOMAINS
+            if other != domain
+        }
+        steering[domain] = {
+            "judge_heldout_accuracy": judges[domain]["heldout_accuracy"],
+            "win_rate_vs_other_users": others,
+            "win_rate_vs_other_users_mean": sum(others.values()) / len(others),
+            "win_rate_vs_baseline": win_rate(own, judge_scores(judges, domain, queries, answers["baseline"])),
+            "queries": len(queries),
+        }
+        log(f"steering {domain}: {steering[domain]}")
+
+    length: dict[str, Any] = {user: median_tokens(np_dpo, answers[user]) for user in LENGTH_USERS}
+    length["interpolation"] = {}
+    for t_value in INTERPOLATION:
+        z_t = np_dpo.interpolate(z["concise"], z["detailed"], t_value)
+        length["interpolation"][str(t_value)] = median_tokens(
+            np_dpo, generate_all(np_dpo, queries, z_t, args)[0]
+        )
+    log(f"length: {length}")
+
+    accuracy = evaluate_policy(
+        np_dpo,
+        test,
+        contexts=[0, 3] if quick else [0, 1, 3, 5],
+        episodes=args.eval_episodes,
+        targets=2 if quick else 9,
+        seed=1234,
+        progress=True,
+    )["accuracy"]
+
+    # The full setting, extrapolated from what was measured here.
+    full_queries = len(set(test.prompt_ids))
+    full_answers = full_queries * (len(users) + 1 + len(INTERPOLATION))
+    scale_tokens = 128 / args.max_new_tokens
+    step_ms = timings["train_conditional_ms_per_step"]
+    train_pairs = train_data.num_pairs
+    extrapolated = {
+        "policy_training_hours": 2 * 2000 * step_ms / 1000 / 3600 * (128 / args.max_response_length),
+        "reference_precompute_hours": train_pairs
+        * timings["reference_seconds_per_pair"]
+        * (128 / args.max_response_length)
+        / 3600,
+        "generation_hours": full_answers * per_answer * scale_tokens / 3600,
+        "assumptions": "2 policies x 2000 steps at the measured ms/step scaled linearly to 128-token responses; "
+        f"one reference pass over {train_pairs} training pairs; "
+        f"{full_answers} answers of 128 new tokens at the measured seconds per answer scaled linearly",
+    }
+    report = {
+        "quick": quick,
+        "note": "--quick: smoke run, the figures are not measurements" if quick else "",
+        "settings": {
+            "steps": args.steps,
+            "queries": len(queries),
+            "max_new_tokens": args.max_new_tokens,
+            "max_response_length": args.max_response_length,
+            "context_size": CONTEXT_SIZE,
+            "judge_embedder": args.judge_embedder,
+            "threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}",
+        },
+        "judges": {
+            d: {k: v for k, v in j.items() if k != "path"} for d, j in judges.items() if d != "_embedder"
+        },
+        "steering": steering,
+        "length": length,
+        "implicit_reward_accuracy": accuracy,
+        "timings": timings,
+        "extrapolated_full_cost": extrapolated,
+        "seconds": time.perf_counter() - started,
+        "answers_sample": {user: answers[user][:2] for user in answers},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""`npalign train-dpo | generate | evaluate-dpo`: NP-DPO policies from the command line (L4, cli).
+
+Usage:
+    npalign train-dpo --config FILE [key=value ...] --out DIR [--resume]
+    npalign generate --policy DIR (--context FILE | --user-type NAME) --prompt TEXT [--max-new-tokens N]
+    npalign evaluate-dpo --policy DIR --data FILE --contexts 0 1 3 5 --out FILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _context_sizes(values: list[Any]) -> list[int]:
+    """Context sizes from ints or strings such as "0", "1,3" (main may have parsed them already)."""
+    sizes = []
+    for value in values:
+        for part in str(value).replace(",", " ").split():
+            if not part.isdigit():
+                raise ValueError(f"--contexts: context sizes must be integers >= 0, got {part!r}.")
+            sizes.append(int(part))
+    return sizes
+
+
+def cmd_train_dpo(args: argparse.Namespace) -> int:
+    from npalign.config import load_config
+    from npalign.dpo_config import DPOTrainConfig
+    from npalign.training.dpo import load_dpo_data, train_policy
+
+    cfg = load_config(DPOTrainConfig, args.config, list(args.overrides))
+    if args.no_progress:
+        cfg.progress = False
+    train, val = load_dpo_data(cfg)
+    result = train_policy(cfg, train, val, args.out, resume=args.resume)
+    print(
+        json.dumps(
+            {
+                "out": str(result.out_dir),
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "best_val_accuracy": result.best_val_accuracy if result.best_val_accuracy > -1 else None,
+                "seconds": round(result.seconds, 2),
+                "ms_per_step": round(result.ms_per_step, 2),
+            }
+        )
+    )
+    return 0
+
+
+def _read_context_file(path: str) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) triples from a JSON/JSONL file of rows with those three keys."""
+    from npalign.data.loaders import read_rows
+
+    triples = []
+    for index, row in enumerate(read_rows(path)):
+        missing = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row.get(key), str)]
+        if missing:
+            raise ValueError(
+                f"{path}, row {index}: needs string fields prompt, chosen and rejected; missing or not text: "
+                f"{missing}."
+            )
+        triples.append((row["prompt"], row["chosen"], row["rejected"]))
+    return triples
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from npalign.inference.policy import load_policy
+
+    runner = load_policy(args.policy)
+    context: list[tuple[str, str, str]] | None = None
+    if args.context:
+        context = _read_context_file(args.context)
+    elif args.user_type:
+        from npalign.data.dpo_episodes import user_context
+        from npalign.data.loaders import load_preferences
+
+        recorded = runner.run["data"]
+        source = args.data or recorded["train"]
+        split = args.data_split if args.data else recorded["train_split"]
+        if not source:
+            raise ValueError("the run records no training data; pass --data FILE to draw the context from.")
+        data, _ = load_preferences(source, split=split, labels=recorded.get("labels"))
+        context = user_context(data, args.user_type, args.context_size, seed=args.seed, user_id=args.user_id)
+    if runner.conditional and context is None:
+        print("generate: no --context or --user-type; using the population prior (m = 0).", file=sys.stderr)
+    responses = runner.generate(
+        args.prompt,
+        context=context,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    for prompt, response in zip(args.prompt, responses, strict=True):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "response": response, "user_type": args.user_type}))
+        else:
+            print(response)
+            if len(args.prompt) > 1:
+                print()
+    return 0
+
+
+def cmd_evaluate_dpo(args: argparse.Namespace) -> int:
+    from npalign.data.loaders import load_preferences
+    from npalign.evaluation.dpo import evaluate_policy, results_record
+    from npalign.evaluation.report import markdown_table
+    from npalign.inference.policy import load_policy
+    from npalign.utils.io import write_json
+
+    runner = load_policy(args.policy)
+    data, _ = load_preferences(args.data, split=args.split, labels=args.labels)
+    evaluation = evaluate_policy(
+        runner,
+        data,
+        contexts=_context_sizes(args.contexts),
+        episodes=args.episodes,
+        targets=args.targets,
+        seed=args.seed,
+        batch_pairs=args.batch_pairs,
+        embedding_cache=args.cache,
+        progress=not args.quiet,
+    )
+    name = args.name or ("np-dpo" if runner.conditional else "dpo")
+    results = results_record(name, evaluation, run_dir=args.policy, data=args.data)
+    write_json(results, Path(args.out))
+    print(markdown_table(results))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add train-dpo, generate and evaluate-dpo to the `npalign` sub-command parser."""
+    train = subparsers.add_parser(
+        "train-dpo",
+        help="train an NP-DPO policy (or plain DPO with mode=unconditional)",
+        description="Train a causal LM with LoRA + FiLM steered by z from a user's context pairs, by DPO "
+        "against the same weights with adapters off. key=value arguments override the config, e.g. "
+        "optim.lr=5e-5 dpo.beta=0.1 data.user_types=[academy].",
+    )
+    train.add_argument("--config", required=True, help="YAML config (see configs/dpo/, configs/tiny/)")
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint after a crash")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.set_defaults(func=cmd_train_dpo)
+
+    generate = subparsers.add_parser(
+        "generate",
+        help="generate with a trained policy for a user given by context pairs or a user type",
+        description="Generate responses with z inferred from a user's (prompt, chosen, rejected) choices: "
+        "from a JSON/JSONL file (--context) or drawn from one user of a type in the run's training data "
+        "(--user-type). Without either, a conditional policy uses its population prior.",
+    )
+    generate.add_argument("--policy", required=True, help="run directory written by npalign train-dpo")
+    source = generate.add_mutually_exclusive_group()
+    source.add_argument("--context", default=None, help="JSON/JSONL rows {prompt, chosen, rejected}")
+    source.add_argument("--user-type", default=None, help="draw the context from a user of this type")
+    generate.add_argument("--prompt", required=True, action="append", help="a prompt (repeat for several)")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--context-size", type=int, default=5, help="--user-type: context pairs (m)")
+    generate.add_argument("--user-id", default=None, help="--user-type: this user rather than a random one")
+    generate.add_argument("--data", default=None, help="--user-type: draw from this file, not the run's data")
+    generate.add_argument("--data-split", default=None, help="--data: use only rows of this split")
+    generate.add_argument("--seed", type=int, default=0, help="seeds the context draw and sampling")
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    generate.set_defaults(func=cmd_generate)
+
+    evaluate = subparsers.add_parser(
+        "evaluate-dpo",
+        help="implicit-reward accuracy of a policy against context size, per user type",
+        description="Score a trained policy at each context size m on fixed episodes whose target pairs "
+        "are disjoint from the context: 1[beta (log pi - log pi_ref)(chosen) > beta (log pi - log pi_ref)"
+        "(rejected)], mean ± s.e.m. over episodes, per user type. Writes results.json.",
+    )
+    evaluate.add_argument("--policy", required=True, help="run directory written by npalign train-dpo")
+    evaluate.add_argument("--data", required=True, help="evaluation preference file (held-out prompts)")
+    evaluate.add_argument("--contexts", nargs="+", default=["0", "1", "3", "5"], help="context sizes m")
+    evaluate.add_argument("--out", required=True, help="results JSON file")
+    evaluate.add_argument("--episodes", type=int, default=200, help="episodes per context size")
+    evaluate.add_argument("--targets", type=int, default=9, help="target pairs per episode")
+    evaluate.add_argument("--seed", type=int, default=1234)
+    evaluate.add_argument("--split", default=None, help="use only rows whose split column equals this")
+    evaluate.add_argument(
+        "--labels", nargs="+", default=None, help="multi-label files: choice_<label> columns"
+    )
+    evaluate.add_argument("--name", default=None, help="model name in results.json (default np-dpo / dpo)")
+    evaluate.add_argument("--cache", default=None, help="embedding cache directory")
+    evaluate.add_argument("--batch-pairs", type=int, default=16, help="target pairs per forward pass")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=cmd_evaluate_dpo)

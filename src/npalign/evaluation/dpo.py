@@ -1,0 +1,103 @@
+"""Evaluate NP-DPO policies: implicit-reward accuracy on unseen target pairs against m, per user type (L3, evaluation).
+
+For each context size m, fixed episodes (users balanced over types; m context pairs and T target pairs
+disjoint from them) are scored: a target pair counts as correct when the implicit reward
+beta * (log pi(y | x, z) - log pi_ref(y | x)) of its chosen response exceeds that of its rejected one,
+z being inferred from the episode's context. The result has the core results.json shape:
+
+    {"models": {"<name>": {"accuracy": {"<m>": {"mean", "sem", "by_type": {"<type>": mean}}},
+                           "margin": {"<m>": {...}}, "loss": {"<m>": {...}}}}}
+
+in percent for accuracy (equal weight per user type, s.e.m. over episodes) and in reward / loss units
+for the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from npalign.data.dpo_episodes import DPOEpisodeSampler
+from npalign.evaluation.reward import _type_weighted
+from npalign.inference.policy import PolicyRunner
+from npalign.models.embedding_cache import EmbeddingCache
+from npalign.training.dpo import embed_items, embedding_cache_root, episode_scores
+from npalign.types import PreferenceSet
+
+logger = logging.getLogger(__name__)
+
+
+def _unscaled(summary: dict[str, Any]) -> dict[str, Any]:
+    """Undo the percent scaling of `_type_weighted` for quantities that are not fractions."""
+    return {
+        "mean": summary["mean"] / 100,
+        "sem": summary["sem"] / 100,
+        "by_type": {name: value / 100 for name, value in summary["by_type"].items()},
+    }
+
+
+def evaluate_policy(
+    runner: PolicyRunner,
+    data: PreferenceSet,
+    *,
+    contexts: list[int],
+    episodes: int,
+    targets: int,
+    seed: int,
+    batch_pairs: int = 16,
+    embedding_cache: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Implicit-reward accuracy, reward margin and DPO loss at each context size on fixed episodes.
+
+    Args:
+        runner: a loaded policy (`inference.policy.load_policy`).
+        data: text pairs of held-out prompts or users; every user needs max(contexts) + targets pairs.
+        contexts: the context sizes m.
+        episodes: episodes per m (one user each, users balanced over types).
+        targets: T target pairs per episode, disjoint from its context.
+        seed: the same seed gives the same episodes, so models can be compared on identical draws.
+        batch_pairs: target pairs per forward pass.
+        embedding_cache: root of the embedding cache (default `<npalign cache>/embeddings`).
+    Returns:
+        {"accuracy": {"<m>": {"mean", "sem", "by_type"}}, "margin": {...}, "loss": {...}}.
+    """
+    if not contexts or any(m < 0 for m in contexts):
+        raise ValueError(f"contexts={contexts} must be a non-empty list of sizes >= 0.")
+    if episodes < 1 or targets < 1:
+        raise ValueError(f"episodes={episodes} and targets={targets} must be >= 1.")
+    if runner.conditional:
+        embedder = runner.embedder
+        cache = EmbeddingCache.for_embedder(embedding_cache_root(embedding_cache), embedder)
+        data = embed_items(data, embedder, cache, batch_size=32, progress=progress)
+    sampler = DPOEpisodeSampler(data, targets=targets, max_context=max(contexts))
+    result: dict[str, Any] = {"accuracy": {}, "margin": {}, "loss": {}}
+    for m in tqdm(contexts, desc="evaluate-dpo", disable=not progress):
+        scores = episode_scores(
+            runner.policy,
+            runner.tokenizer,
+            sampler,
+            m,
+            episodes=episodes,
+            seed=seed,
+            conditional=runner.conditional,
+            beta=float(runner.run["beta"]),
+            max_prompt_length=int(runner.run["max_prompt_length"]),
+            max_response_length=int(runner.run["max_response_length"]),
+            batch_pairs=batch_pairs,
+        )
+        types, names = scores["user_type"], sampler.type_names
+        result["accuracy"][str(m)] = _type_weighted(scores["accuracy"], types, names)
+        result["margin"][str(m)] = _unscaled(_type_weighted(scores["margin"], types, names))
+        result["loss"][str(m)] = _unscaled(_type_weighted(scores["loss"], types, names))
+    return result
+
+
+def results_record(
+    name: str, evaluation: dict[str, Any], *, run_dir: str | Path, data: str
+) -> dict[str, Any]:
+    """The results.json document for one policy: {"models": {name: evaluation}, "meta": {...}}."""
+    return {"models": {name: evaluation}, "meta": {"policy": str(run_dir), "data": data}}

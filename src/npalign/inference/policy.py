@@ -1,0 +1,240 @@
+"""Load a trained NP-DPO policy and generate for a user: context texts -> embedder -> encoder -> z (L2, inference).
+
+    runner = load_policy("runs/np_dpo")
+    z = runner.infer_z([(prompt, chosen, rejected), ...])         # (Z,) from a user's few choices
+    runner.generate(["Describe the ocean."], z=z)                 # or context=[...] directly
+    runner.generate(prompts, z=runner.interpolate(z_a, z_b, 0.5)) # halfway between two users
+
+The policy never sees the context text: the frozen embedder recorded in the run turns each context pair
+into features, the trained encoder turns them into z, and FiLM applies z during generation (KV cache on).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
+from npalign.dpo_config import POLICY_DIR, RUN_FILE
+from npalign.models.embedders import Embedder, build_embedder
+from npalign.models.policy import ConditionalPolicy, load_base
+from npalign.utils.io import read_json
+
+logger = logging.getLogger(__name__)
+
+
+ContextTriple = tuple[str, str, str]
+
+
+def _run_directory(path: Path) -> tuple[Path, Path]:
+    """(run directory, policy folder) for a run directory or a policy folder inside one."""
+    if (path / RUN_FILE).is_file():
+        return path, path / POLICY_DIR
+    for parent in (path.parent, path.parent.parent):  # run/policy or run/checkpoint/policy
+        if (parent / RUN_FILE).is_file():
+            return parent, path
+    raise FileNotFoundError(
+        f"{path} is not an NP-DPO run directory (no {RUN_FILE} in it or above it); pass the --out folder of "
+        "`npalign train-dpo`."
+    )
+
+
+class PolicyRunner:
+    """A trained policy ready for scoring and generation; no optimizer, no accelerate, no data pipeline.
+
+    Attributes:
+        policy: the ConditionalPolicy, in eval mode.
+        tokenizer: the base model's tokenizer (chat template, pad token).
+        run: the run record (mode, base, embedder, beta, lengths, user types, data).
+        conditional: False for unconditional DPO runs, which take no z.
+        latent_dim: Z.
+    """
+
+    def __init__(
+        self,
+        policy: ConditionalPolicy,
+        tokenizer: PreTrainedTokenizerBase,
+        run: dict[str, Any],
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.policy = policy.eval()
+        self.tokenizer = tokenizer
+        self.run = run
+        self.conditional = run["mode"] == "conditional"
+        self.latent_dim = policy.latent_dim
+        self._embedder = embedder
+
+    @property
+    def device(self) -> torch.device:
+        return self.policy.encoder.empty_context.device
+
+    @property
+    def embedder(self) -> Embedder:
+        """The frozen embedder the run was trained with (built on first use; its revision is checked)."""
+        if self._embedder is None:
+            record = self.run.get("embedder")
+            if record is None:
+                raise ValueError("this run is unconditional; it has no embedder and takes no context.")
+            embedder = build_embedder(record["name"], max_length=record["max_length"])
+            if embedder.revision != record["revision"] or embedder.dim != record["dim"]:
+                raise ValueError(
+                    f"embedder {record['name']!r} now has revision {embedder.revision!r} (dim {embedder.dim}) "
+                    f"but the policy was trained on revision {record['revision']!r} (dim {record['dim']}); "
+                    "its context features would differ. Install the embedder the run was trained with."
+                )
+            self._embedder = embedder
+        return self._embedder
+
+    # ----- z ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def context_features(self, context: Sequence[ContextTriple]) -> tuple[Tensor, Tensor]:
+        """Frozen embeddings of a user's context pairs: chosen (C, D) and rejected (C, D)."""
+        for index, triple in enumerate(context):
+            if not (isinstance(triple, tuple | list) and len(triple) == 3):
+                raise ValueError(
+                    f"context[{index}] must be a (prompt, chosen, rejected) triple of strings; got {triple!r}."
+                )
+        prompts = [str(prompt) for prompt, _, _ in context]
+        chosen = self.embedder.embed(prompts, [str(c) for _, c, _ in context])  # (C, D)
+        rejected = self.embedder.embed(prompts, [str(r) for _, _, r in context])  # (C, D)
+        return chosen, rejected
+
+    @torch.no_grad()
+    def infer_z(self, context: Sequence[ContextTriple]) -> Tensor:
+        """z (Z,) of one user from their context pairs; an empty context gives the learned prior."""
+        if not self.conditional:
+            raise ValueError("this run is unconditional (mode=unconditional); it takes no context or z.")
+        if len(context) == 0:
+            width = self.policy.encoder.embed_dim
+            chosen = rejected = torch.zeros(0, width)
+        else:
+            chosen, rejected = self.context_features(context)
+        mask = torch.ones(1, chosen.shape[0], dtype=torch.bool, device=self.device)  # (1, C)
+        z = self.policy.encode_context(chosen[None].to(self.device), rejected[None].to(self.device), mask)
+        return z[0]  # (Z,)
+
+    def interpolate(self, z_a: Tensor, z_b: Tensor, t: float | Tensor) -> Tensor:
+        """(1 - t) * z_a + t * z_b: a continuum between two users; z_a, z_b (..., Z)."""
+        return ConditionalPolicy.interpolate(z_a, z_b, t)
+
+    def _rows_of_z(self, num_prompts: int, z: Tensor | None, context: Sequence[Any] | None) -> Tensor | None:
+        """(N, Z) one z per prompt from a z (Z,) / (N, Z), or one context / one context per prompt."""
+        if z is not None and context is not None:
+            raise ValueError("pass z or context, not both.")
+        if not self.conditional:
+            if z is not None or context is not None:
+                raise ValueError("this run is unconditional (mode=unconditional); it takes no context or z.")
+            return None
+        if context is not None:
+            per_prompt = len(context) > 0 and all(
+                isinstance(c, list | tuple) and (len(c) == 0 or isinstance(c[0], list | tuple))
+                for c in context
+            )
+            if per_prompt:
+                if len(context) != num_prompts:
+                    raise ValueError(
+                        f"got {len(context)} contexts for {num_prompts} prompts; pass one context per prompt "
+                        "or a single context for all."
+                    )
+                z = torch.stack([self.infer_z(c) for c in context])  # (N, Z)
+            else:
+                z = self.infer_z(context)  # (Z,)
+        if z is None:
+            z = self.infer_z([])  # the population prior
+        z = torch.as_tensor(z, dtype=torch.float32).to(self.device)
+        if z.dim() == 1:
+            z = z[None].expand(num_prompts, -1)
+        if z.dim() != 2 or z.shape != (num_prompts, self.latent_dim):
+            raise ValueError(
+                f"z must have shape ({self.latent_dim},) or ({num_prompts}, {self.latent_dim}); got "
+                f"{tuple(z.shape)}."
+            )
+        return z
+
+    # ----- generation ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        z: Tensor | None = None,
+        context: Sequence[ContextTriple] | Sequence[Sequence[ContextTriple]] | None = None,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 8,
+        seed: int | None = None,
+        max_prompt_length: int | None = None,
+    ) -> list[str]:
+        """Responses to `prompts` for a user, batched, with z bound for every decoding step.
+
+        Args:
+            prompts: N user messages (rendered with the chat template).
+            z: (Z,) for every prompt or (N, Z) one per prompt; None with no context = the population prior.
+            context: one user's (prompt, chosen, rejected) pairs for every prompt, or one list per prompt.
+            max_new_tokens / do_sample / temperature / top_p: decoding settings (greedy by default).
+            batch_size: prompts per `generate` call.
+            seed: seeds sampling (torch's global RNG) when given.
+            max_prompt_length: keep at most this many prompt tokens; default the run's training length.
+        Returns:
+            N response texts, special tokens removed.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings; wrap a single prompt in a list.")
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be >= 1.")
+        z_rows = self._rows_of_z(len(prompts), z, context)  # (N, Z) or None
+        if seed is not None:
+            torch.manual_seed(seed)
+        length = max_prompt_length or int(self.run["max_prompt_length"])
+        settings: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if do_sample:
+            settings.update(temperature=temperature, top_p=top_p)
+        else:  # generation configs of instruct models often carry sampling defaults; greedy means greedy
+            settings.update(temperature=None, top_p=None, top_k=None)
+        responses: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            inputs = tokenize_prompts_for_generation(self.tokenizer, chunk, max_prompt_length=length)
+            output = self.policy.generate(
+                inputs["input_ids"].to(self.device),
+                inputs["attention_mask"].to(self.device),
+                None if z_rows is None else z_rows[start : start + len(chunk)],
+                **settings,
+            )  # (n, L + new)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            responses.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return responses
+
+
+def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") -> PolicyRunner:
+    """Load a run directory written by `npalign train-dpo` (or its policy/ folder), strictly.
+
+    The base model is rebuilt from its recorded name and must have the recorded revision; LoRA, FiLM and
+    the encoder are loaded strictly, so a checkpoint missing any part is an error.
+    """
+    run_dir, policy_dir = _run_directory(Path(directory))
+    run = read_json(run_dir / RUN_FILE)
+    base, tokenizer, revision = load_base(run["base"]["name"])
+    if revision != run["base"]["revision"]:
+        raise ValueError(
+            f"base model {run['base']['name']!r} now has revision {revision!r}, but the policy in {run_dir} "
+            f"was trained on {run['base']['revision']!r}; the LoRA and FiLM weights belong to that base."
+        )
+    policy = ConditionalPolicy.from_pretrained(policy_dir, base_model=base)
+    policy.to(torch.device(device))
+    return PolicyRunner(policy, tokenizer, run)

@@ -1,0 +1,369 @@
+"""NP-DPO end to end on configs/tiny/: train-dpo, generate and evaluate-dpo through the CLI, and what a run
+must guarantee: only LoRA, FiLM and encoder weights move; the run reloads strictly; a killed run resumes to
+exactly the metrics of an uninterrupted one; a checkpoint missing a part does not load."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from npalign.cli.main import main
+from npalign.config import load_config
+from npalign.data.dpo_episodes import DPOEpisodeSampler, pair_texts, user_context
+from npalign.data.loaders import load_preferences
+from npalign.dpo_config import DPOTrainConfig
+from npalign.inference.policy import load_policy
+from npalign.models.policy import TRAINABLE_FILE, load_base
+from npalign.training.dpo import build_policy, load_dpo_data
+from npalign.utils.io import load_tensors, read_json, read_jsonl, save_tensors
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "configs/tiny/np_dpo.yaml"  # paths in configs are relative to the repository root
+DATA = "tests/fixtures/dpo_tiny.jsonl"
+TRL_NAMES = {
+    "loss",
+    "grad_norm",
+    "learning_rate",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def in_repository() -> Iterator[None]:
+    """Run from the repository root, as `npalign train-dpo --config configs/tiny/np_dpo.yaml` expects."""
+    previous = os.getcwd()
+    os.chdir(REPO)
+    yield
+    os.chdir(previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: the tiny model gains nothing from more, and runs are then bitwise repeatable
+    across processes (the resume test compares this process with a subprocess run the same way)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dpo")
+
+
+def _train_args(out: Path, cache: Path, *overrides: str) -> list[str]:
+    return [
+        "train-dpo",
+        "--config",
+        TINY,
+        "--out",
+        str(out),
+        "--no-progress",
+        f"embedder.cache={cache}",
+        *overrides,
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(workdir: Path) -> Path:
+    out = workdir / "run"
+    assert main(_train_args(out, workdir / "cache")) == 0
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    return read_jsonl(path)
+
+
+def test_train_dpo_writes_a_complete_pickle_free_run(tiny_run: Path) -> None:
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "summary.json"):
+        assert (tiny_run / name).is_file(), name
+    for folder in (tiny_run / "policy", tiny_run / "checkpoint" / "policy"):
+        assert {p.name for p in folder.iterdir()} == {"trainable.safetensors", "policy_config.json"}
+    assert not [p for p in tiny_run.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
+    keys = load_tensors(tiny_run / "policy" / TRAINABLE_FILE)
+    assert {key.split(".")[0] for key in keys} == {"lora", "film", "encoder"}
+    records = _rows(tiny_run / "metrics.jsonl")
+    training = [r for r in records if "loss" in r]
+    validation = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in training] == list(range(4, 33, 4))
+    assert all(set(r) >= TRL_NAMES for r in training)
+    assert [r["step"] for r in validation] == [16, 32]
+    assert all({"eval_rewards/accuracies_m0", "eval_rewards/accuracies_m3"} <= set(r) for r in validation)
+    run = read_json(tiny_run / "run.json")
+    assert run["mode"] == "conditional" and run["type_names"] == ["concise", "detailed"]
+    assert run["embedder"]["name"] == "minilm" and run["embedder"]["dim"] == 384
+
+
+def test_only_lora_film_and_encoder_weights_move(tiny_run: Path) -> None:
+    runner = load_policy(tiny_run)
+    pristine, _, _ = load_base("tiny-random-llama")
+    trainable_ids = {id(t) for t in runner.policy._trainable_tensors().values()}
+    base = {
+        name.replace(".base_layer", ""): tensor
+        for name, tensor in runner.policy.base_model.state_dict(keep_vars=True).items()
+        if id(tensor) not in trainable_ids
+    }
+    assert base.keys() == pristine.state_dict().keys()
+    assert all(torch.equal(base[name], tensor) for name, tensor in pristine.state_dict().items())
+
+    cfg = load_config(DPOTrainConfig, TINY)
+    torch.manual_seed(cfg.seed)  # train_policy seeds this way right before building the policy
+    initial, _, _ = build_policy(cfg, embed_dim=384)
+    before, after = initial.trainable_state_dict(), runner.policy.trainable_state_dict()
+    assert before.keys() == after.keys()
+    moved = {name.split(".")[0] for name in after if not torch.equal(after[name], before[name])}
+    assert moved == {"lora", "film", "encoder"}
+
+
+def _target_batch(runner, context_size: int = 3):  # noqa: ANN001, ANN202 - test helper
+    data, _ = load_preferences(DATA, split="test")
+    sampler = DPOEpisodeSampler(data, targets=4, max_context=context_size)
+    batch = next(iter(sampler.evaluation_batches(context_size, 2, seed=0)))
+    return batch.tokenize_targets(runner.tokenizer, max_prompt_length=96, max_response_length=160), batch
+
+
+def test_saved_run_reloads_to_identical_logprobs_and_z_steers(tiny_run: Path) -> None:
+    first, second = load_policy(tiny_run), load_policy(tiny_run / "policy")
+    tokens, batch = _target_batch(first)
+    data, _ = load_preferences(DATA, split="train")
+    concise = user_context(data, "concise", 3, seed=0)
+    detailed = user_context(data, "detailed", 3, seed=0)
+    args = (tokens["input_ids"], tokens["attention_mask"], tokens["completion_mask"])
+    rows = args[0].shape[0]
+    with torch.no_grad():
+        z_first, z_second = first.infer_z(concise), second.infer_z(concise)
+        torch.testing.assert_close(z_first, z_second, rtol=0, atol=0)
+        logps = first.policy.sequence_logprobs(*args, z_first.expand(rows, -1))
+        torch.testing.assert_close(
+            logps, second.policy.sequence_logprobs(*args, z_second.expand(rows, -1)), rtol=0, atol=0
+        )
+        # After training, the two types' contexts give different z and different log-probs; the
+        # reference (adapters off) ignores z entirely.
+        z_detailed = first.infer_z(detailed)
+        assert (z_first - z_detailed).abs().max() > 1e-4
+        other = first.policy.sequence_logprobs(*args, z_detailed.expand(rows, -1))
+        assert (logps - other).abs().max() > 1e-5
+        with first.policy.reference():
+            torch.testing.assert_close(
+                first.policy.sequence_logprobs(*args, z_first.expand(rows, -1)),
+                first.policy.reference_logprobs(*args),
+            )
+
+
+@pytest.mark.parametrize("part", ["encoder", "film", "lora"])
+def test_a_checkpoint_missing_a_part_fails_to_load(tiny_run: Path, tmp_path: Path, part: str) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(tiny_run, broken)
+    path = broken / "policy" / TRAINABLE_FILE
+    state = load_tensors(path)
+    save_tensors({k: v for k, v in state.items() if not k.startswith(f"{part}.")}, path)
+    with pytest.raises(ValueError, match=f"Parts absent entirely: \\['{part}'\\]"):
+        load_policy(broken)
+
+
+def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(tiny_run: Path, workdir: Path) -> None:
+    """A real SIGKILL mid-run, then --resume: metrics and final weights equal the uninterrupted run's."""
+    crashed = workdir / "crashed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = "import sys; from npalign.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *_train_args(crashed, workdir / "cache")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = crashed / "checkpoint" / "trainer_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and read_json(state)["step"] >= 8:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = read_json(state)["step"]
+    assert 8 <= killed_at < 32
+
+    assert main([*_train_args(crashed, workdir / "cache"), "--resume"]) == 0
+    assert _rows(crashed / "metrics.jsonl") == _rows(tiny_run / "metrics.jsonl")
+    resumed = load_tensors(crashed / "policy" / TRAINABLE_FILE)
+    uninterrupted = load_tensors(tiny_run / "policy" / TRAINABLE_FILE)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_resume_refuses_a_changed_config(
+    tiny_run: Path, workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main([*_train_args(tiny_run, workdir / "cache", "dpo.beta=0.2"), "--resume"]) == 2
+    assert "differs" in capsys.readouterr().err
+    assert main(_train_args(tiny_run, workdir / "cache")) == 2  # no --resume: the run is not overwritten
+
+
+def test_generate_for_a_user_type_and_for_a_context_file(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    prompt = "Tell me about owls."
+    common = ["generate", "--policy", str(tiny_run), "--prompt", prompt, "--max-new-tokens", "6", "--json"]
+    assert main([*common, "--user-type", "concise", "--context-size", "3"]) == 0
+    from_type = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert from_type["prompt"] == prompt and isinstance(from_type["response"], str)
+
+    # The same three pairs written to a file give the same z, hence the same greedy answer.
+    data, _ = load_preferences(DATA, split="train")
+    context = user_context(data, "concise", 3, seed=0)
+    context_file = tmp_path / "context.jsonl"
+    context_file.write_text(
+        "".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in context)
+    )
+    assert main([*common, "--context", str(context_file)]) == 0
+    from_file = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert from_file["response"] == from_type["response"]
+
+    runner = load_policy(tiny_run)
+    z = runner.infer_z(context)
+    assert runner.generate([prompt], z=z, max_new_tokens=6) == [from_file["response"]]
+    halfway = runner.interpolate(z, runner.infer_z([]), 0.5)
+    assert len(runner.generate([prompt, prompt], z=halfway, max_new_tokens=3)) == 2
+
+
+def test_evaluate_dpo_writes_results_in_the_core_shape(tiny_run: Path, workdir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    argv = [
+        "evaluate-dpo",
+        "--policy",
+        str(tiny_run),
+        "--data",
+        DATA,
+        "--split",
+        "test",
+        "--contexts",
+        "0",
+        "1",
+        "3",
+    ]
+    argv += [
+        "--out",
+        str(out),
+        "--episodes",
+        "8",
+        "--targets",
+        "4",
+        "--cache",
+        str(workdir / "cache"),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    results = read_json(out)
+    accuracy = results["models"]["np-dpo"]["accuracy"]
+    assert set(accuracy) == {"0", "1", "3"}
+    for cell in accuracy.values():
+        assert set(cell) == {"mean", "sem", "by_type"} and set(cell["by_type"]) == {"concise", "detailed"}
+        assert 0 <= cell["mean"] <= 100
+    # The two types disagree on every pair: without context no policy beats 50 % on average, with three
+    # of the user's choices on other prompts the trained policy answers the user's way on unseen prompts.
+    assert 25 <= accuracy["0"]["mean"] <= 75
+    assert accuracy["3"]["mean"] >= 75 and accuracy["3"]["mean"] - accuracy["0"]["mean"] >= 20
+
+
+def test_unconditional_single_type_baseline_runs_with_the_same_code(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = workdir / "dpo_concise"
+    settings = ["mode=unconditional", "data.user_types=[concise]", "optim.steps=2", "optim.warmup_steps=1"]
+    settings += ["eval.val_every=2", "save_every=2", "log_every=2"]
+    assert main(_train_args(out, workdir / "cache", *settings)) == 0
+    run = read_json(out / "run.json")
+    assert run["mode"] == "unconditional" and run["type_names"] == ["concise"] and run["embedder"] is None
+    film = {k: v for k, v in load_tensors(out / "policy" / TRAINABLE_FILE).items() if k.startswith("film.")}
+    assert all(torch.equal(v, torch.zeros_like(v)) for k, v in film.items() if k.endswith("weight"))
+    capsys.readouterr()
+    base = ["generate", "--policy", str(out), "--prompt", "Tell me about owls.", "--max-new-tokens", "3"]
+    assert main(base) == 0
+    assert main([*base, "--user-type", "concise"]) == 2
+    assert "unconditional" in capsys.readouterr().err
+    results = workdir / "dpo_concise.json"
+    argv = ["evaluate-dpo", "--policy", str(out), "--data", DATA, "--split", "test", "--contexts", "0", "3"]
+    assert main([*argv, "--out", str(results), "--episodes", "2", "--targets", "4", "--quiet"]) == 0
+    accuracy = read_json(results)["models"]["dpo"]["accuracy"]
+    # Without z the policy cannot tell users apart, so the context size changes nothing but the draw.
+    assert set(accuracy) == {"0", "3"} and set(accuracy["0"]["by_type"]) == {"concise", "detailed"}
+
+
+def test_precomputed_reference_equals_the_reference_forward_per_pair(workdir: Path) -> None:
+    out = workdir / "precomputed"
+    settings = ["dpo.precompute_reference=true", "optim.steps=4", "optim.warmup_steps=1", "eval.val_every=4"]
+    assert main(_train_args(out, workdir / "cache", *settings)) == 0
+    tables = load_tensors(out / "reference_logps.safetensors")
+    train, _ = load_dpo_data(load_config(DPOTrainConfig, TINY))
+    assert tables["train"].shape == (train.num_pairs, 2)
+    runner = load_policy(out)
+    batch = DPOEpisodeSampler(train, targets=4, max_context=3, batch_users=4).batch_at(0)
+    tokens = batch.tokenize_targets(runner.tokenizer, max_prompt_length=96, max_response_length=160)
+    expected = runner.policy.reference_logprobs(
+        tokens["input_ids"], tokens["attention_mask"], tokens["completion_mask"]
+    )  # (2BT,): chosen rows, then rejected rows
+    stored = tables["train"][batch.episodes.target_pairs.flatten()]  # (BT, 2)
+    torch.testing.assert_close(torch.cat([stored[:, 0], stored[:, 1]]), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_config_errors_name_the_key(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    for override, message in (
+        ("mode=steered", "mode='steered'"),
+        ("dpo.beta=0", "dpo.beta=0.0"),
+        ("dpo.betta=0.1", "dpo.betta"),
+        ("data.user_types=[nobody]", "nobody"),
+    ):
+        assert main(_train_args(workdir / "bad", workdir / "cache", override)) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_context_and_target_pairs_never_overlap() -> None:
+    data, _ = load_preferences(DATA, split="train")
+    sampler = DPOEpisodeSampler(data, targets=4, max_context=3, batch_users=4, seed=0)
+    for step in range(20):
+        batch = sampler.batch_at(step)
+        for user in range(batch.num_users):
+            context = {int(p) for p in batch.episodes.context_pairs[user] if p >= 0}
+            targets = {int(p) for p in batch.episodes.target_pairs[user]}
+            assert not context & targets
+            assert len(batch.context_texts[user]) == len(context)
+        prompts = [p for p, _, _ in pair_texts(data, batch.episodes.target_pairs.flatten())]
+        assert prompts == batch.target_prompts
+
+
+def test_bf16_gradient_checkpointing_and_accumulation_train(workdir: Path) -> None:
+    out = workdir / "bf16"
+    settings = ["model.bf16=true", "model.gradient_checkpointing=true", "grad_accumulation=2"]
+    settings += [
+        "optim.steps=2",
+        "optim.warmup_steps=1",
+        "save_every=2",
+        "log_every=2",
+        "data.val_split=null",
+    ]
+    assert main(_train_args(out, workdir / "cache", *settings)) == 0
+    (record,) = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
+    assert all(torch.isfinite(torch.tensor(record[name])) for name in TRL_NAMES)
+    config = read_json(out / "policy" / "policy_config.json")
+    assert config["bf16"] and config["gradient_checkpointing"]
+    runner = load_policy(out)
+    assert next(runner.policy.base_model.parameters()).dtype == torch.bfloat16
+    assert all(t.dtype == torch.float32 for t in runner.policy.trainable_state_dict().values())
