@@ -24,11 +24,11 @@ MODELS = {
     },
     "mixture2d": {
         "btl": ["model.kind=btl", "optim.steps=500"],
-        "np-btl": ["model.kind=np-btl", "optim.steps=4000", "optim.lr=3e-3"],
+        "np-btl": ["model.kind=np-btl", "optim.steps=4000", "optim.lr=1e-3"],
     },
     "dirichlet2d": {
         "btl": ["model.kind=btl", "optim.steps=500"],
-        "np-btl": ["model.kind=np-btl", "optim.steps=4000", "optim.lr=3e-3"],
+        "np-btl": ["model.kind=np-btl", "optim.steps=4000", "optim.lr=1e-3"],
     },
 }
 
