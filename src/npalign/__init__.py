@@ -9,10 +9,14 @@ __all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
     from npalign.inference.api import RewardPredictor
+    from npalign.inference.text import TextRewardPredictor
 
 
-def load(path: str, **kwargs: Any) -> RewardPredictor:
-    """Load a trained reward model directory for inference; see `npalign.inference.api.load`."""
+def load(path: str, **kwargs: Any) -> RewardPredictor | TextRewardPredictor:
+    """Load a trained reward model directory for inference; see `npalign.inference.api.load`.
+
+    Models trained on text come back as a TextRewardPredictor that embeds prompts and responses itself.
+    """
     from npalign.inference.api import load as _load
 
     return _load(path, **kwargs)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from npalign import __version__
-from npalign.cli import data_cmd, dpo_cmd
+from npalign.cli import data_cmd, dpo_cmd, embed_cmd
 
 
 def _contexts(values: list[str]) -> list[int]:
@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cmd.register(commands)
     dpo_cmd.register(commands)
+    embed_cmd.register(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ Everything also takes a leading batch dimension of B users.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -19,6 +19,9 @@ from torch import Tensor
 from npalign.models.builders import load_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.types import Posterior, UserLatent
+
+if TYPE_CHECKING:
+    from npalign.inference.text import TextRewardPredictor
 
 
 def _as_tensor(value: Any, name: str, width: int) -> Tensor:
@@ -129,6 +132,18 @@ class RewardPredictor:
         return probs[0] if single else probs
 
 
-def load(path: str | Path, *, seed: int = 0) -> RewardPredictor:
-    """Load a reward-model run directory written by `npalign train` (strictly; no pickle)."""
-    return RewardPredictor.from_pretrained(path, seed=seed)
+def load(
+    path: str | Path, *, seed: int = 0, cache_dir: str | Path | None = None
+) -> RewardPredictor | TextRewardPredictor:
+    """Load a reward-model run directory written by `npalign train` (strictly; no pickle).
+
+    A model trained on texts (its record names an embedder) comes back as a `TextRewardPredictor`,
+    which takes texts and embeds them on the fly (through the disk cache under `cache_dir` if given);
+    a model trained on feature vectors comes back as a `RewardPredictor`.
+    """
+    from npalign.inference.text import TextRewardPredictor  # text.py builds on this module
+
+    predictor = RewardPredictor.from_pretrained(path, seed=seed)
+    if predictor.embedder:
+        return TextRewardPredictor(predictor, cache_dir=cache_dir)
+    return predictor

@@ -1,0 +1,444 @@
+"""DSP end to end: build -> embed -> BTL (mixed), BTL per domain (oracle), DPL, NP-BTL -> accuracy against m.
+
+    python benchmarks/dsp.py --embedder minilm                 # about 5-8 min on a 2-core CPU
+    python benchmarks/dsp.py --embedder smollm2-mean           # embedding alone takes ~25 min there
+    python benchmarks/dsp.py --embedder minilm --fresh-cache   # time the embedding stage from scratch
+
+The Domain-Specific Preference data (`build_dataset("dsp")`, all four pairs per domain and query, the
+Alpaca `normal` response included) is split by query into train / validation / test (80/10/10). Each
+of the four domains is one user who prefers its own response to every other response to the same query,
+so the domains disagree on the same prompts. Models, all on frozen text embeddings:
+
+* BTL (mixed): one reward for everyone, trained on every domain's pairs.
+* BTL per domain (oracle): four BTLs, each trained on one domain's pairs and scored on that domain's
+  test pairs; the model that knows the user.
+* DPL: mean and variance per response on the mixed data.
+* NP-BTL: infers z from m of the user's own test pairs on other queries (context and targets never share
+  a query), then scores the targets.
+
+Every model is scored on the very same episodes (per m: users balanced over domains, m context pairs,
+20 disjoint targets), the oracle by sending each episode to its domain's BTL, so differences between
+models are paired. Each run keeps the weights of its best validation step. The s.e.m. is over episodes
+and does not include the luck of which ~185 test pairs per domain exist; see `setup` in results.json.
+
+Writes results.json (with the wall time of every stage), results.md and accuracy.png under
+benchmarks/results/dsp_<embedder>/; run directories go under out/bench/ (git-ignored).
+`benchmarks/hh_relabeled.py` reuses `run_pipeline` for the relabelled HH data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from npalign.config import TrainConfig, load_config
+from npalign.data.builders import build_dataset
+from npalign.data.loaders import load_preferences
+from npalign.evaluation.report import markdown_table, write_report
+from npalign.evaluation.reward import evaluate_reward_model, evaluation_sampler
+from npalign.inference.embedding import embed_preferences, resolve_embedder
+from npalign.models.builders import load_reward_model
+from npalign.models.reward import PreferenceModel
+from npalign.training.reward import train_reward_model
+from npalign.types import PreferenceSet
+from npalign.utils.io import atomic_path, read_jsonl, write_json
+from npalign.utils.metrics import episode_accuracy, episode_nll, expected_calibration_error, mean_and_sem
+
+REPO = Path(__file__).resolve().parents[1]
+CONTEXTS = [0, 1, 3, 5, 10]
+TARGETS = 20
+SPLITS = ("train", "validation", "test")
+ORACLE = "BTL per domain (oracle)"
+
+# Settings shared by every run: small data (~1,600 training pairs per domain), so validate often and
+# keep the best step; AdamW with weight decay against overfitting.
+COMMON = [
+    "progress=false",
+    f"eval.contexts={CONTEXTS}",
+    f"eval.targets={TARGETS}",
+    "eval.val_episodes=400",
+    "eval.val_every=50",
+    "log_every=50",
+    "save_every=50",
+    f"episodes.targets={TARGETS}",
+    "episodes.max_context=10",
+]
+
+# Chosen on the validation split (never the test split) by a small sweep over hidden size, latent size,
+# lr, weight decay and steps, with minilm and then smollm2-mean; see benchmarks/results/dsp_minilm/
+# tuning.md. Every run keeps its best validation step, which on ~1,600 training pairs per domain comes
+# early (100-800 steps of 16 users). The same settings serve every embedder and the HH benchmark.
+_SMALL = ["model.hidden_dim=64", "optim.weight_decay=0.1", "episodes.batch_users=16", "optim.warmup_steps=20"]
+MODELS: dict[str, list[str]] = {
+    "BTL (mixed)": ["model.kind=btl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"],
+    "DPL": ["model.kind=dpl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"],
+    "NP-BTL": ["model.kind=np-btl", *_SMALL, "model.latent_dim=8", "optim.lr=3e-4", "optim.steps=1000"],
+}
+ORACLE_OVERRIDES = ["model.kind=btl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"]
+
+
+class Clock:
+    """Wall time of named stages, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the wall time of the `with` block to stage `name`."""
+        begun = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - begun, 2)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 2)
+
+
+def _shown(path: str | Path) -> str:
+    """A path as results files show it: relative to the repository (or its parent) when inside."""
+    resolved = Path(path).resolve()
+    for base in (REPO, REPO.parent):
+        if resolved.is_relative_to(base):
+            return str(resolved.relative_to(base))
+    return str(path)
+
+
+def type_subset(data: PreferenceSet, user_type: str) -> PreferenceSet:
+    """The pairs of users of one type."""
+    index = data.type_names.index(user_type)
+    pair_types = torch.tensor([data.type_names.index(t) for t in data.user_types])[data.user]  # (P,)
+    return data.subset(pair_types == index)
+
+
+def _summary(
+    values: torch.Tensor, types: torch.Tensor, type_names: list[str], scale: float
+) -> dict[str, Any]:
+    """Mean and s.e.m. with equal weight per type (like evaluate_reward_model), plus per-type means."""
+    by_type, sems = {}, []
+    for k, name in enumerate(type_names):
+        selected = values[types == k]
+        mean, sem = mean_and_sem(selected)
+        by_type[name] = scale * mean
+        sems.append(sem)
+    mean = sum(by_type.values()) / len(by_type)
+    sem = scale * math.sqrt(sum(s * s for s in sems if not math.isnan(s))) / len(sems)
+    return {"mean": mean, "sem": sem, "by_type": by_type}
+
+
+@torch.no_grad()
+def evaluate_oracle(
+    models: dict[str, PreferenceModel], test: PreferenceSet, *, episodes: int, seed: int
+) -> dict[str, Any]:
+    """Score per-type models on the same episodes `evaluate_reward_model` draws: each episode goes to
+    the model of its user's type. Returns the `evaluate_reward_model` record shape."""
+    sampler = evaluation_sampler(test, CONTEXTS, TARGETS)
+    result: dict[str, Any] = {"accuracy": {}, "nll": {}, "ece": {}}
+    for m in CONTEXTS:
+        accuracy, nll, types, probs_all, masks = [], [], [], [], []
+        for batch in sampler.evaluation_batches(m, episodes, seed):
+            probs = torch.empty(batch.target_mask.shape)  # (B, T)
+            for k, name in enumerate(batch.type_names):
+                rows = batch.user_type == k
+                if rows.any():
+                    model = models[name].eval()
+                    probs[rows] = model.prefer_prob(
+                        batch.target_chosen[rows], batch.target_rejected[rows], None
+                    )
+            accuracy.append(episode_accuracy(probs, batch.target_mask))
+            nll.append(episode_nll(probs, batch.target_mask))
+            types.append(batch.user_type)
+            probs_all.append(probs)
+            masks.append(batch.target_mask)
+        type_index = torch.cat(types)
+        result["accuracy"][str(m)] = _summary(torch.cat(accuracy), type_index, sampler.type_names, 100.0)
+        result["nll"][str(m)] = _summary(torch.cat(nll), type_index, sampler.type_names, 1.0)
+        result["ece"][str(m)] = expected_calibration_error(torch.cat(probs_all), torch.cat(masks))
+    return result
+
+
+def _config(embedder: str, overrides: list[str], seed: int) -> TrainConfig:
+    return load_config(TrainConfig, overrides=[*COMMON, f"embedder={embedder}", f"seed={seed}", *overrides])
+
+
+def _train(cfg: TrainConfig, train: PreferenceSet, val: PreferenceSet, run_dir: Path) -> dict[str, Any]:
+    """Train from scratch into `run_dir`; return the best validation record and timing."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    result = train_reward_model(cfg, train, val, run_dir)
+    validations = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_nll" in r]
+    best = min(validations, key=lambda r: r["val_nll"])
+    return {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "ms_per_step": round(result.ms_per_step, 2),
+        "val_accuracy_at_best": {str(m): round(best[f"val_accuracy_m{m}"], 2) for m in CONTEXTS},
+        "val_nll_at_best": round(best["val_nll"], 4),
+    }
+
+
+def run_pipeline(
+    *,
+    dataset: str,
+    embedder: str,
+    out_dir: Path,
+    runs_dir: Path,
+    cache_dir: Path | None,
+    episodes: int,
+    seed: int,
+    models: dict[str, list[str]],
+    oracle_overrides: list[str],
+    oracle_name: str = ORACLE,
+    title: str,
+    build_options: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+    train_threads: int | None = 1,
+) -> dict[str, Any]:
+    """Build, embed, train every model and the per-type oracle, evaluate at each m, write the report.
+
+    The embedder runs with torch's default thread count; training and evaluation with `train_threads`
+    (None: the default). One thread is the default because these models are tiny: on the shared 2-core
+    machine a BTL step took 224 ms on one thread and 832 ms on two, which fought the other jobs.
+
+    Returns:
+        results.json's content: models (accuracy/nll/ece per m, per type), training, embedding,
+        setup, targets, timings (seconds per stage) and total_seconds.
+    """
+    clock = Clock()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    data_file = runs_dir / f"{dataset}.jsonl"
+    with clock.stage("build"):
+        build = build_dataset(dataset, input=None, out=data_file, seed=0, **(build_options or {}))
+    with clock.stage("load"):
+        splits = {name: load_preferences(data_file, split=name)[0] for name in SPLITS}
+    embedding: dict[str, Any] = {}
+    with clock.stage("embed"):
+        model = resolve_embedder(embedder)  # loaded once, shared by the three splits
+        for name in SPLITS:
+            splits[name] = embed_preferences(splits[name], model, cache_dir=cache_dir)
+            report = splits[name].meta["embedding"]
+            embedding[name] = report | {"cache_dir": _shown(report["cache_dir"])}
+    embed_threads = torch.get_num_threads()
+    if train_threads is not None:
+        torch.set_num_threads(train_threads)
+    train, val, test = (splits[name] for name in SPLITS)
+    type_names = test.type_names
+
+    results: dict[str, Any] = {"models": {}, "training": {}}
+    for name, overrides in models.items():
+        cfg = _config(embedder, overrides, seed)
+        run_dir = runs_dir / "runs" / name.split(" ")[0].lower()
+        with clock.stage(f"train {name}"):
+            results["training"][name] = _train(cfg, train, val, run_dir)
+        with clock.stage(f"evaluate {name}"):
+            trained, _ = load_reward_model(run_dir)
+            results["models"][name] = evaluate_reward_model(
+                trained, test, contexts=CONTEXTS, episodes=episodes, targets=TARGETS, seed=cfg.eval.seed
+            )
+
+    oracles: dict[str, PreferenceModel] = {}
+    results["training"][oracle_name] = {}
+    for user_type in type_names:
+        cfg = _config(embedder, oracle_overrides, seed)
+        run_dir = runs_dir / "runs" / f"oracle_{user_type}"
+        with clock.stage(f"train {oracle_name}"):
+            results["training"][oracle_name][user_type] = _train(
+                cfg, type_subset(train, user_type), type_subset(val, user_type), run_dir
+            )
+        oracles[user_type] = load_reward_model(run_dir)[0]
+    with clock.stage(f"evaluate {oracle_name}"):
+        results["models"][oracle_name] = evaluate_oracle(
+            oracles, test, episodes=episodes, seed=TrainConfig().eval.seed
+        )
+
+    pairs_per_type = {
+        split: {t: type_subset(splits[split], t).num_pairs for t in type_names} for split in SPLITS
+    }
+    results["setup"] = {
+        "dataset": dataset,
+        "build_report": build.to_dict() | {"source": _shown(build.source), "out": _shown(build.out)},
+        "embedder": embedder,
+        "embed_dim": int(train.features.shape[1]) if train.features is not None else None,
+        "split": "by prompt (80/10/10), users are the same in every split",
+        "pairs_per_type": pairs_per_type,
+        "prompts": {split: len(splits[split].prompt_ids) for split in SPLITS},
+        "contexts": CONTEXTS,
+        "episodes_per_m": episodes,
+        "targets_per_episode": TARGETS,
+        "evaluation": "each test episode: m context pairs of the user on other prompts than its 20 targets",
+        "models": {name: overrides for name, overrides in models.items()} | {oracle_name: oracle_overrides},
+        "common": COMMON,
+        "torch_threads": {"embed": embed_threads, "train_and_evaluate": torch.get_num_threads()},
+        "oracle_name": oracle_name,
+    }
+    results["embedding"] = embedding
+    results["targets"] = target_checks(results["models"], oracle_name)
+    results["notes"] = notes or []
+    results["timings"] = clock.seconds
+    results["total_seconds"] = clock.total()
+    with clock.stage("report"):
+        write_report(results, out_dir, title=title)
+        with atomic_path(out_dir / "results.md") as tmp:
+            tmp.write_text(report_markdown(results, title))
+    results["total_seconds"] = clock.total()
+    write_json(results, out_dir / "results.json")  # again, now with the report's own time
+    return results
+
+
+def target_checks(models: dict[str, Any], oracle_name: str = ORACLE) -> dict[str, Any]:
+    """The issue's targets: NP-BTL m=10 vs the oracle, NP-BTL m=0 vs mixed BTL, the oracle >= 80 %."""
+    accuracy = {
+        name: {m: record["accuracy"][m]["mean"] for m in record["accuracy"]}
+        for name, record in models.items()
+    }
+    oracle = sum(accuracy[oracle_name].values()) / len(accuracy[oracle_name])  # context-free: pool every m
+    checks: dict[str, Any] = {"oracle_accuracy_mean_over_m": round(oracle, 2)}
+    if "NP-BTL" in accuracy:
+        gap_m10 = accuracy["NP-BTL"]["10"] - accuracy[oracle_name]["10"]
+        gap_m0 = accuracy["NP-BTL"]["0"] - accuracy["BTL (mixed)"]["0"]
+        checks["np_m10_minus_oracle_m10"] = round(gap_m10, 2)
+        checks["np_m10_within_1_point_of_oracle"] = gap_m10 >= -1.0
+        checks["np_m0_minus_btl_mixed_m0"] = round(gap_m0, 2)
+        checks["np_m0_within_1_point_of_btl"] = abs(gap_m0) <= 1.0
+    checks["oracle_at_least_80"] = oracle >= 80.0
+    return checks
+
+
+def report_markdown(results: dict[str, Any], title: str) -> str:
+    """The averaged table, one per-type table per model, training, embedding, timings and targets."""
+    lines = [
+        f"# {title}",
+        "",
+        "Accuracy (%) on held-out test targets, averaged over user types (mean ± s.e.m. over episodes).",
+        "",
+    ]
+    lines.append(markdown_table(results))
+    for name, record in results["models"].items():
+        type_names = list(next(iter(record["accuracy"].values()))["by_type"])
+        lines += [
+            "",
+            f"### {name}: per type",
+            "",
+            "| type | " + " | ".join(f"m = {m}" for m in CONTEXTS) + " |",
+        ]
+        lines.append("|---|" + "---|" * len(CONTEXTS))
+        for type_name in type_names:
+            cells = [f"{record['accuracy'][str(m)]['by_type'][type_name]:.1f}" for m in CONTEXTS]
+            lines.append(f"| {type_name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Training (best validation step kept)",
+        "",
+        "| model | steps | best step | ms/step | val acc m=0 | val acc m=10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, record in results["training"].items():
+        runs = record.items() if name == results["setup"]["oracle_name"] else [("", record)]
+        for type_name, run in runs:
+            label = f"{name} {type_name}".strip()
+            lines.append(
+                f"| {label} | {run['steps']} | {run['best_step']} | {run['ms_per_step']} | "
+                f"{run['val_accuracy_at_best']['0']} | {run['val_accuracy_at_best']['10']} |"
+            )
+    lines += [
+        "",
+        "## Embedding",
+        "",
+        "| split | items | embedded now | from cache | truncated | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, report in results["embedding"].items():
+        lines.append(
+            f"| {split} | {report['items']} | {report['embedded']} | {report['from_cache']} | "
+            f"{report['truncated']} (to {report['max_length']} tokens) | {report['seconds']:.1f} |"
+        )
+    lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {seconds} |" for stage, seconds in results["timings"].items()]
+    lines.append(f"| **total** | **{results['total_seconds']}** |")
+    lines += ["", "## Targets", "", "```json", json.dumps(results["targets"], indent=2), "```"]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
+    setup = results["setup"]
+    lines += [
+        "",
+        "## Setup",
+        "",
+        f"- data: `{setup['dataset']}`, split {setup['split']}; prompts per split {setup['prompts']}",
+        f"- pairs per type: {setup['pairs_per_type']}",
+        f"- embedder `{setup['embedder']}` ({setup['embed_dim']}-d); {setup['episodes_per_m']} episodes per m, "
+        f"{setup['targets_per_episode']} targets each; {setup['evaluation']}",
+        f"- torch threads: {setup['torch_threads']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--embedder", default="minilm", help="minilm, smollm2, smollm2-mean or a model folder"
+    )
+    parser.add_argument("--out", default=None, help="default benchmarks/results/dsp_<embedder>")
+    parser.add_argument("--runs", default=None, help="run directories (default out/bench/dsp_<embedder>)")
+    parser.add_argument("--cache", default=None, help="embedding cache root (default: the npalign cache)")
+    parser.add_argument(
+        "--fresh-cache",
+        action="store_true",
+        help="embed into an empty cache under --runs (times the embedding)",
+    )
+    parser.add_argument("--episodes", type=int, default=4000, help="evaluation episodes per m")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for training and evaluation (0: torch's default)",
+    )
+    args = parser.parse_args()
+    slug = Path(args.embedder).name
+    out_dir = Path(args.out or REPO / "benchmarks" / "results" / f"dsp_{slug}")
+    runs_dir = Path(args.runs or REPO / "out" / "bench" / f"dsp_{slug}")
+    cache_dir = Path(args.cache) if args.cache else None
+    if args.fresh_cache:
+        cache_dir = runs_dir / "fresh_cache"
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    results = run_pipeline(
+        dataset="dsp",
+        embedder=args.embedder,
+        out_dir=out_dir,
+        runs_dir=runs_dir,
+        cache_dir=cache_dir,
+        episodes=args.episodes,
+        seed=args.seed,
+        models=MODELS,
+        oracle_overrides=ORACLE_OVERRIDES,
+        title=f"DSP ({args.embedder}): accuracy on held-out queries",
+        build_options={"include_normal": True},
+        train_threads=args.threads or None,
+    )
+    print(markdown_table(results))
+    print(
+        json.dumps(
+            {
+                "targets": results["targets"],
+                "timings": results["timings"],
+                "total_seconds": results["total_seconds"],
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""`npalign embed`: embed every text item of a preference file into a features folder (L4, cli).
+
+Usage:
+    npalign embed --data FILE --embedder NAME --out DIR [--cache DIR] [--float16] [--split NAME]
+                  [--labels LABEL ...] [--batch-size N]
+
+Writes into DIR:
+    features.safetensors   tensor "features" (N, D), float32 (float16 with --float16), row i = item i:
+                           the model features, i.e. the embedder's vectors at unit RMS
+                           (`inference.embedding.to_features`); the embedder, revision and source
+                           file in the header metadata
+    items.jsonl            line i: {"index": i, "prompt": ..., "response": ...}, the texts of item i
+    embedding.json         the report: embedder, revision, dim, dtype, items, embedded now, from the
+                           cache, truncated, seconds, the cache folder, the data file and split
+
+Items are the distinct (prompt, response) texts of the file (of one split with --split), in the
+order the loader first meets them. Everything goes through the embedding cache (--cache, default
+under the npalign cache folder), so `npalign train` / `evaluate` later reuse the vectors, and a killed
+run resumes. The counts are printed as one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+FEATURES_FILE = "features.safetensors"
+ITEMS_FILE = "items.jsonl"
+REPORT_FILE = "embedding.json"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `embed` to the main parser's subcommands; the parsed args carry `func`."""
+    embed = subparsers.add_parser(
+        "embed",
+        help="embed the texts of a preference file (cached; resumable)",
+        description="Embed every (prompt, response) item of a preference file with a text embedder "
+        "and write DIR/features.safetensors (N, D), DIR/items.jsonl (the texts of row i) and "
+        "DIR/embedding.json (counts). Vectors go through the embedding cache, so no text is "
+        "embedded twice and train/evaluate reuse them.",
+    )
+    embed.add_argument("--data", required=True, help="preference file with text items")
+    embed.add_argument(
+        "--embedder", required=True, help="minilm, smollm2 (last token), smollm2-mean, or a model folder"
+    )
+    embed.add_argument("--out", required=True, help="output directory")
+    embed.add_argument("--cache", default=None, help="embedding cache directory (default: npalign cache)")
+    embed.add_argument(
+        "--float16", action="store_true", help="store vectors as float16 (cache and features file)"
+    )
+    embed.add_argument("--split", default=None, help="use only rows whose split column equals this")
+    embed.add_argument(
+        "--labels", nargs="+", default=None, help="multi-label files: which choice_<label> columns"
+    )
+    embed.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default 32)")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.set_defaults(func=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """Embed the items of `args.data` and write the features folder; print the counts as JSON.
+
+    Returns 0 on success, 2 when the input or options are invalid (the reason goes to stderr).
+    """
+    from npalign.data.loaders import load_preferences
+    from npalign.inference.embedding import embed_preferences
+    from npalign.models.embedding_cache import StorageDtype
+    from npalign.utils.io import atomic_path, save_tensors, write_json
+
+    try:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size {args.batch_size}: use 1 or more.")
+        data, _ = load_preferences(args.data, split=args.split, labels=args.labels)
+        if not data.is_text:
+            raise ValueError(f"{args.data} holds feature vectors, not texts; there is nothing to embed.")
+        dtype: StorageDtype = "float16" if args.float16 else "float32"
+        embedded = embed_preferences(
+            data,
+            args.embedder,
+            cache_dir=args.cache,
+            progress=not args.quiet,
+            dtype=dtype,
+            batch_size=args.batch_size,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"npalign embed: error: {error}", file=sys.stderr)
+        return 2
+    assert embedded.features is not None and embedded.item_prompts is not None
+    assert embedded.item_responses is not None
+    report = {
+        **embedded.meta["embedding"],
+        "data": str(args.data),
+        "split": args.split,
+        "pairs": data.num_pairs,
+        "users": data.num_users,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stored = embedded.features.half() if args.float16 else embedded.features  # (N, D)
+    metadata = {
+        "embedder": report["embedder"],
+        "revision": report["revision"],
+        "data": str(args.data),
+        "split": str(args.split or ""),
+    }
+    save_tensors({"features": stored}, out / FEATURES_FILE, metadata)
+    with atomic_path(out / ITEMS_FILE) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for index, (prompt, response) in enumerate(
+            zip(embedded.item_prompts, embedded.item_responses, strict=True)
+        ):
+            handle.write(json.dumps({"index": index, "prompt": prompt, "response": response}) + "\n")
+    write_json(report, out / REPORT_FILE)
+    print(
+        json.dumps(
+            {
+                key: report[key]
+                for key in ("embedder", "dim", "dtype", "items", "embedded", "from_cache", "truncated")
+            }
+            | {"seconds": round(report["seconds"], 2), "out": str(out)}
+        )
+    )
+    return 0

@@ -1,0 +1,164 @@
+"""Text-level inference: a reward model trained on embedded texts, called with texts (L2, inference).
+
+    model = npalign.load("runs/np_btl_dsp")            # a TextRewardPredictor: the run recorded "minilm"
+    z = model.infer_user(prompts, chosen, rejected)    # C texts each; C = 0 gives the population prior
+    model.reward(prompts, responses, z)                # N texts each -> (N,)
+    model.prefer_prob(prompts, a, b, z)                # p(a > b) for the user, (N,)
+
+Texts are embedded on the fly by the embedder the run recorded (built once, on first use), through
+the disk cache when `cache_dir` is given. The feature-level `RewardPredictor` stays reachable as
+`model.features` for callers that hold vectors already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+from npalign.inference.api import RewardPredictor
+from npalign.inference.embedding import embed_texts, to_features
+from npalign.models.embedders import Embedder, build_embedder
+from npalign.models.embedding_cache import StorageDtype
+from npalign.types import UserLatent
+
+
+class TextRewardPredictor:
+    """A `RewardPredictor` plus the embedder its training features came from.
+
+    Args:
+        predictor: the feature-level model; `predictor.embedder` names the embedder.
+        embedder: an already built embedder to use instead of building `predictor.embedder` (its
+            width must match the model's); None builds the recorded one on first use.
+        cache_dir: embed through the disk cache under this root; None embeds without caching.
+        cache_dtype: storage dtype of that cache.
+        batch_size: texts per forward pass of the embedder.
+    Attributes:
+        features: the feature-level `RewardPredictor`.
+        kind / latent_dim / type_names / embed_dim: as on `RewardPredictor`.
+        embedder_name: the embedder recorded at training time, e.g. "minilm".
+    """
+
+    def __init__(
+        self,
+        predictor: RewardPredictor,
+        *,
+        embedder: Embedder | None = None,
+        cache_dir: str | Path | None = None,
+        cache_dtype: StorageDtype = "float32",
+        batch_size: int = 32,
+    ) -> None:
+        if not predictor.embedder:
+            raise ValueError(
+                "this model was trained on feature vectors (no embedder recorded); use RewardPredictor "
+                "and pass features, not texts."
+            )
+        if embedder is not None and embedder.dim != predictor.embed_dim:
+            raise ValueError(
+                f"embedder {embedder.name!r} gives {embedder.dim}-d vectors but the model expects "
+                f"{predictor.embed_dim}-d ones from {predictor.embedder!r}."
+            )
+        self.features = predictor
+        self.embedder_name = predictor.embedder
+        self.kind = predictor.kind
+        self.latent_dim = predictor.latent_dim
+        self.type_names = predictor.type_names
+        self.embed_dim = predictor.embed_dim
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache_dtype: StorageDtype = cache_dtype
+        self.batch_size = batch_size
+        self._embedder = embedder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+        embedder: Embedder | None = None,
+    ) -> TextRewardPredictor:
+        """Load a run directory trained on text (its `model_config.json` names the embedder)."""
+        return cls(RewardPredictor.from_pretrained(path, seed=seed), embedder=embedder, cache_dir=cache_dir)
+
+    def __repr__(self) -> str:
+        return (
+            f"TextRewardPredictor(kind={self.kind!r}, embedder={self.embedder_name!r}, "
+            f"embed_dim={self.embed_dim}, latent_dim={self.latent_dim})"
+        )
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder, built from the recorded name on first use."""
+        if self._embedder is None:
+            embedder = build_embedder(self.embedder_name)
+            if embedder.dim != self.embed_dim:
+                raise ValueError(
+                    f"embedder {self.embedder_name!r} now gives {embedder.dim}-d vectors but the model was "
+                    f"trained on {self.embed_dim}-d ones; the embedder's model changed since training."
+                )
+            self._embedder = embedder
+        return self._embedder
+
+    def embed(self, prompts: Sequence[str], responses: Sequence[str], what: str = "responses") -> Tensor:
+        """Features of N (prompt, response) items, as training saw them (`embedding.to_features`): (N, D).
+
+        Args:
+            prompts: N prompts, or one prompt (a str) shared by every response.
+            responses: N responses.
+            what: the argument's name, for error messages.
+        """
+        if isinstance(responses, str):
+            raise TypeError(f"{what} must be a list of strings, not a single str; wrap it in a list.")
+        prompt_list = [prompts] * len(responses) if isinstance(prompts, str) else list(prompts)
+        if len(prompt_list) != len(responses):
+            raise ValueError(
+                f"got {len(prompt_list)} prompts for {len(responses)} {what}; pass one prompt per item "
+                "(or a single str for all)."
+            )
+        if self.cache_dir is None:
+            return to_features(self.embedder.embed(prompt_list, list(responses), batch_size=self.batch_size))
+        features, _ = embed_texts(
+            prompt_list,
+            list(responses),
+            self.embedder,
+            cache_dir=self.cache_dir,
+            dtype=self.cache_dtype,
+            batch_size=self.batch_size,
+        )
+        return features
+
+    def infer_user(
+        self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]
+    ) -> UserLatent:
+        """The user latent from C of the user's choices, given as texts.
+
+        Args:
+            prompts: C prompts (or one str for all); pair j is `chosen[j]` preferred to `rejected[j]`
+                as answers to `prompts[j]`.
+            chosen: C preferred responses.
+            rejected: C other responses.
+        Returns:
+            z (Z,), a Posterior for the latent model, or a (0,) tensor for btl / dpl. C = 0 gives the
+            population prior.
+        """
+        if len(chosen) != len(rejected):
+            raise ValueError(
+                f"got {len(chosen)} chosen but {len(rejected)} rejected responses; pair them up."
+            )
+        chosen_features = self.embed(prompts, chosen, "chosen")  # (C, D)
+        rejected_features = self.embed(prompts, rejected, "rejected")  # (C, D)
+        return self.features.infer_user(chosen_features, rejected_features)
+
+    def reward(self, prompts: Sequence[str], responses: Sequence[str], z: UserLatent) -> Tensor:
+        """Rewards of N responses for the user z: (N,). A Posterior z gives the mean over samples."""
+        return self.features.reward(self.embed(prompts, responses), z)
+
+    def prefer_prob(
+        self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], z: UserLatent
+    ) -> Tensor:
+        """p(a[i] > b[i]) as answers to prompts[i] for the user z: (N,)."""
+        if len(a) != len(b):
+            raise ValueError(f"got {len(a)} responses in a but {len(b)} in b; pair them up.")
+        return self.features.prefer_prob(self.embed(prompts, a, "a"), self.embed(prompts, b, "b"), z)
