@@ -146,7 +146,7 @@ def test_embedding_goes_through_the_cache_once(text_file: Path, tiny_bert_dir: P
     first_embedder = resolve_embedder(str(tiny_bert_dir))
     first = embed_preferences(data, first_embedder, cache_dir=tmp_path)
     assert first.features is not None and first.features.shape == (90, 32)
-    expected = {"embedder": "tiny_bert0", "dim": 32, "items": 90, "distinct": 90, "embedded": 90}
+    expected = {"embedder": tiny_bert_dir.name, "dim": 32, "items": 90, "distinct": 90, "embedded": 90}
     expected |= {"from_cache": 0, "truncated": 0}
     assert {key: first.meta["embedding"][key] for key in expected} == expected
     assert "embedding" not in data.meta  # the input is left as it was
@@ -340,7 +340,7 @@ def test_embed_command_writes_features_items_and_counts(
     )
     with safe_open(str(tmp_path / "all" / embed_cmd.FEATURES_FILE), framework="pt") as handle:
         features = handle.get_tensor("features")
-        assert handle.metadata()["embedder"] == "tiny_bert0"
+        assert handle.metadata()["embedder"] == tiny_bert_dir.name
     items = [json.loads(line) for line in (tmp_path / "all" / embed_cmd.ITEMS_FILE).read_text().splitlines()]
     assert features.shape == (90, 32) and features.dtype == torch.float32 and len(items) == 90
     data = _load(text_file)
