@@ -381,15 +381,25 @@ def report_markdown(results: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def pipeline_arguments(
+    description: str, results_name: str, runs_name: str
+) -> tuple[argparse.Namespace, Path, Path, Path | None]:
+    """Parse the options shared by the text benchmarks (this one and hh_relabeled.py).
+
+    Returns:
+        (args, out_dir, runs_dir, cache_dir); `results_name` and `runs_name` are the default folder
+        names under benchmarks/results/ and out/bench/, each suffixed with the embedder's name.
+    """
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--embedder", default="minilm", help="minilm, smollm2, smollm2-mean or a model folder"
     )
-    parser.add_argument("--out", default=None, help="default benchmarks/results/dsp_<embedder>")
-    parser.add_argument("--runs", default=None, help="run directories (default out/bench/dsp_<embedder>)")
+    parser.add_argument("--out", default=None, help=f"default benchmarks/results/{results_name}_<embedder>")
+    parser.add_argument(
+        "--runs", default=None, help=f"run directories (default out/bench/{runs_name}_<embedder>)"
+    )
     parser.add_argument("--cache", default=None, help="embedding cache root (default: the npalign cache)")
     parser.add_argument(
         "--fresh-cache",
@@ -406,12 +416,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     slug = Path(args.embedder).name
-    out_dir = Path(args.out or REPO / "benchmarks" / "results" / f"dsp_{slug}")
-    runs_dir = Path(args.runs or REPO / "out" / "bench" / f"dsp_{slug}")
+    out_dir = Path(args.out or REPO / "benchmarks" / "results" / f"{results_name}_{slug}")
+    runs_dir = Path(args.runs or REPO / "out" / "bench" / f"{runs_name}_{slug}")
     cache_dir = Path(args.cache) if args.cache else None
     if args.fresh_cache:
         cache_dir = runs_dir / "fresh_cache"
         shutil.rmtree(cache_dir, ignore_errors=True)
+    return args, out_dir, runs_dir, cache_dir
+
+
+def main() -> None:
+    args, out_dir, runs_dir, cache_dir = pipeline_arguments(__doc__ or "", "dsp", "dsp")
     results = run_pipeline(
         dataset="dsp",
         embedder=args.embedder,

@@ -16,15 +16,13 @@ Writes results.json, results.md and accuracy.png under benchmarks/results/hh_rel
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: reuse dsp.py beside it
 
-from dsp import MODELS, ORACLE_OVERRIDES, REPO, run_pipeline  # noqa: E402
+from dsp import MODELS, ORACLE_OVERRIDES, pipeline_arguments, run_pipeline  # noqa: E402
 
 from npalign.evaluation.report import markdown_table  # noqa: E402
 
@@ -37,36 +35,7 @@ NOTE = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--embedder", default="minilm", help="minilm, smollm2, smollm2-mean or a model folder"
-    )
-    parser.add_argument("--out", default=None, help="default benchmarks/results/hh_relabeled_<embedder>")
-    parser.add_argument("--runs", default=None, help="run directories (default out/bench/hh_<embedder>)")
-    parser.add_argument("--cache", default=None, help="embedding cache root (default: the npalign cache)")
-    parser.add_argument(
-        "--fresh-cache",
-        action="store_true",
-        help="embed into an empty cache under --runs (times the embedding)",
-    )
-    parser.add_argument("--episodes", type=int, default=4000, help="evaluation episodes per m")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads for training and evaluation (0: torch's default)",
-    )
-    args = parser.parse_args()
-    slug = Path(args.embedder).name
-    out_dir = Path(args.out or REPO / "benchmarks" / "results" / f"hh_relabeled_{slug}")
-    runs_dir = Path(args.runs or REPO / "out" / "bench" / f"hh_{slug}")
-    cache_dir = Path(args.cache) if args.cache else None
-    if args.fresh_cache:
-        cache_dir = runs_dir / "fresh_cache"
-        shutil.rmtree(cache_dir, ignore_errors=True)
+    args, out_dir, runs_dir, cache_dir = pipeline_arguments(__doc__ or "", "hh_relabeled", "hh")
     results = run_pipeline(
         dataset="hh-relabeled",
         embedder=args.embedder,
