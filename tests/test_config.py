@@ -28,6 +28,8 @@ def test_overrides_are_typed_and_nested() -> None:
         (["episodes.min_context=5", "episodes.max_context=2"], ValueError, r"min_context=5 and max_context=2"),
         (["save_every=30", "log_every=20"], ValueError, r"save_every=30 must be a positive multiple of log_every=20"),
         (["model.pooling=sum"], ValueError, r"model.pooling='sum'"),
+        (["model.encoder_depth=1"], ValueError, r"model.encoder_depth=1 must be >= 2"),
+        (["model.decoder_depth=0"], ValueError, r"model.decoder_depth=0 must be >= 1"),
         (["progress=maybe"], TypeError, r"progress: expected true/false"),
         (["optim.lr"], ValueError, r"is not key=value"),
     ],

@@ -23,6 +23,7 @@ def _encoders() -> list[ContextEncoder]:
         ContextEncoder(4, 32, 8),
         ContextEncoder(4, 32, 8, pooling="mean+max"),
         ContextEncoder(4, 32, 8, attention=True, num_heads=4, pooling="mean+max"),
+        ContextEncoder(4, 32, 8, pooling="mean+max", depth=3),
     ]
 
 

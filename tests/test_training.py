@@ -132,13 +132,22 @@ def test_loading_is_strict(trained_np: Path, tmp_path: Path) -> None:
         load_reward_model(broken)
 
 
-@pytest.mark.parametrize("kind", ["btl", "dpl", "np-btl-latent"])
-def test_every_kind_trains_saves_and_loads(kind: str, paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [
+        ("btl", []),
+        ("dpl", []),
+        ("np-btl-latent", []),
+        ("np-btl", ["model.encoder_depth=3", "model.decoder_depth=2"]),
+    ],
+)
+def test_every_kind_trains_saves_and_loads(kind: str, extra: list[str], paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
     train, val, _ = paper_splits
     cfg = load_config(
         TrainConfig,
         overrides=[
             *SMALL,
+            *extra,
             f"model.kind={kind}",
             "optim.steps=100",
             "eval.val_every=50",
@@ -152,6 +161,10 @@ def test_every_kind_trains_saves_and_loads(kind: str, paper_splits, tmp_path: Pa
     z = model.infer_user(torch.rand(3, 1), torch.rand(3, 1))
     probs = model.prefer_prob(torch.rand(10, 1), torch.rand(10, 1), z)
     assert probs.shape == (10,) and bool(((probs > 0) & (probs < 1)).all())
+    if extra:  # the depths come back from the saved config: the strict load would fail otherwise
+        pair_net = model.model.encoder.pair_net
+        assert sum(isinstance(layer, torch.nn.Linear) for layer in pair_net) == 3
+        assert len(model.model.head) == 1
 
 
 def test_refuses_to_overwrite_a_trained_run(trained_np: Path, paper_splits) -> None:  # noqa: ANN001

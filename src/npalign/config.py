@@ -28,6 +28,8 @@ class ModelConfig:
     num_heads: int = 8
     min_scale: float = 0.01
     pooling: str = "mean+max"
+    encoder_depth: int = 2
+    decoder_depth: int = 1
     kl_weight: float = 1.0
     num_samples: int = 8
     dpl_cdf: str = "exact"
@@ -41,6 +43,10 @@ class ModelConfig:
             )
         if self.pooling not in ("mean", "mean+max"):
             raise ValueError(f"model.pooling={self.pooling!r}: use 'mean' or 'mean+max'.")
+        if self.encoder_depth < 2:
+            raise ValueError(f"model.encoder_depth={self.encoder_depth} must be >= 2 (linear layers per pair).")
+        if self.decoder_depth < 1:
+            raise ValueError(f"model.decoder_depth={self.decoder_depth} must be >= 1 (hidden layers after z joins).")
         if self.hidden_dim <= 0 or self.latent_dim <= 0:
             raise ValueError("model.hidden_dim and model.latent_dim must be positive.")
         if not 0 < self.min_scale < 1:

@@ -21,6 +21,8 @@ def build_reward_model(cfg: ModelConfig, embed_dim: int) -> PreferenceModel:
         num_heads=cfg.num_heads,
         min_scale=cfg.min_scale,
         pooling=cfg.pooling,
+        encoder_depth=cfg.encoder_depth,
+        decoder_depth=cfg.decoder_depth,
         kl_weight=cfg.kl_weight,
         num_samples=cfg.num_samples,
         dpl_cdf=cfg.dpl_cdf,

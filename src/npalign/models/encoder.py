@@ -44,6 +44,7 @@ class ContextEncoder(nn.Module):
 
     With `stochastic=True` the head returns a diagonal Gaussian q(z | context) whose scale is floored
     at `min_scale`, which keeps the latent NP from collapsing onto a point that ignores the context.
+    `depth` is the number of linear layers of the per-pair network f.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class ContextEncoder(nn.Module):
         num_heads: int = 8,
         min_scale: float = 0.01,
         pooling: str = "mean",
+        depth: int = 2,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "mean+max"):
@@ -65,7 +67,9 @@ class ContextEncoder(nn.Module):
             raise ValueError(f"hidden_dim={hidden_dim} must be divisible by num_heads={num_heads}.")
         self.embed_dim, self.hidden_dim, self.latent_dim = embed_dim, hidden_dim, latent_dim
         self.stochastic, self.min_scale, self.pooling = stochastic, min_scale, pooling
-        self.pair_net = mlp(2 * embed_dim, hidden_dim, hidden_dim)
+        # depth >= 3 gives each pair a nonlinearity *after* comparing the two items, so that it can
+        # emit a near-binary "this pair rules type k out" feature before pooling.
+        self.pair_net = mlp(2 * embed_dim, hidden_dim, hidden_dim, depth=depth)
         self.attention = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True) if attention else None
         self.attention_norm = nn.LayerNorm(hidden_dim) if attention else None
         pooled_dim = 2 * hidden_dim if pooling == "mean+max" else hidden_dim

@@ -35,6 +35,10 @@ class PreferenceModel(nn.Module):
         latent_dim: Z (unused by btl/dpl).
         attention / num_heads: self-attention across context pairs before pooling.
         min_scale: floor of the latent posterior's scale.
+        pooling: "mean" or "mean+max" over context pairs.
+        encoder_depth: linear layers of the encoder's per-pair network.
+        decoder_depth: hidden layers of the head after z joins the item representation (1: z shifts the
+            pre-activation of a single hidden layer, as in the release).
         kl_weight: beta of the NP objective.
         num_samples: S, z samples when predicting with the latent model.
         dpl_cdf: "exact" (normal CDF) or "logistic" (the release's stand-in).
@@ -51,6 +55,8 @@ class PreferenceModel(nn.Module):
         num_heads: int = 8,
         min_scale: float = 0.01,
         pooling: str = "mean+max",
+        encoder_depth: int = 2,
+        decoder_depth: int = 1,
         kl_weight: float = 1.0,
         num_samples: int = 8,
         dpl_cdf: str = "exact",
@@ -74,8 +80,13 @@ class PreferenceModel(nn.Module):
                 num_heads=num_heads,
                 min_scale=min_scale,
                 pooling=pooling,
+                depth=encoder_depth,
             )
             self.latent_proj = nn.Linear(latent_dim, hidden_dim, bias=False)
+        # Extra hidden layers between the conditioned representation and the output.
+        self.head = nn.Sequential(
+            *[nn.Sequential(nn.GELU(), nn.Linear(hidden_dim, hidden_dim)) for _ in range(decoder_depth - 1)]
+        )
         self.out = nn.Linear(hidden_dim, 2 if kind == "dpl" else 1)
 
     @property
@@ -104,7 +115,7 @@ class PreferenceModel(nn.Module):
         if z is not None:
             assert self.latent_proj is not None
             hidden = hidden + self.latent_proj(z).unsqueeze(-2)  # (B, T, H) or (S, B, T, H)
-        return self.out(F.gelu(hidden))
+        return self.out(F.gelu(self.head(hidden)))
 
     def reward(self, items: Tensor, z: Tensor | None) -> Tensor:
         """Scalar reward (the DPL mean for dpl): (B, T, D) -> (B, T), or (S, B, T) with sampled z."""
