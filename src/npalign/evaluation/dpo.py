@@ -21,22 +21,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from npalign.data.dpo_episodes import DPOEpisodeSampler
-from npalign.evaluation.reward import _type_weighted
+from npalign.evaluation.reward import type_weighted
 from npalign.inference.policy import PolicyRunner
 from npalign.models.embedding_cache import EmbeddingCache
 from npalign.training.dpo import embed_items, embedding_cache_root, episode_scores
 from npalign.types import PreferenceSet
 
 logger = logging.getLogger(__name__)
-
-
-def _unscaled(summary: dict[str, Any]) -> dict[str, Any]:
-    """Undo the percent scaling of `_type_weighted` for quantities that are not fractions."""
-    return {
-        "mean": summary["mean"] / 100,
-        "sem": summary["sem"] / 100,
-        "by_type": {name: value / 100 for name, value in summary["by_type"].items()},
-    }
 
 
 def evaluate_policy(
@@ -90,9 +81,9 @@ def evaluate_policy(
             batch_pairs=batch_pairs,
         )
         types, names = scores["user_type"], sampler.type_names
-        result["accuracy"][str(m)] = _type_weighted(scores["accuracy"], types, names)
-        result["margin"][str(m)] = _unscaled(_type_weighted(scores["margin"], types, names))
-        result["loss"][str(m)] = _unscaled(_type_weighted(scores["loss"], types, names))
+        result["accuracy"][str(m)] = type_weighted(scores["accuracy"], types, names)
+        result["margin"][str(m)] = type_weighted(scores["margin"], types, names, scale=1.0)
+        result["loss"][str(m)] = type_weighted(scores["loss"], types, names, scale=1.0)
     return result
 
 

@@ -22,18 +22,25 @@ from npalign.utils.metrics import episode_accuracy, episode_nll, expected_calibr
 logger = logging.getLogger(__name__)
 
 
-def _type_weighted(values: torch.Tensor, types: torch.Tensor, type_names: list[str]) -> dict[str, Any]:
-    """Mean and s.e.m. (percent) with equal weight per user type, plus the per-type means."""
+def type_weighted(
+    values: torch.Tensor, types: torch.Tensor, type_names: list[str], scale: float = 100.0
+) -> dict[str, Any]:
+    """Mean and s.e.m. with equal weight per user type, plus the per-type means, all times `scale`.
+
+    Args:
+        values: (N,) one number per episode (a fraction, by default reported in percent).
+        types: (N,) index into `type_names` of each episode's user type; types with no episode are skipped.
+    """
     by_type, sems = {}, []
     for k, name in enumerate(type_names):
         selected = values[types == k]
         if selected.numel() == 0:
             continue
         mean, sem = mean_and_sem(selected)
-        by_type[name or "all"] = 100 * mean
+        by_type[name or "all"] = scale * mean
         sems.append(sem)
     mean = sum(by_type.values()) / len(by_type)
-    sem = 100 * math.sqrt(sum(s * s for s in sems if not math.isnan(s))) / len(sems)
+    sem = scale * math.sqrt(sum(s * s for s in sems if not math.isnan(s))) / len(sems)
     return {"mean": mean, "sem": sem, "by_type": by_type}
 
 
@@ -73,12 +80,8 @@ def evaluate_reward_model(
             probs_all.append(probs)
             masks.append(batch.target_mask)
         type_index = torch.cat(types)
-        result["accuracy"][str(m)] = _type_weighted(torch.cat(accuracy), type_index, sampler.type_names)
-        nll_summary = _type_weighted(torch.cat(nll), type_index, sampler.type_names)
-        result["nll"][str(m)] = {
-            key: value / 100 if key != "by_type" else {t: v / 100 for t, v in value.items()}
-            for key, value in nll_summary.items()
-        }
+        result["accuracy"][str(m)] = type_weighted(torch.cat(accuracy), type_index, sampler.type_names)
+        result["nll"][str(m)] = type_weighted(torch.cat(nll), type_index, sampler.type_names, scale=1.0)
         result["ece"][str(m)] = expected_calibration_error(torch.cat(probs_all), torch.cat(masks))
     return result
 
@@ -106,7 +109,7 @@ def bayes_ceiling(
         for batch in sampler.evaluation_batches(m, episodes, seed):
             values.append(oracle.episode_accuracy(batch))
             types.append(batch.user_type)
-        summary = _type_weighted(torch.cat(values), torch.cat(types), sampler.type_names)
+        summary = type_weighted(torch.cat(values), torch.cat(types), sampler.type_names)
         ceiling[str(m)], sems[str(m)] = summary["mean"], summary["sem"]
         method[str(m)] = "bayes-on-episodes" if spec["users"] == "types" else "bayes-particles-on-episodes"
     return {"ceiling": ceiling, "ceiling_sem": sems, "ceiling_method": method}
