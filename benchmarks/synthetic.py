@@ -22,9 +22,17 @@ MODELS = {
         "np-btl": ["model.kind=np-btl", "optim.steps=3000", "optim.lr=3e-3"],
         "np-btl-latent": ["model.kind=np-btl-latent", "optim.steps=4000", "optim.lr=3e-3", "model.kl_weight=1.0"],
     },
+    # Deeper per-pair encoder (a pair can say "this rules type k out" before pooling) and decoder (the
+    # bump reward's kink), trained longer: the gap at m = 3 went -2.6 -> -0.8 (sweep: benchmarks/tune_np.py).
     "mixture2d": {
         "btl": ["model.kind=btl", "optim.steps=500"],
-        "np-btl": ["model.kind=np-btl", "optim.steps=4000", "optim.lr=1e-3"],
+        "np-btl": [
+            "model.kind=np-btl",
+            "optim.steps=8000",
+            "optim.lr=1e-3",
+            "model.encoder_depth=4",
+            "model.decoder_depth=3",
+        ],
     },
     "dirichlet2d": {
         "btl": ["model.kind=btl", "optim.steps=500"],
