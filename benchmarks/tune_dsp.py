@@ -1,0 +1,61 @@
+"""Validation-only NP-BTL sweep on DSP (how the NP-BTL settings of benchmarks/dsp.py were chosen).
+
+    python benchmarks/dsp.py --embedder smollm2-mean      # once: builds the data and fills the cache
+    python benchmarks/tune_dsp.py --embedder smollm2-mean --tag E optim.steps=2000 episodes.max_context=30
+
+Trains NP-BTL with dsp.py's settings plus the given overrides on the train split, keeps the best
+validation step, and prints one JSON line with validation accuracy per m (800 episodes per m). The test
+split is never read. Needs the dataset file and embedding cache that benchmarks/dsp.py leaves behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from dsp import CONTEXTS, MODELS, TARGETS, _config, _train
+
+from npalign.data.loaders import load_preferences
+from npalign.evaluation.reward import evaluate_reward_model
+from npalign.inference.embedding import embed_preferences, resolve_embedder
+from npalign.models.builders import load_reward_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="key=value on top of dsp.py's NP-BTL settings")
+    parser.add_argument("--embedder", default="minilm")
+    parser.add_argument("--tag", default="run", help="names the run folder under out/bench/tune_dsp/")
+    parser.add_argument("--episodes", type=int, default=800)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data_file = REPO / "out" / "bench" / f"dsp_{args.embedder}" / "dsp.jsonl"
+    if not data_file.exists():
+        raise SystemExit(f"{data_file} is missing: run `python benchmarks/dsp.py --embedder {args.embedder}` first.")
+    embedder = resolve_embedder(args.embedder)
+    train, val = (
+        embed_preferences(load_preferences(data_file, split=split)[0], embedder) for split in ("train", "validation")
+    )
+    cfg = _config(args.embedder, [*MODELS["NP-BTL"], *args.overrides], seed=0)
+    run_dir = REPO / "out" / "bench" / "tune_dsp" / f"{args.embedder}_{args.tag}"
+    info = _train(cfg, train, val, run_dir)
+    model, _ = load_reward_model(run_dir)
+    accuracy = evaluate_reward_model(
+        model, val, contexts=CONTEXTS, episodes=args.episodes, targets=TARGETS, seed=99
+    )["accuracy"]
+    print(json.dumps({
+        "tag": args.tag,
+        "overrides": args.overrides,
+        "best_step": info["best_step"],
+        "val_nll": info["val_nll_at_best"],
+        "val_accuracy": {m: round(v["mean"], 1) for m, v in accuracy.items()},
+        "val_accuracy_m10_by_type": {k: round(v, 1) for k, v in accuracy["10"]["by_type"].items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()
