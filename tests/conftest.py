@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
     GPT2Config,
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from npalign.models import hub
 
 # Words the LM tests write prompts and responses with; anything else maps to <unk>.
 # fmt: off
@@ -126,3 +133,23 @@ def tiny_gpt2() -> PreTrainedModel:
         bos_token_id=3,
     )
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, width-32 random BERT with the real minilm tokenizer, saved like any HF folder."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+    )
+    BertModel(config).save_pretrained(folder)
+    minilm = hub.resolve_model("minilm")
+    AutoTokenizer.from_pretrained(minilm, local_files_only=True).save_pretrained(folder)
+    return folder

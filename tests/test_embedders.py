@@ -16,9 +16,6 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 from transformers import (
-    AutoTokenizer,
-    BertConfig,
-    BertModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -62,25 +59,6 @@ RESPONSES = [
 
 def minilm_folder() -> Path:
     return Path(hub.resolve_model("minilm"))
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, width-32 random BERT with the real minilm tokenizer, saved like any HF folder."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-    )
-    BertModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_folder(), local_files_only=True).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

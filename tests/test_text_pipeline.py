@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 import npalign
 from npalign.cli import embed_cmd
@@ -25,7 +24,6 @@ from npalign.data.loaders import load_preferences
 from npalign.inference.api import RewardPredictor
 from npalign.inference.embedding import embed_preferences, resolve_embedder, to_features
 from npalign.inference.text import TextRewardPredictor
-from npalign.models import hub
 from npalign.models.embedders import Embedder
 from npalign.training.reward import train_reward_model
 from npalign.types import PreferenceSet
@@ -59,26 +57,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, width-32 random BERT with the real minilm tokenizer, saved like any HF folder."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-    )
-    BertModel(config).save_pretrained(folder)
-    minilm = hub.resolve_model("minilm")
-    AutoTokenizer.from_pretrained(minilm, local_files_only=True).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
