@@ -36,7 +36,7 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,14 +47,13 @@ from npalign.config import TrainConfig, load_config
 from npalign.data.builders import build_dataset
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.report import markdown_table, write_report
-from npalign.evaluation.reward import evaluate_reward_model, evaluation_sampler, type_weighted
+from npalign.evaluation.reward import evaluate_reward_model, score_episodes
 from npalign.inference.embedding import embed_preferences, resolve_embedder
 from npalign.models.builders import load_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.training.reward import train_reward_model
 from npalign.types import EpisodeBatch, PreferenceSet
 from npalign.utils.io import atomic_path, read_jsonl, write_json
-from npalign.utils.metrics import episode_accuracy, episode_nll, expected_calibration_error
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXTS = [0, 1, 3, 5, 10]
@@ -134,37 +133,12 @@ def type_subset(data: PreferenceSet, user_type: str) -> PreferenceSet:
     return data.subset(pair_types == index)
 
 
-@torch.no_grad()
-def _score_episodes(
-    test: PreferenceSet, predict: Callable[[EpisodeBatch], torch.Tensor], *, episodes: int, seed: int
-) -> dict[str, Any]:
-    """Score `predict(batch) -> (B, T) p(chosen > rejected)` on the episodes `evaluate_reward_model` draws.
-
-    Returns the `evaluate_reward_model` record shape (accuracy / nll / ece per m)."""
-    sampler = evaluation_sampler(test, CONTEXTS, TARGETS)
-    result: dict[str, Any] = {"accuracy": {}, "nll": {}, "ece": {}}
-    for m in CONTEXTS:
-        accuracy, nll, types, probs_all, masks = [], [], [], [], []
-        for batch in sampler.evaluation_batches(m, episodes, seed):
-            probs = predict(batch)
-            accuracy.append(episode_accuracy(probs, batch.target_mask))
-            nll.append(episode_nll(probs, batch.target_mask))
-            types.append(batch.user_type)
-            probs_all.append(probs)
-            masks.append(batch.target_mask)
-        type_index = torch.cat(types)
-        result["accuracy"][str(m)] = type_weighted(torch.cat(accuracy), type_index, sampler.type_names)
-        result["nll"][str(m)] = type_weighted(torch.cat(nll), type_index, sampler.type_names, scale=1.0)
-        result["ece"][str(m)] = expected_calibration_error(torch.cat(probs_all), torch.cat(masks))
-    return result
-
-
 def evaluate_oracle(
     models: dict[str, PreferenceModel], test: PreferenceSet, *, episodes: int, seed: int
 ) -> dict[str, Any]:
     """Per-type models on the shared episodes, each episode sent to the model of its user's type."""
 
-    def predict(batch: EpisodeBatch) -> torch.Tensor:
+    def predict(batch: EpisodeBatch, _: torch.Generator) -> torch.Tensor:
         probs = torch.empty(batch.target_mask.shape)  # (B, T)
         for k, name in enumerate(batch.type_names):
             rows = batch.user_type == k
@@ -174,7 +148,7 @@ def evaluate_oracle(
                 )
         return probs
 
-    return _score_episodes(test, predict, episodes=episodes, seed=seed)
+    return score_episodes(test, predict, contexts=CONTEXTS, episodes=episodes, targets=TARGETS, seed=seed)
 
 
 def evaluate_type_posterior(
@@ -189,7 +163,7 @@ def evaluate_type_posterior(
     """
     names = list(models)
 
-    def predict(batch: EpisodeBatch) -> torch.Tensor:
+    def predict(batch: EpisodeBatch, _: torch.Generator) -> torch.Tensor:
         context = torch.stack(
             [models[n].eval().log_likelihood(batch.context_chosen, batch.context_rejected, None) for n in names]
         )  # (K, B, C)
@@ -199,7 +173,7 @@ def evaluate_type_posterior(
         )  # (K, B, T)
         return (log_post.exp()[..., None] * targets).sum(0)
 
-    return _score_episodes(test, predict, episodes=episodes, seed=seed)
+    return score_episodes(test, predict, contexts=CONTEXTS, episodes=episodes, targets=TARGETS, seed=seed)
 
 
 def _config(embedder: str, overrides: list[str], seed: int) -> TrainConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 from npalign.data.episodes import EpisodeSampler, derived_seed
 from npalign.data.synthetic import BayesOracle, closed_form_ceiling
 from npalign.models.reward import PreferenceModel
-from npalign.types import PreferenceSet
+from npalign.types import EpisodeBatch, PreferenceSet
 from npalign.utils.metrics import episode_accuracy, episode_nll, expected_calibration_error, mean_and_sem
 
 logger = logging.getLogger(__name__)
@@ -49,31 +50,33 @@ def evaluation_sampler(data: PreferenceSet, contexts: list[int], targets: int) -
 
 
 @torch.no_grad()
-def evaluate_reward_model(
-    model: PreferenceModel,
+def score_episodes(
     data: PreferenceSet,
+    predict: Callable[[EpisodeBatch, torch.Generator], torch.Tensor],
     *,
     contexts: list[int],
     episodes: int,
     targets: int,
     seed: int,
     progress: bool = False,
+    desc: str = "evaluate",
 ) -> dict[str, Any]:
-    """Accuracy (mean, s.e.m., per type), NLL and ECE at each context size on fixed episodes.
+    """Accuracy (mean, s.e.m., per type), NLL and ECE of any predictor at each context size on fixed episodes.
 
+    Args:
+        predict: (episode batch, generator) -> (B, T) p(chosen > rejected); the generator (seeded per m)
+            is there for predictors that sample.
     Returns:
         {"accuracy": {"<m>": {"mean", "sem", "by_type"}}, "nll": {"<m>": {...}}, "ece": {"<m>": float}}
         with accuracies in percent.
     """
     sampler = evaluation_sampler(data, contexts, targets)
-    model.eval()
     result: dict[str, Any] = {"accuracy": {}, "nll": {}, "ece": {}}
-    for m in tqdm(contexts, desc=f"evaluate {model.kind}", disable=not progress):
+    for m in tqdm(contexts, desc=desc, disable=not progress):
         generator = torch.Generator().manual_seed(derived_seed(seed, "eval-noise", m))
         accuracy, nll, types, probs_all, masks = [], [], [], [], []
         for batch in sampler.evaluation_batches(m, episodes, seed):
-            latent = model.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
-            probs = model.prefer_prob(batch.target_chosen, batch.target_rejected, latent, generator)
+            probs = predict(batch, generator)
             accuracy.append(episode_accuracy(probs, batch.target_mask))
             nll.append(episode_nll(probs, batch.target_mask))
             types.append(batch.user_type)
@@ -84,6 +87,35 @@ def evaluate_reward_model(
         result["nll"][str(m)] = type_weighted(torch.cat(nll), type_index, sampler.type_names, scale=1.0)
         result["ece"][str(m)] = expected_calibration_error(torch.cat(probs_all), torch.cat(masks))
     return result
+
+
+def evaluate_reward_model(
+    model: PreferenceModel,
+    data: PreferenceSet,
+    *,
+    contexts: list[int],
+    episodes: int,
+    targets: int,
+    seed: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """`score_episodes` of a reward model: z from each episode's context, then its targets scored."""
+    model.eval()
+
+    def predict(batch: EpisodeBatch, generator: torch.Generator) -> torch.Tensor:
+        latent = model.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
+        return model.prefer_prob(batch.target_chosen, batch.target_rejected, latent, generator)
+
+    return score_episodes(
+        data,
+        predict,
+        contexts=contexts,
+        episodes=episodes,
+        targets=targets,
+        seed=seed,
+        progress=progress,
+        desc=f"evaluate {model.kind}",
+    )
 
 
 def bayes_ceiling(
