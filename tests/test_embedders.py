@@ -262,6 +262,40 @@ def test_causal_pooling_picks_the_last_token_and_the_response_tokens(
     )
 
 
+def test_mean_over_the_first_response_tokens_equals_the_full_pass(causal_mean: CausalLMEmbedder) -> None:
+    """Cutting the conversation after N response tokens gives exactly the full pass's first-N mean."""
+    first = CausalLMEmbedder(
+        "tiny-mean3",
+        causal_mean.model_revision,
+        causal_mean.model,
+        causal_mean.tokenizer,
+        pooling="mean",
+        response_tokens=3,
+    )
+    assert first.revision != causal_mean.revision  # a cache never mixes the two
+    tokenizer = first.tokenizer
+    expected, cut = [], 0
+    for prompt, response in zip(PROMPTS[:4], RESPONSES[:4], strict=True):  # "Paris." is 3 tokens or fewer
+        full, prefix = first.render(prompt, response)
+        ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])  # (1, L)
+        n_prefix = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        cut += ids.shape[1] > n_prefix + 3
+        with torch.no_grad():
+            hidden = first.model(ids, output_hidden_states=True).hidden_states[-1][0]  # (L, H)
+        expected.append(hidden[n_prefix : n_prefix + 3].mean(0))
+    assert cut == 3
+    got = first.embed(PROMPTS[:4], RESPONSES[:4], batch_size=4)  # padded batch of cut conversations
+    torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
+    differs = (got - causal_mean.embed(PROMPTS[:4], RESPONSES[:4])).abs().amax(-1) > 1e-3  # (4,)
+    assert differs.tolist() == [True, False, True, True]
+    _, prefix = first.render(PROMPTS[0], RESPONSES[0])
+    n_prefix = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    assert first.token_lengths(PROMPTS[:1], RESPONSES[:1]) == [n_prefix + 3]
+    for bad in ({"pooling": "last", "response_tokens": 3}, {"pooling": "mean", "response_tokens": 0}):
+        with pytest.raises(ValueError, match="response_tokens"):
+            CausalLMEmbedder("x", "r", causal_mean.model, causal_mean.tokenizer, **bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("which", ["encoder", "causal_last"])
 def test_bad_texts_name_their_index(which: str, request: pytest.FixtureRequest) -> None:
     embedder = request.getfixturevalue(which)

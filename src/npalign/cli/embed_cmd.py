@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     embed.add_argument("--data", required=True, help="preference file with text items")
     embed.add_argument(
-        "--embedder", required=True, help="minilm, smollm2 (last token), smollm2-mean, or a model folder"
+        "--embedder", required=True, help="minilm, smollm2 (last token), smollm2-mean, smollm2-mean64, or a model folder"
     )
     embed.add_argument("--out", required=True, help="output directory")
     embed.add_argument("--cache", default=None, help="embedding cache directory (default: npalign cache)")

@@ -90,12 +90,12 @@ def to_features(vectors: Tensor) -> Tensor:
 
 
 def resolve_embedder(embedder: str | Embedder) -> Embedder:
-    """An `Embedder` from a name ("minilm", "smollm2", "smollm2-mean", a model folder) or as is."""
+    """An `Embedder` from a name ("minilm", "smollm2", "smollm2-mean", "smollm2-mean64", a model folder) or as is."""
     if isinstance(embedder, Embedder):
         return embedder
     if not isinstance(embedder, str) or not embedder.strip():
         raise ValueError(
-            f"embedder={embedder!r}: name an embedder (minilm, smollm2, smollm2-mean or a model folder)."
+            f"embedder={embedder!r}: name an embedder (minilm, smollm2, smollm2-mean, smollm2-mean64 or a model folder)."
         )
     return build_embedder(embedder)
 
@@ -183,7 +183,7 @@ def embed_preferences(
 
     Args:
         data: a PreferenceSet with `item_prompts` / `item_responses` (N each).
-        embedder: a name for `build_embedder` ("minilm", "smollm2", "smollm2-mean", a model folder),
+        embedder: a name for `build_embedder` ("minilm", "smollm2", "smollm2-mean", "smollm2-mean64", a model folder),
             or a built `Embedder` to reuse across calls.
         cache_dir / progress / dtype / batch_size: see `embed_texts`.
     Raises:

@@ -13,7 +13,10 @@ Two kinds, both frozen and run under `torch.inference_mode()`:
 - `CausalLMEmbedder` (e.g. `smollm2`): the model's chat template renders the prompt as the user turn
   and the response as the assistant turn. `pooling="last"` takes the final-layer (post-norm) hidden
   state of the last token of the rendered conversation; `pooling="mean"` averages the final-layer
-  states over the assistant turn (the response tokens and the template's end-of-turn tokens). Batches
+  states over the assistant turn (the response tokens and the template's end-of-turn tokens), or with
+  `response_tokens=N` over its first N tokens only: later tokens cannot change the states of earlier
+  ones in a causal LM, so they are dropped before the forward pass and the vector is exactly that of
+  the full conversation's first N response tokens, at a fraction of the compute. Batches
   are left-padded with explicit position ids, so the last token sits at index -1 of every row and a
   text embeds the same alone or in a padded batch. Too-long conversations lose their *start*
   (system and user text first), which keeps the response and the last token.
@@ -59,11 +62,14 @@ OnTooLong = Literal["truncate", "error"]
 FORMAT_VERSION = "v1"
 _UNSET_MAX_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30
 
-# Short names -> (default model, pooling).
-EMBEDDER_NAMES: dict[str, tuple[str, Pooling]] = {
-    "minilm": ("minilm", "mean"),
-    "smollm2": ("smollm2", "last"),
-    "smollm2-mean": ("smollm2", "mean"),
+# Short names -> (default model, pooling, response tokens pooled by a causal LM's mean; None = all).
+EMBEDDER_NAMES: dict[str, tuple[str, Pooling, int | None]] = {
+    "minilm": ("minilm", "mean", None),
+    "smollm2": ("smollm2", "last", None),
+    "smollm2-mean": ("smollm2", "mean", None),
+    # The first 64 response tokens: half the tokens on DSP, with the same per-domain oracle accuracy
+    # within validation noise (benchmarks/results/dsp_smollm2-mean64/embedding.md).
+    "smollm2-mean64": ("smollm2", "mean", 64),
 }
 
 
@@ -405,6 +411,8 @@ class CausalLMEmbedder(Embedder):
         max_length: token budget per rendered conversation; None = the model's limit.
         on_too_long: "truncate" or "error".
         device: where the model runs.
+        response_tokens: with mean pooling, average over the first N tokens of the assistant turn only
+            (the conversation is cut there before the forward pass); None = the whole turn.
     """
 
     kind = "causal_lm"
@@ -421,9 +429,16 @@ class CausalLMEmbedder(Embedder):
         max_length: int | None = None,
         on_too_long: OnTooLong = "truncate",
         device: str | torch.device = "cpu",
+        response_tokens: int | None = None,
     ) -> None:
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling={pooling!r} for {name!r}; use 'last' or 'mean'.")
+        if response_tokens is not None and (pooling != "mean" or response_tokens < 1):
+            raise ValueError(
+                f"response_tokens={response_tokens} for {name!r}: it needs pooling='mean' (a cut "
+                "conversation has no last token to pool) and a count >= 1."
+            )
+        self.response_tokens = response_tokens
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"the tokenizer of {name!r} has no chat template; set tokenizer.chat_template (or save a "
@@ -442,7 +457,7 @@ class CausalLMEmbedder(Embedder):
             max_length=max_length,
             on_too_long=on_too_long,
             device=device,
-            format_tag=f"chat-{pooling}",
+            format_tag=f"chat-{pooling}" + (f"-first{response_tokens}" if response_tokens else ""),
         )
 
     def render(self, prompt: str, response: str) -> tuple[str, str]:
@@ -480,6 +495,9 @@ class CausalLMEmbedder(Embedder):
             assert response_mask and response_mask[-1], (
                 "the rendered conversation must end in the assistant turn"
             )
+            if self.response_tokens is not None:
+                end = response_mask.index(True) + self.response_tokens  # causal: nothing after matters
+                ids, response_mask = ids[:end], response_mask[:end]
             keep = slice(-self.max_length, None)  # keep the end: response and last token survive
             pairs.append(_Tokenized(list(ids[keep]), response_mask[keep], len(ids)))
         return pairs
@@ -520,7 +538,8 @@ def build_embedder(
     pooling: Pooling | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Embedder:
-    """An embedder by name: "minilm", "smollm2" (last token), "smollm2-mean", or a model folder / hub id.
+    """An embedder by name (`EMBEDDER_NAMES`: "minilm", "smollm2" (last token), "smollm2-mean",
+    "smollm2-mean64"), or a model folder / hub id.
 
     For folders and hub ids, the config's `architectures` picks the kind (…ForCausalLM -> causal LM,
     anything else -> encoder); `pooling` picks "last" (default) or "mean" for causal LMs and appends
@@ -539,10 +558,11 @@ def build_embedder(
         raise ValueError(f"on_too_long={on_too_long!r}; use 'truncate' or 'error'.")
     if pooling not in (None, "last", "mean"):
         raise ValueError(f"pooling={pooling!r}; use 'last' or 'mean'.")
+    response_tokens = None
     if name in EMBEDDER_NAMES:
-        model_name, implied = EMBEDDER_NAMES[name]
+        model_name, implied, response_tokens = EMBEDDER_NAMES[name]
         if pooling is not None and pooling != implied:
-            others = [n for n, (m, p) in EMBEDDER_NAMES.items() if m == model_name and p == pooling]
+            others = [n for n, (m, p, _) in EMBEDDER_NAMES.items() if m == model_name and p == pooling]
             raise ValueError(
                 f"embedder {name!r} pools by {implied!r}, not {pooling!r}; "
                 + (f"use the name {others[0]!r}." if others else "leave pooling unset.")
@@ -580,4 +600,5 @@ def build_embedder(
         max_length=max_length,
         on_too_long=on_too_long,
         device=device,
+        response_tokens=response_tokens,
     )
