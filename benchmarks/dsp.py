@@ -416,7 +416,7 @@ def pipeline_arguments(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--embedder", default="minilm", help="minilm, smollm2, smollm2-mean or a model folder"
+        "--embedder", default="minilm", help="minilm, smollm2, smollm2-mean, smollm2-mean64 or a model folder"
     )
     parser.add_argument("--out", default=None, help=f"default benchmarks/results/{results_name}_<embedder>")
     parser.add_argument(
