@@ -127,7 +127,7 @@ def main() -> None:
         "data": data.name,
         "results": [],
     }
-    if "smollm2" in args.embedders or "smollm2-mean" in args.embedders:
+    if any(name.startswith("smollm2") for name in args.embedders):
         hub.resolve_model("smollm2")  # make sure the shared cache exists before timing loads
         if not args.skip_conversion:
             report["smollm2_loading"] = time_conversion()

@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--embedder", default="minilm")
     parser.add_argument("--tag", default="run", help="names the run folder under out/bench/tune_dsp/")
     parser.add_argument("--episodes", type=int, default=800)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (NP-BTL is seed-sensitive on DSP)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data_file = REPO / "out" / "bench" / f"dsp_{args.embedder}" / "dsp.jsonl"
@@ -40,8 +41,8 @@ def main() -> None:
     train, val = (
         embed_preferences(load_preferences(data_file, split=split)[0], embedder) for split in ("train", "validation")
     )
-    cfg = _config(args.embedder, [*MODELS["NP-BTL"], *args.overrides], seed=0)
-    run_dir = REPO / "out" / "bench" / "tune_dsp" / f"{args.embedder}_{args.tag}"
+    cfg = _config(args.embedder, [*MODELS["NP-BTL"], *args.overrides], seed=args.seed)
+    run_dir = REPO / "out" / "bench" / "tune_dsp" / f"{args.embedder}_{args.tag}_seed{args.seed}"
     info = _train(cfg, train, val, run_dir)
     model, _ = load_reward_model(run_dir)
     accuracy = evaluate_reward_model(
@@ -49,6 +50,7 @@ def main() -> None:
     )["accuracy"]
     print(json.dumps({
         "tag": args.tag,
+        "seed": args.seed,
         "overrides": args.overrides,
         "best_step": info["best_step"],
         "val_nll": info["val_nll_at_best"],
