@@ -19,7 +19,7 @@ from npalign.data.episodes import EpisodeSampler
 from npalign.data.loaders import split_by_user
 from npalign.data.synthetic import generate, task_spec
 from npalign.models.builders import load_reward_model
-from npalign.training.reward import train_reward_model
+from npalign.training.reward import train_reward_model, validate
 from npalign.utils.io import load_tensors
 
 SMALL = [
@@ -165,6 +165,39 @@ def test_every_kind_trains_saves_and_loads(kind: str, extra: list[str], paper_sp
         pair_net = model.model.encoder.pair_net
         assert sum(isinstance(layer, torch.nn.Linear) for layer in pair_net) == 3
         assert len(model.model.head) == 1
+
+
+@pytest.mark.parametrize("select_by", ["nll", "accuracy"])
+def test_the_kept_weights_are_the_best_validation_step_by_the_chosen_figure(
+    select_by: str, paper_splits, tmp_path: Path  # noqa: ANN001
+) -> None:
+    train, val, _ = paper_splits
+    cfg = load_config(
+        TrainConfig,
+        overrides=[
+            *SMALL,
+            "optim.steps=120",
+            "eval.val_every=20",
+            "log_every=20",
+            "save_every=20",
+            "eval.contexts=[0,3]",
+            f"eval.select_by={select_by}",
+        ],
+    )
+    out = tmp_path / select_by
+    result = train_reward_model(cfg, train, val, out)
+    validations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_nll" in r]
+    assert len(validations) == 6
+    if select_by == "nll":
+        best = min(validations, key=lambda r: r["val_nll"])
+    else:
+        best = max(validations, key=lambda r: r["val_accuracy"])  # the first of equals, like the loop
+    assert result.best_step == best["step"] and result.best_val_nll == pytest.approx(best["val_nll"])
+    sampler = EpisodeSampler(val, targets=cfg.eval.targets, max_context=3)
+    again = validate(load_reward_model(out)[0], sampler, [0, 3], cfg.eval.val_episodes, cfg.eval.seed)
+    assert again["val_accuracy"] == pytest.approx(best["val_accuracy"])
+    with pytest.raises(ValueError, match="select_by='loss'"):
+        load_config(TrainConfig, overrides=["eval.select_by=loss"])
 
 
 def test_refuses_to_overwrite_a_trained_run(trained_np: Path, paper_splits) -> None:  # noqa: ANN001

@@ -116,8 +116,14 @@ class EvalConfig:
     val_episodes: int = 512
     val_every: int = 250
     seed: int = 1234
+    # Which validation figure picks the kept weights: "nll" (mean target NLL over the contexts) or
+    # "accuracy" (mean accuracy, the figure the benchmarks report). On small data the rewards' NLL can
+    # rise from overconfidence while accuracy still improves as the encoder learns to tell users apart.
+    select_by: str = "nll"
 
     def __post_init__(self) -> None:
+        if self.select_by not in ("nll", "accuracy"):
+            raise ValueError(f"eval.select_by={self.select_by!r}: use 'nll' or 'accuracy'.")
         if not self.contexts or any(m < 0 for m in self.contexts):
             raise ValueError(f"eval.contexts={self.contexts} must be a non-empty list of sizes >= 0.")
         if self.episodes < 1 or self.val_episodes < 1 or self.targets < 1:

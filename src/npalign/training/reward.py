@@ -3,7 +3,7 @@
 Run directory:
     config.yaml            the resolved TrainConfig (rerun with --config)
     model_config.json      what `npalign.load` needs to rebuild the model (kind, sizes, embedder, types)
-    model.safetensors      the best weights on validation (the last ones when there is no validation)
+    model.safetensors      the best weights on validation by `eval.select_by` (the last ones without validation)
     metrics.jsonl          training averages every `log_every` steps and every validation
     checkpoint/            the last state (model, optimizer, scheduler, loop) for --resume
     summary.json           wall time and final figures
@@ -135,7 +135,8 @@ def train_reward_model(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw_model: PreferenceModel = accelerator.unwrap_model(model)
 
-    state: dict[str, Any] = {"step": 0, "best_val_nll": math.inf, "best_step": -1}
+    # best_score: lower is better (val NLL, or minus val accuracy with eval.select_by=accuracy).
+    state: dict[str, Any] = {"step": 0, "best_val_nll": math.inf, "best_score": math.inf, "best_step": -1}
     metrics_path = out_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,8 +196,11 @@ def train_reward_model(
             }
             if accelerator.is_main_process:
                 append_jsonl(record, metrics_path)
-                if record["val_nll"] < state["best_val_nll"]:
-                    state.update(best_val_nll=record["val_nll"], best_step=done)
+                score = record["val_nll"] if cfg.eval.select_by == "nll" else -record["val_accuracy"]
+                # Checkpoints from before select_by existed kept the best NLL only.
+                fallback = state["best_val_nll"] if cfg.eval.select_by == "nll" else math.inf
+                if score < state.get("best_score", fallback):
+                    state.update(best_score=score, best_val_nll=record["val_nll"], best_step=done)
                     save_tensors(raw_model.state_dict(), out_dir / "model.safetensors")
         if accelerator.is_main_process and (done % cfg.save_every == 0 or done == total):
             state["step"] = done
