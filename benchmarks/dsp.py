@@ -74,6 +74,10 @@ COMMON = [
     "save_every=50",
     f"episodes.targets={TARGETS}",
     "episodes.max_context=10",
+    # Keep the step with the best validation *accuracy*: the rewards overfit ~1,600 pairs per domain and
+    # grow overconfident (validation NLL rising) while NP-BTL's encoder is still learning to tell the
+    # domains apart, so the best-NLL step could come before it had (tuning.md, section 5).
+    "eval.select_by=accuracy",
 ]
 
 # Chosen on the validation split (never the test split) by a small sweep over hidden size, latent size,
@@ -186,7 +190,7 @@ def _train(cfg: TrainConfig, train: PreferenceSet, val: PreferenceSet, run_dir: 
         shutil.rmtree(run_dir)
     result = train_reward_model(cfg, train, val, run_dir)
     validations = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_nll" in r]
-    best = min(validations, key=lambda r: r["val_nll"])
+    (best,) = [r for r in validations if r["step"] == result.best_step]
     return {
         "steps": result.steps,
         "best_step": result.best_step,
