@@ -1,11 +1,14 @@
-"""Validation-only NP-BTL sweep on DSP (how the NP-BTL settings of benchmarks/dsp.py were chosen).
+"""Validation-only sweep on DSP (how the settings of benchmarks/dsp.py were chosen).
 
     python benchmarks/dsp.py --embedder smollm2-mean      # once: builds the data and fills the cache
     python benchmarks/tune_dsp.py --embedder smollm2-mean --tag E optim.steps=2000 episodes.max_context=30
+    python benchmarks/tune_dsp.py --embedder smollm2-mean64 --model oracle --tag O1 model.item_dropout=0.5
 
-Trains NP-BTL with dsp.py's settings plus the given overrides on the train split, keeps the best
-validation step, and prints one JSON line with validation accuracy per m (800 episodes per m). The test
-split is never read. Needs the dataset file and embedding cache that benchmarks/dsp.py leaves behind.
+Trains a model with dsp.py's settings plus the given overrides on the train split, keeps the best
+validation step, and prints one JSON line with validation accuracy per m (800 episodes per m). `--model`
+picks NP-BTL (default), BTL (mixed) or the oracle (one BTL per domain, each scored on its own domain's
+validation episodes). The test split is never read. Needs the dataset file and embedding cache that
+benchmarks/dsp.py leaves behind.
 """
 
 from __future__ import annotations
@@ -15,19 +18,21 @@ import json
 from pathlib import Path
 
 import torch
-from dsp import CONTEXTS, MODELS, TARGETS, _config, _train
+from dsp import CONTEXTS, MODELS, ORACLE_OVERRIDES, TARGETS, _config, _train, type_subset
 
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.reward import evaluate_reward_model
 from npalign.inference.embedding import embed_preferences, resolve_embedder
 from npalign.models.builders import load_reward_model
+from npalign.types import PreferenceSet
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="key=value on top of dsp.py's NP-BTL settings")
+    parser.add_argument("overrides", nargs="*", help="key=value on top of dsp.py's settings for --model")
+    parser.add_argument("--model", choices=("np-btl", "btl", "oracle"), default="np-btl")
     parser.add_argument("--embedder", default="minilm")
     parser.add_argument("--tag", default="run", help="names the run folder under out/bench/tune_dsp/")
     parser.add_argument("--episodes", type=int, default=800)
@@ -41,8 +46,12 @@ def main() -> None:
     train, val = (
         embed_preferences(load_preferences(data_file, split=split)[0], embedder) for split in ("train", "validation")
     )
-    cfg = _config(args.embedder, [*MODELS["NP-BTL"], *args.overrides], seed=args.seed)
     run_dir = REPO / "out" / "bench" / "tune_dsp" / f"{args.embedder}_{args.tag}_seed{args.seed}"
+    if args.model == "oracle":
+        print(json.dumps({"tag": args.tag, "seed": args.seed, "overrides": args.overrides, **_oracle(args, train, val, run_dir)}))
+        return
+    settings = MODELS["NP-BTL"] if args.model == "np-btl" else MODELS["BTL (mixed)"]
+    cfg = _config(args.embedder, [*settings, *args.overrides], seed=args.seed)
     info = _train(cfg, train, val, run_dir)
     model, _ = load_reward_model(run_dir)
     accuracy = evaluate_reward_model(
@@ -57,6 +66,23 @@ def main() -> None:
         "val_accuracy": {m: round(v["mean"], 1) for m, v in accuracy.items()},
         "val_accuracy_m10_by_type": {k: round(v, 1) for k, v in accuracy["10"]["by_type"].items()},
     }))
+
+
+def _oracle(args: argparse.Namespace, train: PreferenceSet, val: PreferenceSet, run_dir: Path) -> dict:
+    """One BTL per domain, each trained on its domain and scored on its domain's validation episodes."""
+    best_steps, by_type = {}, {}
+    for name in train.type_names:
+        cfg = _config(args.embedder, [*ORACLE_OVERRIDES, *args.overrides], seed=args.seed)
+        own_val = type_subset(val, name)
+        info = _train(cfg, type_subset(train, name), own_val, run_dir / name)
+        model, _ = load_reward_model(run_dir / name)
+        scored = evaluate_reward_model(model, own_val, contexts=[0], episodes=args.episodes, targets=TARGETS, seed=99)
+        best_steps[name], by_type[name] = info["best_step"], round(scored["accuracy"]["0"]["mean"], 1)
+    return {
+        "best_step": best_steps,
+        "val_accuracy": {"0": round(sum(by_type.values()) / len(by_type), 1)},
+        "val_accuracy_by_type": by_type,
+    }
 
 
 if __name__ == "__main__":

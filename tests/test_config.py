@@ -30,6 +30,7 @@ def test_overrides_are_typed_and_nested() -> None:
         (["model.pooling=sum"], ValueError, r"model.pooling='sum'"),
         (["model.encoder_depth=1"], ValueError, r"model.encoder_depth=1 must be >= 2"),
         (["model.decoder_depth=0"], ValueError, r"model.decoder_depth=0 must be >= 1"),
+        (["model.item_dropout=1.0"], ValueError, r"model.item_dropout=1.0 must lie in \[0, 1\)"),
         (["progress=maybe"], TypeError, r"progress: expected true/false"),
         (["optim.lr"], ValueError, r"is not key=value"),
     ],

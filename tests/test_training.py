@@ -19,6 +19,7 @@ from npalign.data.episodes import EpisodeSampler
 from npalign.data.loaders import split_by_user
 from npalign.data.synthetic import generate, task_spec
 from npalign.models.builders import load_reward_model
+from npalign.models.reward import PreferenceModel
 from npalign.training.reward import train_reward_model, validate
 from npalign.utils.io import load_tensors
 
@@ -138,7 +139,7 @@ def test_loading_is_strict(trained_np: Path, tmp_path: Path) -> None:
         ("btl", []),
         ("dpl", []),
         ("np-btl-latent", []),
-        ("np-btl", ["model.encoder_depth=3", "model.decoder_depth=2"]),
+        ("np-btl", ["model.encoder_depth=3", "model.decoder_depth=2", "model.item_dropout=0.3"]),
     ],
 )
 def test_every_kind_trains_saves_and_loads(kind: str, extra: list[str], paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
@@ -165,6 +166,19 @@ def test_every_kind_trains_saves_and_loads(kind: str, extra: list[str], paper_sp
         pair_net = model.model.encoder.pair_net
         assert sum(isinstance(layer, torch.nn.Linear) for layer in pair_net) == 3
         assert len(model.model.head) == 1
+        assert model.model.item_dropout.p == 0.3
+
+
+def test_item_dropout_acts_in_training_only() -> None:
+    torch.manual_seed(0)
+    dropped = PreferenceModel("np-btl", 6, 16, 4, item_dropout=0.5)
+    plain = PreferenceModel("np-btl", 6, 16, 4)
+    plain.load_state_dict(dropped.state_dict())  # dropout adds no weights
+    items, z = torch.randn(2, 5, 6), torch.randn(2, 4)
+    dropped.eval(), plain.eval()
+    assert torch.equal(dropped.reward(items, z), plain.reward(items, z))
+    dropped.train()
+    assert not torch.equal(dropped.reward(items, z), plain.reward(items, z))
 
 
 @pytest.mark.parametrize("select_by", ["nll", "accuracy"])

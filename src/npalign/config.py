@@ -30,6 +30,7 @@ class ModelConfig:
     pooling: str = "mean+max"
     encoder_depth: int = 2
     decoder_depth: int = 1
+    item_dropout: float = 0.0
     kl_weight: float = 1.0
     num_samples: int = 8
     dpl_cdf: str = "exact"
@@ -47,6 +48,8 @@ class ModelConfig:
             raise ValueError(f"model.encoder_depth={self.encoder_depth} must be >= 2 (linear layers per pair).")
         if self.decoder_depth < 1:
             raise ValueError(f"model.decoder_depth={self.decoder_depth} must be >= 1 (hidden layers after z joins).")
+        if not 0 <= self.item_dropout < 1:
+            raise ValueError(f"model.item_dropout={self.item_dropout} must lie in [0, 1).")
         if self.hidden_dim <= 0 or self.latent_dim <= 0:
             raise ValueError("model.hidden_dim and model.latent_dim must be positive.")
         if not 0 < self.min_scale < 1:

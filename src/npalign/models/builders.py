@@ -23,6 +23,7 @@ def build_reward_model(cfg: ModelConfig, embed_dim: int) -> PreferenceModel:
         pooling=cfg.pooling,
         encoder_depth=cfg.encoder_depth,
         decoder_depth=cfg.decoder_depth,
+        item_dropout=cfg.item_dropout,
         kl_weight=cfg.kl_weight,
         num_samples=cfg.num_samples,
         dpl_cdf=cfg.dpl_cdf,

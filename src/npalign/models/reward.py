@@ -39,6 +39,8 @@ class PreferenceModel(nn.Module):
         encoder_depth: linear layers of the encoder's per-pair network.
         decoder_depth: hidden layers of the head after z joins the item representation (1: z shifts the
             pre-activation of a single hidden layer, as in the release).
+        item_dropout: dropout on the item features entering the reward network while training (the
+            context encoder sees them whole); regularises the rewards on small data.
         kl_weight: beta of the NP objective.
         num_samples: S, z samples when predicting with the latent model.
         dpl_cdf: "exact" (normal CDF) or "logistic" (the release's stand-in).
@@ -57,6 +59,7 @@ class PreferenceModel(nn.Module):
         pooling: str = "mean+max",
         encoder_depth: int = 2,
         decoder_depth: int = 1,
+        item_dropout: float = 0.0,
         kl_weight: float = 1.0,
         num_samples: int = 8,
         dpl_cdf: str = "exact",
@@ -67,6 +70,7 @@ class PreferenceModel(nn.Module):
         self.kind, self.embed_dim, self.latent_dim = kind, embed_dim, latent_dim
         self.kl_weight, self.num_samples, self.dpl_cdf = kl_weight, num_samples, dpl_cdf
         # enc(e(y)) ends in a linear layer, so it doubles as W_y of the decoder's first layer.
+        self.item_dropout = nn.Dropout(item_dropout)
         self.item_net = mlp(embed_dim, hidden_dim, hidden_dim)
         self.encoder: ContextEncoder | None = None
         self.latent_proj: nn.Linear | None = None
@@ -111,7 +115,7 @@ class PreferenceModel(nn.Module):
         Returns:
             (B, T, O) or (S, B, T, O), O = 1 (reward) or 2 (DPL mean, raw scale).
         """
-        hidden = self.item_net(items)  # (B, T, H)
+        hidden = self.item_net(self.item_dropout(items))  # (B, T, H)
         if z is not None:
             assert self.latent_proj is not None
             hidden = hidden + self.latent_proj(z).unsqueeze(-2)  # (B, T, H) or (S, B, T, H)
