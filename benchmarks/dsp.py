@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from npalign.config import TrainConfig, load_config
 from npalign.data.builders import build_dataset
@@ -80,6 +81,22 @@ COMMON = [
     "eval.select_by=accuracy",
 ]
 
+NP_CONFIG = REPO / "configs" / "reward" / "np_btl_dsp.yaml"
+
+
+def config_overrides(path: Path) -> list[str]:
+    """A YAML config file as the key=value overrides the benchmark's model lists are made of."""
+
+    def flatten(node: dict[str, Any], prefix: str) -> Iterator[str]:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+    return list(flatten(yaml.safe_load(path.read_text()), ""))
+
+
 # Chosen on the validation split (never the test split) by a small sweep over hidden size, latent size,
 # lr, weight decay and steps, with minilm and then smollm2-mean; see benchmarks/results/dsp_minilm/
 # tuning.md. Every run keeps its best validation step, which on ~1,600 training pairs per domain comes
@@ -88,21 +105,9 @@ _SMALL = ["model.hidden_dim=64", "optim.weight_decay=0.1", "episodes.batch_users
 MODELS: dict[str, list[str]] = {
     "BTL (mixed)": ["model.kind=btl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"],
     "DPL": ["model.kind=dpl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"],
-    # Contexts of up to 30 pairs in training (evaluation stays at m <= 10) and a third layer in the
-    # per-pair encoder: validation m = 10 went 76.2 -> 78.1 on smollm2-mean (tuning.md, section 4).
-    # Dropout 0.5 on the items entering the reward network, trained twice as long: the shared rewards
-    # had overfit (training accuracy 90 %, validation 75 % on smollm2-mean64); validation m = 10 rose
-    # 2.7-3.0 points on smollm2-mean / -mean64, unchanged on minilm (tuning.md, section 6).
-    "NP-BTL": [
-        "model.kind=np-btl",
-        *_SMALL,
-        "model.latent_dim=8",
-        "model.encoder_depth=3",
-        "model.item_dropout=0.5",
-        "episodes.max_context=30",
-        "optim.lr=3e-4",
-        "optim.steps=4000",
-    ],
+    # NP-BTL's settings live in configs/reward/np_btl_dsp.yaml, so that `npalign train --config` trains
+    # the same model; the file says why each one (tuning.md, sections 4-6).
+    "NP-BTL": config_overrides(NP_CONFIG),
 }
 ORACLE_OVERRIDES = ["model.kind=btl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"]
 
