@@ -237,6 +237,7 @@ def _train_command(data: Path, val: Path, out: Path, steps: int, *extra: str) ->
         *extra,
         *SMALL,
         "model.hidden_dim=16",
+        "model.item_dropout=0.2",  # dropout masks, too, must not depend on where the run was cut
         f"optim.steps={steps}",
         "save_every=50",
         "log_every=25",

@@ -162,11 +162,16 @@ def train_reward_model(
     started = time.perf_counter()
     first_step = state["step"]
     model.train()
+    fork_devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     for step in range(state["step"], total):
         batch = sampler.batch_at(step).to(accelerator.device)
         noise = torch.Generator().manual_seed(derived_seed(cfg.seed, "noise", step))
-        with accelerator.autocast():
-            loss, stats = model(batch, noise)
+        # Dropout draws from torch's global generators: seed them per step (and rank) inside a fork, so
+        # that a resumed run draws the same masks and the caller's random state is left as it was.
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(derived_seed(cfg.seed, "dropout", accelerator.process_index, step))
+            with accelerator.autocast():
+                loss, stats = model(batch, noise)
         accelerator.backward(loss)
         if cfg.optim.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
