@@ -69,8 +69,8 @@ class PreferenceModel(nn.Module):
             raise ValueError(f"kind={kind!r} is not one of {KINDS}.")
         self.kind, self.embed_dim, self.latent_dim = kind, embed_dim, latent_dim
         self.kl_weight, self.num_samples, self.dpl_cdf = kl_weight, num_samples, dpl_cdf
-        # enc(e(y)) ends in a linear layer, so it doubles as W_y of the decoder's first layer.
         self.item_dropout = nn.Dropout(item_dropout)
+        # enc(e(y)) ends in a linear layer, so it doubles as W_y of the decoder's first layer.
         self.item_net = mlp(embed_dim, hidden_dim, hidden_dim)
         self.encoder: ContextEncoder | None = None
         self.latent_proj: nn.Linear | None = None
