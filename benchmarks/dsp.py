@@ -210,6 +210,22 @@ def _train(cfg: TrainConfig, train: PreferenceSet, val: PreferenceSet, run_dir: 
     }
 
 
+def train_oracles(
+    cfg: TrainConfig, train: PreferenceSet, val: PreferenceSet, runs_dir: Path
+) -> tuple[dict[str, PreferenceModel], dict[str, dict[str, Any]]]:
+    """One model per user type, trained and validated on that type's pairs only, in runs_dir/oracle_<type>.
+
+    Returns:
+        The trained models and `_train`'s record of each, both by type name.
+    """
+    models, records = {}, {}
+    for user_type in train.type_names:
+        run_dir = runs_dir / f"oracle_{user_type}"
+        records[user_type] = _train(cfg, type_subset(train, user_type), type_subset(val, user_type), run_dir)
+        models[user_type] = load_reward_model(run_dir)[0]
+    return models, records
+
+
 def run_pipeline(
     *,
     dataset: str,
@@ -269,16 +285,10 @@ def run_pipeline(
                 trained, test, contexts=CONTEXTS, episodes=episodes, targets=TARGETS, seed=cfg.eval.seed
             )
 
-    oracles: dict[str, PreferenceModel] = {}
-    results["training"][oracle_name] = {}
-    for user_type in type_names:
-        cfg = _config(embedder, oracle_overrides, seed)
-        run_dir = runs_dir / "runs" / f"oracle_{user_type}"
-        with clock.stage(f"train {oracle_name}"):
-            results["training"][oracle_name][user_type] = _train(
-                cfg, type_subset(train, user_type), type_subset(val, user_type), run_dir
-            )
-        oracles[user_type] = load_reward_model(run_dir)[0]
+    with clock.stage(f"train {oracle_name}"):
+        oracles, results["training"][oracle_name] = train_oracles(
+            _config(embedder, oracle_overrides, seed), train, val, runs_dir / "runs"
+        )
     with clock.stage(f"evaluate {oracle_name}"):
         results["models"][oracle_name] = evaluate_oracle(
             oracles, test, episodes=episodes, seed=TrainConfig().eval.seed

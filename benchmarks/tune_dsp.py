@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 import torch
-from dsp import CONTEXTS, MODELS, ORACLE_OVERRIDES, TARGETS, _config, _train, type_subset
+from dsp import CONTEXTS, MODELS, ORACLE_OVERRIDES, TARGETS, _config, _train, train_oracles, type_subset
 
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.reward import evaluate_reward_model
@@ -70,16 +70,16 @@ def main() -> None:
 
 def _oracle(args: argparse.Namespace, train: PreferenceSet, val: PreferenceSet, run_dir: Path) -> dict:
     """One BTL per domain, each trained on its domain and scored on its domain's validation episodes."""
-    best_steps, by_type = {}, {}
-    for name in train.type_names:
-        cfg = _config(args.embedder, [*ORACLE_OVERRIDES, *args.overrides], seed=args.seed)
-        own_val = type_subset(val, name)
-        info = _train(cfg, type_subset(train, name), own_val, run_dir / name)
-        model, _ = load_reward_model(run_dir / name)
-        scored = evaluate_reward_model(model, own_val, contexts=[0], episodes=args.episodes, targets=TARGETS, seed=99)
-        best_steps[name], by_type[name] = info["best_step"], round(scored["accuracy"]["0"]["mean"], 1)
+    cfg = _config(args.embedder, [*ORACLE_OVERRIDES, *args.overrides], seed=args.seed)
+    models, records = train_oracles(cfg, train, val, run_dir)
+    by_type = {}
+    for name, model in models.items():
+        scored = evaluate_reward_model(
+            model, type_subset(val, name), contexts=[0], episodes=args.episodes, targets=TARGETS, seed=99
+        )
+        by_type[name] = round(scored["accuracy"]["0"]["mean"], 1)
     return {
-        "best_step": best_steps,
+        "best_step": {name: record["best_step"] for name, record in records.items()},
         "val_accuracy": {"0": round(sum(by_type.values()) / len(by_type), 1)},
         "val_accuracy_by_type": by_type,
     }
