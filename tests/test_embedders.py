@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -294,6 +294,77 @@ def test_mean_over_the_first_response_tokens_equals_the_full_pass(causal_mean: C
     for bad in ({"pooling": "last", "response_tokens": 3}, {"pooling": "mean", "response_tokens": 0}):
         with pytest.raises(ValueError, match="response_tokens"):
             CausalLMEmbedder("x", "r", causal_mean.model, causal_mean.tokenizer, **bad)  # type: ignore[arg-type]
+
+
+def count_new_tokens(embedder: CausalLMEmbedder) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    """Real (unpadded) tokens the embedder's base model computes, appended per forward call."""
+    counted: list[int] = []
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        new = kwargs["input_ids"].shape[1]
+        counted.append(int(kwargs["attention_mask"][:, -new:].sum()))
+
+    return counted, embedder.model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("which", ["causal_last", "causal_mean", "causal_mean_first3"])
+def test_responses_to_one_prompt_run_its_prefix_once(which: str, request: pytest.FixtureRequest) -> None:
+    """Sharing the prompt's key/value cache changes no vector and computes each prompt once."""
+    if which == "causal_mean_first3":
+        base = request.getfixturevalue("causal_mean")
+        embedder = CausalLMEmbedder(
+            "tiny-mean3", base.model_revision, base.model, base.tokenizer, pooling="mean", response_tokens=3
+        )
+    else:
+        embedder = request.getfixturevalue(which)
+    # Three prompts with three, four and one responses, interleaved, plus a repeated pair.
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[4], PROMPTS[1], PROMPTS[0], PROMPTS[1]]
+    responses = [
+        RESPONSES[0],
+        RESPONSES[1],
+        RESPONSES[5],
+        RESPONSES[4],
+        RESPONSES[2],
+        RESPONSES[7],
+        RESPONSES[2],
+    ]
+    prompts, responses = prompts + [PROMPTS[1]], responses + [RESPONSES[3]]
+    assert embedder.share_prompt_prefix
+    counted, handle = count_new_tokens(embedder)
+    try:
+        shared = embedder.embed(prompts, responses, batch_size=len(prompts))
+        shared_tokens = sum(counted)
+        embedder.share_prompt_prefix = False
+        counted.clear()
+        whole = embedder.embed(prompts, responses, batch_size=len(prompts))
+        whole_tokens = sum(counted)
+    finally:
+        embedder.share_prompt_prefix = True
+        handle.remove()
+    torch.testing.assert_close(shared, whole, atol=1e-5, rtol=0)
+    alone = torch.cat([embedder.embed([p], [r]) for p, r in zip(prompts, responses, strict=True)])
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=0)  # and in the input's order
+    pairs = embedder._tokenize(prompts, responses)
+    assert whole_tokens == sum(len(pair.input_ids) for pair in pairs)
+    prefixes = {tuple(pair.input_ids[: pair.prefix_length]) for pair in pairs}
+    assert len(prefixes) == 3 and all(prefixes)
+    # Every prompt once, every response once: the prompt of PROMPTS[0] saves 2 passes, PROMPTS[1]'s 4.
+    assert shared_tokens == sum(map(len, prefixes)) + sum(len(p.input_ids) - p.prefix_length for p in pairs)
+    assert shared_tokens < whole_tokens
+
+
+def test_the_cache_hands_an_embedder_each_prompts_responses_together(
+    causal_mean: CausalLMEmbedder, tmp_path: Path
+) -> None:
+    """Chunks group a prompt's new responses, so the embedder can share the prompt's pass."""
+    prompts = [PROMPTS[i % 3] for i in range(9)]  # three prompts, interleaved
+    responses = RESPONSES[:9]
+    counting = CountingEmbedder(causal_mean)
+    cache = EmbeddingCache.for_embedder(tmp_path, causal_mean, shard_size=3)
+    vectors = cache.get_or_compute(counting, prompts, responses)
+    assert counting.calls == 3
+    assert [counting.texts[i][0] for i in range(9)] == [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3 + [PROMPTS[2]] * 3
+    torch.testing.assert_close(vectors, causal_mean.embed(prompts, responses), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("which", ["encoder", "causal_last"])

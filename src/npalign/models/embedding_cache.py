@@ -280,7 +280,12 @@ class EmbeddingCache:
                 len(todo),
                 self.folder,
             )
-        pending = list(todo.items())
+        # Responses to one prompt side by side, so that a chunk holds them together: a causal-LM
+        # embedder runs a prompt shared by several responses once.
+        prompt_rank: dict[str, int] = {}
+        for index in todo.values():
+            prompt_rank.setdefault(prompts[index], len(prompt_rank))
+        pending = sorted(todo.items(), key=lambda item: prompt_rank[prompts[item[1]]])
         with tqdm(
             total=len(pending), desc=f"embed {self.embedder_name}", unit="text", disable=not progress
         ) as bar:
