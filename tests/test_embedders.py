@@ -353,6 +353,29 @@ def test_responses_to_one_prompt_run_its_prefix_once(which: str, request: pytest
     assert shared_tokens < whole_tokens
 
 
+def test_a_model_without_a_key_value_cache_embeds_every_text_whole(
+    causal_mean: CausalLMEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model that returns no cache (a state-space model, say) falls back to whole conversations."""
+    embedder = CausalLMEmbedder(
+        "tiny-nocache", causal_mean.model_revision, causal_mean.model, causal_mean.tokenizer, pooling="mean"
+    )
+    prompts, responses = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 2, RESPONSES[:5]
+
+    def drop_cache(module: nn.Module, args: tuple, output: object) -> object:
+        output.past_key_values = None  # type: ignore[attr-defined]
+        return output
+
+    handle = embedder.model.base_model.register_forward_hook(drop_cache)
+    try:
+        with caplog.at_level("WARNING", logger="npalign.models.embedders"):
+            got = embedder.embed(prompts, responses, batch_size=5)
+    finally:
+        handle.remove()
+    assert "no key/value cache" in caplog.text and not embedder.share_prompt_prefix
+    torch.testing.assert_close(got, causal_mean.embed(prompts, responses), atol=1e-5, rtol=0)
+
+
 def test_the_cache_hands_an_embedder_each_prompts_responses_together(
     causal_mean: CausalLMEmbedder, tmp_path: Path
 ) -> None:

@@ -45,7 +45,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from npalign.models.hub import (
     is_hub_id,
@@ -569,6 +569,10 @@ class CausalLMEmbedder(Embedder):
             position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
             use_cache=True,
         ).past_key_values
+        if not isinstance(cache, Cache):  # e.g. a state-space model: there is no prefix cache to share
+            logger.warning("%s: the model returns no key/value cache; embedding every text whole", self.name)
+            self.share_prompt_prefix = False
+            return self._embed_batch([pairs[i] for _, members in units for i in members])
         owner = torch.tensor([row for row, (_, members) in enumerate(units) for _ in members])  # (n,)
         suffixes = [pairs[i] for _, members in units for i in members]
         offsets = [len(key) for key, members in units for _ in members]
