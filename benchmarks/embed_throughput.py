@@ -3,7 +3,7 @@
 Also times the one-off GGUF -> safetensors conversion of smollm2 (in a temporary cache) against a
 load from the converted folder.
 
-    python benchmarks/embed_throughput.py --out out/embed_throughput.json
+    python benchmarks/embed_throughput.py --out benchmarks/results/embed_throughput.json
     python benchmarks/embed_throughput.py --embedders minilm --n 64 --skip-conversion --out /tmp/x.json
 """
 
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="DSP .json.gz, relative to the repo root"
     )
-    parser.add_argument("--embedders", nargs="+", default=["minilm", "smollm2"])
+    parser.add_argument("--embedders", nargs="+", default=["minilm", "smollm2", "smollm2-mean64"])
     parser.add_argument("--n", type=int, default=256, help="(query, response) pairs to embed")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="timed passes; the fastest counts")
