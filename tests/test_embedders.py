@@ -428,8 +428,13 @@ def test_too_long_pairs_are_counted_or_refused(
         assert vectors.shape == (4, lenient.dim) and torch.isfinite(vectors).all()
         assert lenient.truncated_count == 2
         assert "truncated 2 of 4 text pairs to max_length=48" in caplog.text
-        lenient.embed(prompts[1:2], responses[1:2])
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="npalign.models.embedders"):
+            lenient.embed(prompts[1:2], responses[1:2])
         assert lenient.truncated_count == 3  # counted since the embedder was built
+        # A long job embeds in many calls: it warns once, then keeps count at info level.
+        assert [r.levelno for r in caplog.records] == [logging.INFO]
+        assert "(3 since the embedder was built)" in caplog.text
         caplog.clear()
 
 

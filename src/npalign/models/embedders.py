@@ -163,7 +163,8 @@ class Embedder(ABC):
         dim: D, the width of the vectors.
         max_length: most tokens per (prompt, response) pair after formatting.
         on_too_long: "truncate" (count and warn) or "error".
-        truncated_count: texts truncated since this embedder was built.
+        truncated_count: texts truncated since this embedder was built (the first truncation logs a
+            warning, later ones an info line with the running count).
     """
 
     kind: str = ""
@@ -264,8 +265,11 @@ class Embedder(ABC):
                 f"on_too_long='truncate' ({len(too_long)} of {len(pairs)} pairs are too long)",
             )
         if too_long:
+            # Warn once per embedder; a long job embeds in many calls, and later ones only keep count.
+            level = logging.WARNING if self.truncated_count == 0 else logging.INFO
             self.truncated_count += len(too_long)
-            logger.warning(
+            logger.log(
+                level,
                 "%s: truncated %d of %d text pairs to max_length=%d tokens (%d since the embedder was built); "
                 "raise max_length or pass on_too_long='error' to refuse them",
                 self.name,
