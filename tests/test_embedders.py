@@ -317,18 +317,9 @@ def test_responses_to_one_prompt_run_its_prefix_once(which: str, request: pytest
         )
     else:
         embedder = request.getfixturevalue(which)
-    # Three prompts with three, four and one responses, interleaved, plus a repeated pair.
-    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[4], PROMPTS[1], PROMPTS[0], PROMPTS[1]]
-    responses = [
-        RESPONSES[0],
-        RESPONSES[1],
-        RESPONSES[5],
-        RESPONSES[4],
-        RESPONSES[2],
-        RESPONSES[7],
-        RESPONSES[2],
-    ]
-    prompts, responses = prompts + [PROMPTS[1]], responses + [RESPONSES[3]]
+    # Three prompts, interleaved, with three, four (one pair repeated) and one responses.
+    rows = [(0, 0), (1, 1), (0, 5), (4, 4), (1, 2), (0, 7), (1, 2), (1, 3)]  # (prompt, response) indices
+    prompts, responses = [PROMPTS[p] for p, _ in rows], [RESPONSES[r] for _, r in rows]
     assert embedder.share_prompt_prefix
     counted, handle = count_new_tokens(embedder)
     try:
@@ -348,7 +339,7 @@ def test_responses_to_one_prompt_run_its_prefix_once(which: str, request: pytest
     assert whole_tokens == sum(len(pair.input_ids) for pair in pairs)
     prefixes = {tuple(pair.input_ids[: pair.prefix_length]) for pair in pairs}
     assert len(prefixes) == 3 and all(prefixes)
-    # Every prompt once, every response once: the prompt of PROMPTS[0] saves 2 passes, PROMPTS[1]'s 4.
+    # Every prompt once, every response once: PROMPTS[0]'s prompt saves 2 passes, PROMPTS[1]'s 3.
     assert shared_tokens == sum(map(len, prefixes)) + sum(len(p.input_ids) - p.prefix_length for p in pairs)
     assert shared_tokens < whole_tokens
 
