@@ -307,6 +307,24 @@ def count_new_tokens(embedder: CausalLMEmbedder) -> tuple[list[int], torch.utils
     return counted, embedder.model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+def embed_counting_tokens(
+    embedder: CausalLMEmbedder, prompts: list[str], responses: list[str], share: bool
+) -> tuple[Tensor, int]:
+    """Vectors of one batch with or without the shared prompt pass, and the real tokens computed."""
+    counted, handle = count_new_tokens(embedder)
+    embedder.share_prompt_prefix = share
+    try:
+        return embedder.embed(prompts, responses, batch_size=len(prompts)), sum(counted)
+    finally:
+        embedder.share_prompt_prefix = True
+        handle.remove()
+
+
+# Long prompts with short answers of similar length: sharing the prompt's pass pays.
+LONG_PROMPTS = [" ".join([PROMPTS[k]] * 4) for k in (0, 1, 4)]
+SHORT_ANSWERS = ["Paris.", "Eight.", "Four.", "Claude Monet.", "Buenos dias.", "Yes, it is."]
+
+
 @pytest.mark.parametrize("which", ["causal_last", "causal_mean", "causal_mean_first3"])
 def test_responses_to_one_prompt_run_its_prefix_once(which: str, request: pytest.FixtureRequest) -> None:
     """Sharing the prompt's key/value cache changes no vector and computes each prompt once."""
@@ -318,20 +336,10 @@ def test_responses_to_one_prompt_run_its_prefix_once(which: str, request: pytest
     else:
         embedder = request.getfixturevalue(which)
     # Three prompts, interleaved, with three, four (one pair repeated) and one responses.
-    rows = [(0, 0), (1, 1), (0, 5), (4, 4), (1, 2), (0, 7), (1, 2), (1, 3)]  # (prompt, response) indices
-    prompts, responses = [PROMPTS[p] for p, _ in rows], [RESPONSES[r] for _, r in rows]
-    assert embedder.share_prompt_prefix
-    counted, handle = count_new_tokens(embedder)
-    try:
-        shared = embedder.embed(prompts, responses, batch_size=len(prompts))
-        shared_tokens = sum(counted)
-        embedder.share_prompt_prefix = False
-        counted.clear()
-        whole = embedder.embed(prompts, responses, batch_size=len(prompts))
-        whole_tokens = sum(counted)
-    finally:
-        embedder.share_prompt_prefix = True
-        handle.remove()
+    rows = [(0, 0), (1, 1), (0, 2), (2, 3), (1, 4), (0, 5), (1, 4), (1, 0)]  # (prompt, answer) indices
+    prompts, responses = [LONG_PROMPTS[p] for p, _ in rows], [SHORT_ANSWERS[r] for _, r in rows]
+    shared, shared_tokens = embed_counting_tokens(embedder, prompts, responses, share=True)
+    whole, whole_tokens = embed_counting_tokens(embedder, prompts, responses, share=False)
     torch.testing.assert_close(shared, whole, atol=1e-5, rtol=0)
     alone = torch.cat([embedder.embed([p], [r]) for p, r in zip(prompts, responses, strict=True)])
     torch.testing.assert_close(shared, alone, atol=1e-5, rtol=0)  # and in the input's order
@@ -339,9 +347,19 @@ def test_responses_to_one_prompt_run_its_prefix_once(which: str, request: pytest
     assert whole_tokens == sum(len(pair.input_ids) for pair in pairs)
     prefixes = {tuple(pair.input_ids[: pair.prefix_length]) for pair in pairs}
     assert len(prefixes) == 3 and all(prefixes)
-    # Every prompt once, every response once: PROMPTS[0]'s prompt saves 2 passes, PROMPTS[1]'s 3.
+    # Every prompt once, every response once: the first prompt saves 2 passes, the second 3.
     assert shared_tokens == sum(map(len, prefixes)) + sum(len(p.input_ids) - p.prefix_length for p in pairs)
     assert shared_tokens < whole_tokens
+
+
+def test_responses_of_very_different_lengths_are_embedded_whole(causal_mean: CausalLMEmbedder) -> None:
+    """Where padding the responses would cost more than the prompt saves, the batch runs whole."""
+    prompts = [PROMPTS[8]] * 2 + [PROMPTS[3]] * 2  # short prompts
+    responses = ["Yes.", RESPONSES[0] * 3, "No.", RESPONSES[4] * 3]  # one very short, one very long each
+    shared, shared_tokens = embed_counting_tokens(causal_mean, prompts, responses, share=True)
+    whole, whole_tokens = embed_counting_tokens(causal_mean, prompts, responses, share=False)
+    assert shared_tokens == whole_tokens  # the plain path
+    torch.testing.assert_close(shared, whole, atol=1e-5, rtol=0)
 
 
 def test_a_model_without_a_key_value_cache_embeds_every_text_whole(
@@ -351,7 +369,7 @@ def test_a_model_without_a_key_value_cache_embeds_every_text_whole(
     embedder = CausalLMEmbedder(
         "tiny-nocache", causal_mean.model_revision, causal_mean.model, causal_mean.tokenizer, pooling="mean"
     )
-    prompts, responses = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 2, RESPONSES[:5]
+    prompts, responses = [LONG_PROMPTS[0]] * 3 + [LONG_PROMPTS[1]] * 2, SHORT_ANSWERS[:5]
 
     def drop_cache(module: nn.Module, args: tuple, output: object) -> object:
         output.past_key_values = None  # type: ignore[attr-defined]

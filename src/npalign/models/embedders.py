@@ -527,11 +527,13 @@ class CausalLMEmbedder(Embedder):
     def _embed_rows(
         self, pairs: list[_Tokenized], rows: list[int], vectors: Tensor, batch_size: int, bar: tqdm
     ) -> None:
-        """Batches of similar response lengths; responses to one prompt in a batch share its prefix's pass.
+        """Batches of prompts of similar length; where responses in a batch share a prompt, it runs once.
 
-        Rows are sorted by response length (longest first: out-of-memory early), equal lengths grouped by
-        prefix, so responses cut to the same length (`response_tokens`) land beside their prompt's other
-        responses. Batches in which no two responses share a prefix go the plain way, sorted by length.
+        Rows are sorted by prompt length (longest first: out-of-memory early), each prompt's responses
+        side by side, longest response first. A batch takes the shared pass only where its padded
+        prompts and responses come to fewer tokens than its conversations run whole would without any
+        padding; the other batches go the plain way, sorted by total length. So whole responses of
+        very different lengths (where padding would eat the saving) are embedded as before.
         """
         if not self.share_prompt_prefix:
             super()._embed_rows(pairs, rows, vectors, batch_size, bar)
@@ -540,14 +542,21 @@ class CausalLMEmbedder(Embedder):
         def prefix(i: int) -> tuple[int, ...]:
             return tuple(pairs[i].input_ids[: pairs[i].prefix_length])
 
-        order = sorted(rows, key=lambda i: (pairs[i].prefix_length - len(pairs[i].input_ids), prefix(i)))
+        def suffix_length(i: int) -> int:
+            return len(pairs[i].input_ids) - pairs[i].prefix_length
+
+        order = sorted(rows, key=lambda i: (-pairs[i].prefix_length, prefix(i), -suffix_length(i)))
         plain: list[int] = []
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             units: dict[tuple[int, ...], list[int]] = {}
             for i in batch:
                 units.setdefault(prefix(i), []).append(i)
-            if len(units) == len(batch) or () in units:  # nothing to share, or a row with no prefix
+            # Padded tokens of the shared pass (each prompt once, every response) against the tokens of
+            # every conversation run whole, unpadded: what the plain path costs at best.
+            shared_tokens = len(units) * max(map(len, units)) + len(batch) * max(map(suffix_length, batch))
+            whole_tokens = sum(len(pairs[i].input_ids) for i in batch)
+            if () in units or shared_tokens >= whole_tokens:  # a row with no prefix, or no saving
                 plain += batch
                 continue
             members = [i for unit in units.values() for i in unit]
