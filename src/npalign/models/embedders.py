@@ -21,9 +21,10 @@ Two kinds, both frozen and run under `torch.inference_mode()`:
   text embeds the same alone or in a padded batch. Too-long conversations lose their *start*
   (system and user text first), which keeps the response and the last token.
   Responses to the same prompt share their rendered prefix (system and user turn), so by default the
-  prefix runs once and its key/value cache serves every response to it: the same vectors (to float
-  rounding), with the prompt's tokens computed once instead of once per response (DSP: five
-  responses per query, 1.4-1.5x the texts per second; `benchmarks/results/dsp_smollm2-mean64/embedding.md`).
+  prefix runs once and its key/value cache serves every response to it in the batch, wherever that
+  computes fewer tokens than the whole conversations: the same vectors (to float rounding), with the
+  prompt computed once instead of once per response (`smollm2-mean64` on DSP, five responses per
+  query: 1.3-1.5x the texts per second; `benchmarks/results/dsp_smollm2-mean64/embedding.md`).
 
 Texts are checked before any compute: empty or whitespace-only strings, bytes that are not UTF-8 and
 strings with lone surrogates raise a `TextInputError` (a `ValueError`) naming the list and index.
