@@ -1,7 +1,7 @@
 """DSP end to end: build -> embed -> BTL (mixed), BTL per domain (oracle), DPL, NP-BTL -> accuracy against m.
 
     python benchmarks/dsp.py --embedder minilm                 # about 4-6 min on a 2-core CPU
-    python benchmarks/dsp.py --embedder smollm2-mean64         # about 11 min, 7 of them embedding
+    python benchmarks/dsp.py --embedder smollm2-mean64         # about 8 min, 4.5 of them embedding
     python benchmarks/dsp.py --embedder smollm2-mean           # embedding alone takes ~45 min there
     python benchmarks/dsp.py --embedder minilm --fresh-cache   # time the embedding stage from scratch
 
