@@ -302,3 +302,132 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path) -
         expected, got = load_tensors(reference / name), load_tensors(crashed / name)
         assert expected.keys() == got.keys()
         assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+# ----------------------------------------------------------------------------- prior head
+
+
+def test_a_prior_head_answers_for_empty_contexts_only() -> None:
+    torch.manual_seed(0)
+    model = PreferenceModel("np-btl", 6, 16, 4, prior_head=True).eval()
+    torch.manual_seed(0)
+    plain = PreferenceModel("np-btl", 6, 16, 4).eval()
+    rest = {k: v for k, v in model.state_dict().items() if k not in model.prior_state_keys()}
+    assert model.prior_state_keys() and rest.keys() == plain.state_dict().keys()
+    assert all(torch.equal(rest[k], v) for k, v in plain.state_dict().items())  # same initial weights
+
+    chosen, rejected = torch.randn(2, 3, 6), torch.randn(2, 3, 6)
+    mask = torch.tensor([[True, True, False], [False, False, False]])  # user 1 gave no choices
+    z = model.infer(chosen, rejected, mask)
+    assert z.shape == (2, model.z_dim) == (2, 5) and z[:, -1].tolist() == [1.0, 0.0]
+    a, b = torch.randn(2, 7, 6), torch.randn(2, 7, 6)
+    probs = model.prefer_prob(a, b, z)
+    assert torch.allclose(probs[0], plain.prefer_prob(a, b, plain.infer(chosen, rejected, mask))[0])
+    prior = model.prior_net
+    assert torch.allclose(probs[1], torch.sigmoid(prior(a[1]) - prior(b[1]))[:, 0])
+    with torch.no_grad():
+        model.prior_net[-1].bias += 1.0
+        model.prior_net[-1].weight.mul_(-1.0)
+    moved = model.prefer_prob(a, b, z)
+    assert torch.equal(moved[0], probs[0]) and not torch.allclose(moved[1], probs[1])
+    with pytest.raises(ValueError, match="prior_head"):
+        PreferenceModel("np-btl-latent", 6, 16, 4, prior_head=True)
+    with pytest.raises(ValueError, match="prior_head"):
+        load_config(TrainConfig, overrides=["model.kind=btl", "model.prior_head=true"])
+
+
+def test_a_prior_head_leaves_the_personalised_path_as_it_was(paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
+    train, _, _ = paper_splits
+    runs = {}
+    for name, flag in (("plain", "false"), ("prior", "true")):
+        overrides = [
+            *SMALL,
+            "optim.steps=60",
+            "save_every=60",
+            "log_every=20",
+            "model.item_dropout=0.3",
+            "optim.grad_clip=0.05",  # clipping on every step: the two parts must be clipped apart
+            f"model.prior_head={flag}",
+        ]
+        train_reward_model(load_config(TrainConfig, overrides=overrides), train, None, tmp_path / name)
+        runs[name] = load_tensors(tmp_path / name / "model.safetensors")
+    prior_keys = {k for k in runs["prior"] if k.startswith("prior_net.")}
+    assert prior_keys and runs["prior"].keys() - prior_keys == runs["plain"].keys()
+    # Same draws, same gradients, clipped apart: the rest of the model ends bit for bit where it would.
+    assert all(torch.equal(runs["prior"][k], v) for k, v in runs["plain"].items())
+
+
+def test_a_prior_head_is_kept_at_its_own_best_step_at_m0(paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
+    train, val, _ = paper_splits
+    overrides = [
+        *SMALL,
+        "model.prior_head=true",
+        "optim.steps=160",
+        "eval.val_every=20",
+        "log_every=20",
+        "save_every=20",
+        "eval.contexts=[0,3]",
+        "eval.select_by=accuracy",
+    ]
+    out = tmp_path / "prior"
+    cfg = load_config(TrainConfig, overrides=overrides)
+    result = train_reward_model(cfg, train, val, out)
+    validations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_nll" in r]
+    best = max(validations, key=lambda r: r["val_accuracy"])
+    best_prior = max(validations, key=lambda r: r["val_accuracy_m0"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert result.best_step == best["step"] and summary["best_prior_step"] == best_prior["step"]
+    assert best_prior["step"] != best["step"]  # so the check below tells the two selections apart
+    sampler = EpisodeSampler(val, targets=cfg.eval.targets, max_context=3)
+    again = validate(load_reward_model(out)[0], sampler, [0, 3], cfg.eval.val_episodes, cfg.eval.seed)
+    assert again["val_accuracy_m0"] == pytest.approx(best_prior["val_accuracy_m0"])
+    assert again["val_accuracy_m3"] == pytest.approx(best["val_accuracy_m3"])
+
+    model = npalign.load(str(out))
+    z = model.infer_user(torch.empty(0, 1), torch.empty(0, 1))
+    assert z.shape == (model.latent_dim,) == (9,) and z[-1] == 0
+    items = torch.rand(5, 1)
+    assert torch.allclose(model.reward(items, z), model.model.prior_net(items)[:, 0])
+    with pytest.raises(ValueError, match="eval.contexts"):
+        train_reward_model(
+            load_config(TrainConfig, overrides=[*overrides, "eval.contexts=[3]"]), train, val, tmp_path / "no0"
+        )
+
+
+def test_a_resumed_run_keeps_the_prior_heads_best_weights(
+    paper_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """Stopped right after a checkpoint, then resumed: the saved parts equal an uninterrupted run's."""
+    import npalign.training.reward as loop
+
+    train, val, _ = paper_splits
+    overrides = [*SMALL, "model.prior_head=true", "optim.steps=160", "eval.val_every=20", "log_every=20"]
+    cfg = load_config(
+        TrainConfig, overrides=[*overrides, "save_every=40", "eval.contexts=[0,3]", "eval.select_by=accuracy"]
+    )
+    train_reward_model(cfg, train, val, tmp_path / "uninterrupted")
+
+    class Stopped(Exception):
+        pass
+
+    real_save = loop.save_checkpoint
+
+    def save_then_stop(directory, model, optimizer, scheduler, state):  # noqa: ANN001, ANN202
+        real_save(directory, model, optimizer, scheduler, state)
+        if state["step"] == 80:
+            raise Stopped
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stopped):
+        train_reward_model(cfg, train, val, tmp_path / "stopped")
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    train_reward_model(cfg, train, val, tmp_path / "stopped", resume=True)
+
+    summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("uninterrupted", "stopped")]
+    assert [s["best_step"] for s in summaries] == [summaries[0]["best_step"]] * 2
+    assert [s["best_prior_step"] for s in summaries] == [summaries[0]["best_prior_step"]] * 2
+    steps = sorted([summaries[0]["best_step"], summaries[0]["best_prior_step"]])
+    assert steps[0] <= 80 < steps[1], steps  # one part kept from before the stop, one from after
+    reference = load_tensors(tmp_path / "uninterrupted" / "model.safetensors")
+    resumed = load_tensors(tmp_path / "stopped" / "model.safetensors")
+    assert reference.keys() == resumed.keys() and all(torch.equal(reference[k], resumed[k]) for k in reference)

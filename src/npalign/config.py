@@ -34,6 +34,7 @@ class ModelConfig:
     kl_weight: float = 1.0
     num_samples: int = 8
     dpl_cdf: str = "exact"
+    prior_head: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -58,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"model.kl_weight={self.kl_weight} must be >= 0.")
         if self.num_samples < 1:
             raise ValueError(f"model.num_samples={self.num_samples} must be >= 1.")
+        if self.prior_head and self.kind != "np-btl":
+            raise ValueError(f"model.prior_head is for model.kind=np-btl, not {self.kind!r}.")
 
     @property
     def conditional(self) -> bool:

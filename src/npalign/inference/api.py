@@ -43,7 +43,8 @@ class RewardPredictor:
     Attributes:
         kind: btl | dpl | np-btl | np-btl-latent.
         embed_dim: D, the item feature width the model expects.
-        latent_dim: Z (0 for models without a user latent).
+        latent_dim: the width of z (0 for models without a user latent); Z + 1 for an NP-BTL with a
+            prior head, whose last coordinate is 1 for a user with choices and 0 for the population prior.
         type_names: the user types seen in training.
         embedder: the name of the text embedder the features came from ("" for feature data).
     """
@@ -53,7 +54,7 @@ class RewardPredictor:
         self.record = record
         self.kind: str = record["model"]["kind"]
         self.embed_dim: int = int(record["embed_dim"])
-        self.latent_dim: int = model.latent_dim if model.conditional else 0
+        self.latent_dim: int = model.z_dim if model.conditional else 0
         self.type_names: list[str] = list(record.get("type_names", []))
         self.embedder: str = record.get("embedder", "")
         self.generator = torch.Generator().manual_seed(seed)
@@ -72,7 +73,7 @@ class RewardPredictor:
                 the population prior.
             rejected: same shape, the other items.
         Returns:
-            z (Z,) or (B, Z) (a Posterior for the latent model; (0,) wide for btl/dpl).
+            z (latent_dim,) or (B, latent_dim) (a Posterior for the latent model; (0,) wide for btl/dpl).
         """
         chosen_t = _as_tensor(chosen, "chosen", self.embed_dim)
         rejected_t = _as_tensor(rejected, "rejected", self.embed_dim)

@@ -140,7 +140,7 @@ class TextRewardPredictor:
             chosen: C preferred responses.
             rejected: C other responses.
         Returns:
-            z (Z,), a Posterior for the latent model, or a (0,) tensor for btl / dpl. C = 0 gives the
+            z (`latent_dim`,), a Posterior for the latent model, or a (0,) tensor for btl / dpl. C = 0 gives the
             population prior.
         """
         if len(chosen) != len(rejected):

@@ -27,6 +27,7 @@ def build_reward_model(cfg: ModelConfig, embed_dim: int) -> PreferenceModel:
         kl_weight=cfg.kl_weight,
         num_samples=cfg.num_samples,
         dpl_cdf=cfg.dpl_cdf,
+        prior_head=cfg.prior_head,
     )
 
 

@@ -44,6 +44,10 @@ class PreferenceModel(nn.Module):
         kl_weight: beta of the NP objective.
         num_samples: S, z samples when predicting with the latent model.
         dpl_cdf: "exact" (normal CDF) or "logistic" (the release's stand-in).
+        prior_head: np-btl only. A z-free reward network, trained on every episode's targets (the
+            mixed-data BTL objective, items without dropout), answers for users with an empty context;
+            the personalised path is trained and used exactly as without it. z then carries one more
+            coordinate, 1 when the user gave choices and 0 for the population prior (see `z_dim`).
     """
 
     def __init__(
@@ -63,10 +67,13 @@ class PreferenceModel(nn.Module):
         kl_weight: float = 1.0,
         num_samples: int = 8,
         dpl_cdf: str = "exact",
+        prior_head: bool = False,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not one of {KINDS}.")
+        if prior_head and kind != "np-btl":
+            raise ValueError(f"prior_head is for kind 'np-btl' (a deterministic z), not {kind!r}.")
         self.kind, self.embed_dim, self.latent_dim = kind, embed_dim, latent_dim
         self.kl_weight, self.num_samples, self.dpl_cdf = kl_weight, num_samples, dpl_cdf
         self.item_dropout = nn.Dropout(item_dropout)
@@ -92,10 +99,34 @@ class PreferenceModel(nn.Module):
             *[nn.Sequential(nn.GELU(), nn.Linear(hidden_dim, hidden_dim)) for _ in range(decoder_depth - 1)]
         )
         self.out = nn.Linear(hidden_dim, 2 if kind == "dpl" else 1)
+        # Built last, so that every other module draws the same initial weights with or without it.
+        self.prior_net: nn.Sequential | None = None
+        if prior_head:
+            self.prior_net = nn.Sequential(
+                mlp(embed_dim, hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1)
+            )
 
     @property
     def conditional(self) -> bool:
         return self.kind.startswith("np-")
+
+    @property
+    def z_dim(self) -> int:
+        """Width of the z that `infer` returns: latent_dim, plus the has-context flag with a prior head."""
+        return self.latent_dim + (self.prior_net is not None)
+
+    def parameter_groups(self) -> list[list[nn.Parameter]]:
+        """The prior head's parameters and the rest's, the groups whose gradients are clipped apart."""
+        prior = [] if self.prior_net is None else list(self.prior_net.parameters())
+        ids = {id(p) for p in prior}
+        groups = [[p for p in self.parameters() if id(p) not in ids], prior]
+        return [group for group in groups if group]
+
+    def prior_state_keys(self) -> set[str]:
+        """The state-dict keys of the prior head (empty without one), which training selects on m = 0 alone."""
+        if self.prior_net is None:
+            return set()
+        return {f"prior_net.{key}" for key in self.prior_net.state_dict()}
 
     # ------------------------------------------------------------------ building blocks
     def infer(
@@ -104,22 +135,35 @@ class PreferenceModel(nn.Module):
         """The user latent from (B, C, D) context features and a (B, C) mask; None for btl/dpl."""
         if self.encoder is None:
             return None
-        return self.encoder(context_chosen, context_rejected, context_mask)
+        latent = self.encoder(context_chosen, context_rejected, context_mask)
+        if self.prior_net is None:
+            return latent
+        assert isinstance(latent, Tensor)
+        has_context = context_mask.any(1, keepdim=True).to(latent.dtype)  # (B, 1)
+        return torch.cat([latent, has_context], -1)  # (B, Z + 1)
 
     def item_outputs(self, items: Tensor, z: Tensor | None) -> Tensor:
         """Head outputs for items.
 
         Args:
             items: (B, T, D) features.
-            z: None, (B, Z), or (S, B, Z) samples.
+            z: None, (B, Z), or (S, B, Z) samples; (..., Z + 1) with a prior head, whose rows with a
+                last coordinate of 0 get the prior head's rewards.
         Returns:
             (B, T, O) or (S, B, T, O), O = 1 (reward) or 2 (DPL mean, raw scale).
         """
         hidden = self.item_net(self.item_dropout(items))  # (B, T, H)
         if z is not None:
             assert self.latent_proj is not None
-            hidden = hidden + self.latent_proj(z).unsqueeze(-2)  # (B, T, H) or (S, B, T, H)
-        return self.out(F.gelu(self.head(hidden)))
+            personal = z[..., : self.latent_dim]
+            hidden = hidden + self.latent_proj(personal).unsqueeze(-2)  # (B, T, H) or (S, B, T, H)
+        out = self.out(F.gelu(self.head(hidden)))
+        if self.prior_net is None or z is None:
+            return out
+        has_context = z[..., -1:].unsqueeze(-2) > 0.5  # (B, 1, 1)
+        if bool(has_context.all()):
+            return out
+        return torch.where(has_context, out, self.prior_net(items))
 
     def reward(self, items: Tensor, z: Tensor | None) -> Tensor:
         """Scalar reward (the DPL mean for dpl): (B, T, D) -> (B, T), or (S, B, T) with sampled z."""
@@ -173,12 +217,24 @@ class PreferenceModel(nn.Module):
         if self.kind != "np-btl-latent":
             latent = self.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
             assert not isinstance(latent, Posterior)
+            if self.prior_net is not None:
+                assert latent is not None
+                # The personalised path learns from every episode, empty contexts included, as it would
+                # without a prior head; the prior head learns the pooled objective beside it.
+                latent = torch.cat([latent[:, :-1], torch.ones_like(latent[:, -1:])], -1)
             log_lik = self.log_likelihood(batch.target_chosen, batch.target_rejected, latent)  # (B, T)
             loss = masked_mean_nll(log_lik, batch.target_mask)
             accuracy = (
                 (log_lik > -0.6931471805599453).float() * batch.target_mask
             ).sum() / batch.target_mask.sum()
-            return loss, {"nll": loss.detach(), "accuracy": accuracy.detach()}
+            stats = {"nll": loss.detach(), "accuracy": accuracy.detach()}
+            if self.prior_net is None:
+                return loss, stats
+            prior_rewards = self.prior_net(torch.stack([batch.target_chosen, batch.target_rejected]))[..., 0]
+            prior_nll = masked_mean_nll(
+                bt_log_likelihood(prior_rewards[0] - prior_rewards[1]), batch.target_mask
+            )
+            return loss + prior_nll, stats | {"prior_nll": prior_nll.detach()}
         posterior_context = self.infer(batch.context_chosen, batch.context_rejected, batch.context_mask)
         posterior_full = self.infer(
             torch.cat([batch.context_chosen, batch.target_chosen], 1),

@@ -28,7 +28,7 @@ from npalign.models.builders import build_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.training.loop import load_checkpoint, save_checkpoint, warmup_cosine
 from npalign.types import PreferenceSet
-from npalign.utils.io import append_jsonl, save_tensors, truncate_jsonl, write_json, write_yaml
+from npalign.utils.io import append_jsonl, load_tensors, save_tensors, truncate_jsonl, write_json, write_yaml
 from npalign.utils.metrics import episode_accuracy, episode_nll
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def validate(
             per_acc.append(episode_accuracy(probs, batch.target_mask.cpu()))
         nll, acc = float(torch.cat(per_nll).mean()), float(torch.cat(per_acc).mean())
         record[f"val_accuracy_m{m}"] = 100 * acc
+        record[f"val_nll_m{m}"] = nll
         nlls.append(nll)
         accs.append(acc)
     record["val_nll"] = sum(nlls) / len(nlls)
@@ -98,6 +99,10 @@ def train_reward_model(
 
     Each step draws `episodes.batch_users` users, for each a context of m ~ U[min, max] pairs and
     `episodes.targets` disjoint target pairs, and minimises the model's loss on the targets.
+
+    A prior head (`model.prior_head`) is a separate network that only empty contexts reach, so it is
+    kept at its own best validation step at m = 0 and its gradients are clipped apart from the rest's;
+    the rest is kept at the best step over all context sizes, as without it.
     """
     out_dir = Path(out_dir)
     if train.features is None:
@@ -123,6 +128,12 @@ def train_reward_model(
         batch_users=episodes.batch_users,
         seed=derived_seed(cfg.seed, "rank", accelerator.process_index),
     )
+    prior_keys = model.prior_state_keys()
+    if prior_keys and val is not None and 0 not in cfg.eval.contexts:
+        raise ValueError(
+            f"model.prior_head answers for empty contexts and is selected on them, but eval.contexts="
+            f"{cfg.eval.contexts} has no 0; add 0."
+        )
     val_sampler = None
     if val is not None:
         if val.features is None or int(val.features.shape[1]) != embed_dim:
@@ -142,8 +153,12 @@ def train_reward_model(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(to_dict(cfg), out_dir / "config.yaml")
         write_json(model_config_record(cfg, embed_dim, train.type_names), out_dir / "model_config.json")
+    # The best weights so far, part by part (a prior head is selected apart from the rest).
+    best_weights: dict[str, torch.Tensor] = {}
     if resume and checkpoint_dir.exists():
         state = load_checkpoint(checkpoint_dir, raw_model, optimizer, scheduler)
+        if (out_dir / "model.safetensors").exists():
+            best_weights = load_tensors(out_dir / "model.safetensors")
         # Records written after the checkpoint belong to steps that will be replayed.
         truncate_jsonl(metrics_path, lambda record: record["step"] <= state["step"])
         logger.info("resumed from step %d", state["step"])
@@ -173,7 +188,12 @@ def train_reward_model(
             with accelerator.autocast():
                 loss, stats = model(batch, noise)
         accelerator.backward(loss)
-        if cfg.optim.grad_clip > 0:
+        if cfg.optim.grad_clip > 0 and prior_keys:
+            # Apart, so that the prior head's gradients never scale down the personalised path's.
+            accelerator.unscale_gradients()
+            for group in raw_model.parameter_groups():
+                torch.nn.utils.clip_grad_norm_(group, cfg.optim.grad_clip)
+        elif cfg.optim.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -204,9 +224,22 @@ def train_reward_model(
                 score = record["val_nll"] if cfg.eval.select_by == "nll" else -record["val_accuracy"]
                 # Checkpoints from before select_by existed kept the best NLL only.
                 fallback = state["best_val_nll"] if cfg.eval.select_by == "nll" else math.inf
+                improved = set()
                 if score < state.get("best_score", fallback):
                     state.update(best_score=score, best_val_nll=record["val_nll"], best_step=done)
-                    save_tensors(raw_model.state_dict(), out_dir / "model.safetensors")
+                    improved.add("rest")
+                if prior_keys:
+                    prior_score = (
+                        record["val_nll_m0"] if cfg.eval.select_by == "nll" else -record["val_accuracy_m0"]
+                    )
+                    if prior_score < state.get("best_prior_score", math.inf):
+                        state.update(best_prior_score=prior_score, best_prior_step=done)
+                        improved.add("prior")
+                if improved:
+                    for key, value in raw_model.state_dict().items():
+                        if ("prior" if key in prior_keys else "rest") in improved:
+                            best_weights[key] = value.detach().clone()
+                    save_tensors(best_weights, out_dir / "model.safetensors")
         if accelerator.is_main_process and (done % cfg.save_every == 0 or done == total):
             state["step"] = done
             save_checkpoint(checkpoint_dir, raw_model, optimizer, scheduler, state)
@@ -226,6 +259,8 @@ def train_reward_model(
             "best_step": state["best_step"],
             "best_val_nll": state["best_val_nll"] if val_sampler is not None else None,
         }
+        if prior_keys and val_sampler is not None:
+            summary["best_prior_step"] = state["best_prior_step"]
         write_json(summary, out_dir / "summary.json")
     accelerator.wait_for_everyone()
     return TrainResult(
