@@ -76,6 +76,20 @@ def validate(
     return record
 
 
+def selection_score(record: dict[str, float], contexts: list[int], select_by: str, prior_head: bool) -> float:
+    """The figure the kept step minimises: validation NLL, or minus accuracy, averaged over context sizes.
+
+    With a prior head the rest of the model never answers an empty context, so it is scored on m > 0
+    alone; the prior head is scored on m = 0 alone (see `train_reward_model`).
+    """
+    if not prior_head:
+        return record["val_nll"] if select_by == "nll" else -record["val_accuracy"]
+    sizes = [m for m in contexts if m > 0]
+    if select_by == "nll":
+        return sum(record[f"val_nll_m{m}"] for m in sizes) / len(sizes)
+    return -sum(record[f"val_accuracy_m{m}"] for m in sizes) / len(sizes)
+
+
 def model_config_record(cfg: TrainConfig, embed_dim: int, type_names: list[str]) -> dict[str, Any]:
     """What `npalign.load` needs to rebuild a trained model, and nothing about how it was trained."""
     return {
@@ -102,7 +116,7 @@ def train_reward_model(
 
     A prior head (`model.prior_head`) is a separate network that only empty contexts reach, so it is
     kept at its own best validation step at m = 0 and its gradients are clipped apart from the rest's;
-    the rest is kept at the best step over all context sizes, as without it.
+    the rest is kept at its best step over the context sizes m > 0, the only ones it answers.
     """
     out_dir = Path(out_dir)
     if train.features is None:
@@ -129,10 +143,10 @@ def train_reward_model(
         seed=derived_seed(cfg.seed, "rank", accelerator.process_index),
     )
     prior_keys = model.prior_state_keys()
-    if prior_keys and val is not None and 0 not in cfg.eval.contexts:
+    if prior_keys and val is not None and (0 not in cfg.eval.contexts or max(cfg.eval.contexts) == 0):
         raise ValueError(
-            f"model.prior_head answers for empty contexts and is selected on them, but eval.contexts="
-            f"{cfg.eval.contexts} has no 0; add 0."
+            f"model.prior_head is kept at its best step at m = 0 and the rest of the model at its best over "
+            f"m > 0, so eval.contexts must hold 0 and some m > 0; got {cfg.eval.contexts}."
         )
     val_sampler = None
     if val is not None:
@@ -221,7 +235,7 @@ def train_reward_model(
             }
             if accelerator.is_main_process:
                 append_jsonl(record, metrics_path)
-                score = record["val_nll"] if cfg.eval.select_by == "nll" else -record["val_accuracy"]
+                score = selection_score(record, cfg.eval.contexts, cfg.eval.select_by, bool(prior_keys))
                 # Checkpoints from before select_by existed kept the best NLL only.
                 fallback = state["best_val_nll"] if cfg.eval.select_by == "nll" else math.inf
                 improved = set()
