@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from dsp import CONTEXTS, REPO, SPLITS, TARGETS, evaluate_oracle, evaluate_type_posterior
 
+from npalign.config import TrainConfig
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.reward import score_episodes
 from npalign.inference.embedding import embed_preferences, resolve_embedder
@@ -96,12 +97,12 @@ def main() -> None:
     parser.add_argument("--runs", default=None, help="dsp.py's run folder (default out/bench/dsp_<embedder>)")
     parser.add_argument("--out", default=None, help="default benchmarks/results/dsp_<embedder>")
     parser.add_argument("--episodes", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     slug = Path(args.embedder).name
     runs = Path(args.runs or REPO / "out" / "bench" / f"dsp_{slug}")
     out = Path(args.out or REPO / "benchmarks" / "results" / f"dsp_{slug}")
     torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
 
     embedder = resolve_embedder(args.embedder)
     splits = {
@@ -109,7 +110,7 @@ def main() -> None:
     }
     train, val, test = (splits[s] for s in SPLITS)
     types = test.type_names
-    oracles = {t: load_reward_model(runs / f"oracle_{t}")[0] for t in types}
+    oracles = {t: load_reward_model(runs / "runs" / f"oracle_{t}")[0] for t in types}
     classifier, fit = fit_style_classifier(train, val)
     assert test.features is not None
     with torch.no_grad():
@@ -143,7 +144,7 @@ def main() -> None:
 
         return predict
 
-    episodes = {"episodes": args.episodes, "seed": args.seed}
+    episodes = {"episodes": args.episodes, "seed": TrainConfig().eval.seed}  # dsp.py's episodes
     scored = {
         "oracle (told the domain)": evaluate_oracle(oracles, test, **episodes),
         "likelihood": evaluate_type_posterior(oracles, test, **episodes),
