@@ -55,7 +55,7 @@ from npalign.models.builders import load_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.training.reward import train_reward_model
 from npalign.types import EpisodeBatch, PreferenceSet
-from npalign.utils.io import atomic_path, read_jsonl, write_json
+from npalign.utils.io import atomic_path, read_json, read_jsonl, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXTS = [0, 1, 3, 5, 10]
@@ -107,7 +107,7 @@ MODELS: dict[str, list[str]] = {
     "BTL (mixed)": ["model.kind=btl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"],
     "DPL": ["model.kind=dpl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"],
     # NP-BTL's settings live in configs/reward/np_btl_dsp.yaml, so that `npalign train --config` trains
-    # the same model; the file says why each one (tuning.md, sections 4-6).
+    # the same model; the file says why each one (tuning.md, sections 4-7).
     "NP-BTL": config_overrides(NP_CONFIG),
 }
 ORACLE_OVERRIDES = ["model.kind=btl", *_SMALL, "optim.lr=3e-4", "optim.steps=400"]
@@ -195,19 +195,28 @@ def _config(embedder: str, overrides: list[str], seed: int) -> TrainConfig:
 
 
 def _train(cfg: TrainConfig, train: PreferenceSet, val: PreferenceSet, run_dir: Path) -> dict[str, Any]:
-    """Train from scratch into `run_dir`; return the best validation record and timing."""
+    """Train from scratch into `run_dir`; return the best validation record and timing.
+
+    With a prior head, which answers for m = 0 alone and is kept at its own best step, the m = 0
+    figure comes from that step (`best_prior_step`).
+    """
     if run_dir.exists():
         shutil.rmtree(run_dir)
     result = train_reward_model(cfg, train, val, run_dir)
-    validations = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_nll" in r]
-    (best,) = [r for r in validations if r["step"] == result.best_step]
-    return {
+    validations = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_nll" in r}
+    best = validations[result.best_step]
+    record = {
         "steps": result.steps,
         "best_step": result.best_step,
         "ms_per_step": round(result.ms_per_step, 2),
         "val_accuracy_at_best": {str(m): round(best[f"val_accuracy_m{m}"], 2) for m in CONTEXTS},
         "val_nll_at_best": round(best["val_nll"], 4),
     }
+    prior_step = read_json(run_dir / "summary.json").get("best_prior_step")
+    if prior_step is not None:
+        record["best_prior_step"] = prior_step
+        record["val_accuracy_at_best"]["0"] = round(validations[prior_step]["val_accuracy_m0"], 2)
+    return record
 
 
 def train_oracles(
@@ -392,8 +401,11 @@ def report_markdown(results: dict[str, Any], title: str) -> str:
         runs = record.items() if name == results["setup"]["oracle_name"] else [("", record)]
         for type_name, run in runs:
             label = f"{name} {type_name}".strip()
+            step = run["best_step"]
+            if "best_prior_step" in run:
+                step = f"{step} (prior head: {run['best_prior_step']})"
             lines.append(
-                f"| {label} | {run['steps']} | {run['best_step']} | {run['ms_per_step']} | "
+                f"| {label} | {run['steps']} | {step} | {run['ms_per_step']} | "
                 f"{run['val_accuracy_at_best']['0']} | {run['val_accuracy_at_best']['10']} |"
             )
     lines += [
