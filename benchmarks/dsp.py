@@ -37,7 +37,7 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,39 @@ def evaluate_oracle(
     return score_episodes(test, predict, contexts=CONTEXTS, episodes=episodes, targets=TARGETS, seed=seed)
 
 
+Evidence = Callable[[EpisodeBatch], torch.Tensor]  # episode batch -> (K, B) log-evidence for each type
+
+
+def likelihood_evidence(models: dict[str, PreferenceModel]) -> Evidence:
+    """Each type's log-likelihood of an episode's m context choices under that type's model."""
+    names = list(models)
+
+    def evidence(batch: EpisodeBatch) -> torch.Tensor:
+        context = torch.stack(
+            [models[n].eval().log_likelihood(batch.context_chosen, batch.context_rejected, None) for n in names]
+        )  # (K, B, C)
+        return (context * batch.context_mask).sum(-1)  # (K, B)
+
+    return evidence
+
+
+def type_posterior_predictor(
+    models: dict[str, PreferenceModel], evidence: list[Evidence]
+) -> Callable[[EpisodeBatch, torch.Generator], torch.Tensor]:
+    """Bayes over the K types: a uniform prior times the summed evidence, then the posterior-weighted
+    mean of the types' p(chosen > rejected) on the targets."""
+    names = list(models)
+
+    def predict(batch: EpisodeBatch, _: torch.Generator) -> torch.Tensor:
+        log_post = torch.log_softmax(torch.stack([e(batch) for e in evidence]).sum(0), dim=0)  # (K, B)
+        targets = torch.stack(
+            [models[n].prefer_prob(batch.target_chosen, batch.target_rejected, None) for n in names]
+        )  # (K, B, T)
+        return (log_post.exp()[..., None] * targets).sum(0)
+
+    return predict
+
+
 def evaluate_type_posterior(
     models: dict[str, PreferenceModel], test: PreferenceSet, *, episodes: int, seed: int
 ) -> dict[str, Any]:
@@ -175,18 +208,7 @@ def evaluate_type_posterior(
     needs exactly the information NP-BTL has (m pairs of the user), so it estimates what m pairs of
     these embeddings can tell: the reference NP-BTL is measured against at m > 0.
     """
-    names = list(models)
-
-    def predict(batch: EpisodeBatch, _: torch.Generator) -> torch.Tensor:
-        context = torch.stack(
-            [models[n].eval().log_likelihood(batch.context_chosen, batch.context_rejected, None) for n in names]
-        )  # (K, B, C)
-        log_post = torch.log_softmax((context * batch.context_mask).sum(-1), dim=0)  # (K, B)
-        targets = torch.stack(
-            [models[n].prefer_prob(batch.target_chosen, batch.target_rejected, None) for n in names]
-        )  # (K, B, T)
-        return (log_post.exp()[..., None] * targets).sum(0)
-
+    predict = type_posterior_predictor(models, [likelihood_evidence(models)])
     return score_episodes(test, predict, contexts=CONTEXTS, episodes=episodes, targets=TARGETS, seed=seed)
 
 

@@ -27,7 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from dsp import CONTEXTS, REPO, SPLITS, TARGETS, evaluate_oracle, evaluate_type_posterior
+from dsp import (
+    CONTEXTS,
+    REPO,
+    SPLITS,
+    TARGETS,
+    Evidence,
+    evaluate_oracle,
+    evaluate_type_posterior,
+    likelihood_evidence,
+    type_posterior_predictor,
+)
 
 from npalign.config import TrainConfig
 from npalign.data.loaders import load_preferences
@@ -38,7 +48,6 @@ from npalign.types import EpisodeBatch, PreferenceSet
 from npalign.utils.io import write_json
 
 WEIGHT_DECAYS = (1e-3, 1e-2, 3e-2, 1e-1)
-Evidence = Callable[[EpisodeBatch], torch.Tensor]  # episode batch -> (B, K) log-evidence per domain
 
 
 def response_styles(data: PreferenceSet) -> torch.Tensor:
@@ -119,30 +128,16 @@ def main() -> None:
         )
 
     def style_evidence(batch: EpisodeBatch) -> torch.Tensor:
-        """(B, K) log-evidence for each domain from the context's chosen and rejected responses' styles."""
+        """(K, B) log-evidence for each domain from the context's chosen and rejected responses' styles."""
         chosen = classifier(batch.context_chosen)[..., : len(types)]  # (B, C, K)
         rejected = classifier(batch.context_rejected)[..., : len(types)]
         per_pair = chosen + torch.log1p(-rejected.exp().clamp(max=1 - 1e-6))
-        return (per_pair * batch.context_mask[..., None]).sum(1)
-
-    def likelihood_evidence(batch: EpisodeBatch) -> torch.Tensor:
-        per_pair = torch.stack(
-            [oracles[t].log_likelihood(batch.context_chosen, batch.context_rejected, None) for t in types], -1
-        )  # (B, C, K)
-        return (per_pair * batch.context_mask[..., None]).sum(1)
+        return (per_pair * batch.context_mask[..., None]).sum(1).T
 
     def posterior_prediction(
         evidence: list[Evidence],
     ) -> Callable[[EpisodeBatch, torch.Generator], torch.Tensor]:
-        @torch.no_grad()
-        def predict(batch: EpisodeBatch, _: torch.Generator) -> torch.Tensor:
-            posterior = torch.softmax(torch.stack([e(batch) for e in evidence]).sum(0), -1)  # (B, K)
-            targets = torch.stack(
-                [oracles[t].prefer_prob(batch.target_chosen, batch.target_rejected, None) for t in types], -1
-            )  # (B, T, K)
-            return (targets * posterior[:, None, :]).sum(-1)
-
-        return predict
+        return torch.no_grad()(type_posterior_predictor(oracles, evidence))
 
     episodes = {"episodes": args.episodes, "seed": TrainConfig().eval.seed}  # dsp.py's episodes
     scored = {
@@ -153,7 +148,7 @@ def main() -> None:
         ),
         "both": score_episodes(
             test,
-            posterior_prediction([style_evidence, likelihood_evidence]),
+            posterior_prediction([style_evidence, likelihood_evidence(oracles)]),
             contexts=CONTEXTS,
             targets=TARGETS,
             **episodes,
