@@ -98,6 +98,19 @@ def fit_style_classifier(
     return Standardised().eval(), {"weight_decay": decay, "val_accuracy": 100 * accuracy}
 
 
+def style_evidence(classifier: torch.nn.Module, num_types: int) -> Evidence:
+    """(K, B) log-evidence for each domain from the context's chosen and rejected responses' styles:
+    log p(k | chosen) + log(1 - p(k | rejected)), summed over the pairs."""
+
+    def evidence(batch: EpisodeBatch) -> torch.Tensor:
+        chosen = classifier(batch.context_chosen)[..., :num_types]  # (B, C, K)
+        rejected = classifier(batch.context_rejected)[..., :num_types]
+        per_pair = chosen + torch.log1p(-rejected.exp().clamp(max=1 - 1e-6))
+        return (per_pair * batch.context_mask[..., None]).sum(1).T
+
+    return evidence
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,13 +140,6 @@ def main() -> None:
             (classifier(test.features).argmax(1) == response_styles(test)).float().mean()
         )
 
-    def style_evidence(batch: EpisodeBatch) -> torch.Tensor:
-        """(K, B) log-evidence for each domain from the context's chosen and rejected responses' styles."""
-        chosen = classifier(batch.context_chosen)[..., : len(types)]  # (B, C, K)
-        rejected = classifier(batch.context_rejected)[..., : len(types)]
-        per_pair = chosen + torch.log1p(-rejected.exp().clamp(max=1 - 1e-6))
-        return (per_pair * batch.context_mask[..., None]).sum(1).T
-
     def posterior_prediction(
         evidence: list[Evidence],
     ) -> Callable[[EpisodeBatch, torch.Generator], torch.Tensor]:
@@ -144,11 +150,15 @@ def main() -> None:
         "oracle (told the domain)": evaluate_oracle(oracles, test, **episodes),
         "likelihood": evaluate_type_posterior(oracles, test, **episodes),
         "style": score_episodes(
-            test, posterior_prediction([style_evidence]), contexts=CONTEXTS, targets=TARGETS, **episodes
+            test,
+            posterior_prediction([style_evidence(classifier, len(types))]),
+            contexts=CONTEXTS,
+            targets=TARGETS,
+            **episodes,
         ),
         "both": score_episodes(
             test,
-            posterior_prediction([style_evidence, likelihood_evidence(oracles)]),
+            posterior_prediction([style_evidence(classifier, len(types)), likelihood_evidence(oracles)]),
             contexts=CONTEXTS,
             targets=TARGETS,
             **episodes,
