@@ -1,0 +1,304 @@
+"""Which SmolLM2 pooling names a DSP user best? A validation sweep over layers and response cuts.
+
+    python benchmarks/dsp.py --embedder smollm2-mean64      # first: builds out/bench/dsp_smollm2-mean64/dsp.jsonl
+    python benchmarks/dsp_pooling.py                        # ~6 min of forward passes, ~30 min of training
+
+NP-BTL's m = 10 gap to the per-domain oracle on smollm2-mean64 is the gap of telling the domain apart
+from ten pairs (`dsp_identify.py`: even the oracle's own models, given the domain inferred by Bayes from
+likelihood and a style classifier, stay 1.2 points under it on test). Ten pairs can only say what the
+vectors carry, so this script asks which pooling of SmolLM2's states carries the domains' styles best,
+on the training and validation splits only (the test split is never read):
+
+* one forward pass over every training and validation text, cut after the first 64 response tokens
+  as `smollm2-mean64` does, keeping the mean over the first 32 and the first 64 response tokens of
+  every layer's states (in out/bench/pooling/states.safetensors; a rerun starts from it);
+* for each candidate pooling (a layer, or layers or cuts side by side), the features as the embedding
+  stage makes them (each block at unit RMS), then on the validation split:
+  - the per-domain oracle (dsp.py's settings, trained on train, its best validation step kept),
+  - the style classifier's accuracy on single responses (`dsp_identify.py`),
+  - "found": the oracle's models with the domain inferred from m pairs by likelihood and style
+    together ("both" in `dsp_identify.py`), a reference for what m pairs of these vectors give a model
+    that has to find the user;
+* the present pooling and the best few by found at m = 10 again with the oracles trained on two more
+  seeds;
+* NP-BTL itself (dsp.py's settings) on the present pooling and on the best of those by found.
+
+Writes pooling.json and pooling.md into benchmarks/results/dsp_smollm2-mean64/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from dsp import (
+    CONTEXTS,
+    MODELS,
+    ORACLE_OVERRIDES,
+    REPO,
+    TARGETS,
+    _config,
+    _train,
+    evaluate_oracle,
+    likelihood_evidence,
+    train_oracles,
+    type_posterior_predictor,
+)
+from dsp_identify import fit_style_classifier, style_evidence
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from npalign.data.loaders import load_preferences
+from npalign.evaluation.reward import score_episodes
+from npalign.inference.embedding import to_features
+from npalign.models.embedders import build_embedder
+from npalign.types import PreferenceSet
+from npalign.utils.io import write_json
+
+CUTS = (32, 64)
+SPLITS = ("train", "validation")
+
+
+def pooled_states(
+    data: dict[str, PreferenceSet], batch_size: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every split's items -> (N, layers + 1, len(CUTS), H) response means of each layer's states.
+
+    Index 0 of the layer axis is the token embeddings, index -1 the final layer after the model's
+    last norm (what `smollm2-mean64` pools).
+    """
+    embedder = build_embedder("smollm2-mean64")
+    base = embedder.model.base_model
+    pad = int(embedder.tokenizer.pad_token_id)
+    out, started, tokens = {}, time.perf_counter(), 0
+    for name, split in data.items():
+        assert split.item_prompts is not None and split.item_responses is not None
+        pairs = embedder._tokenize(split.item_prompts, split.item_responses)
+        result = torch.empty(len(pairs), base.config.num_hidden_layers + 1, len(CUTS), embedder.dim)
+        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i].input_ids))
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), batch_size), desc=f"states {name}"):
+                batch = [pairs[i] for i in order[start : start + batch_size]]
+                width = max(len(p.input_ids) for p in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros(len(batch), width, dtype=torch.long)
+                pool = torch.zeros(len(batch), width, dtype=torch.bool)
+                for row, p in enumerate(batch):  # left padding, as the embedder pads
+                    ids[row, width - len(p.input_ids) :] = torch.tensor(p.input_ids)
+                    mask[row, width - len(p.input_ids) :] = 1
+                    pool[row, width - len(p.input_ids) :] = torch.tensor(p.pool_mask)
+                    tokens += len(p.input_ids)
+                hidden = base(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    output_hidden_states=True,
+                    use_cache=False,
+                )
+                # transformers records the embeddings and each layer's output, the last one after the
+                # final norm: hidden_states[-1] is last_hidden_state, what smollm2-mean64 pools.
+                states = torch.stack(hidden.hidden_states, 1)  # (n, layers + 1, L, H)
+                for c, cut in enumerate(CUTS):
+                    weights = (pool & (pool.cumsum(-1) <= cut)).float()  # (n, L): first `cut` response tokens
+                    means = (
+                        torch.einsum("nklh,nl->nkh", states.float(), weights) / weights.sum(1)[:, None, None]
+                    )
+                    result[order[start : start + len(batch)], :, c] = means
+        out[name] = result
+    seconds = time.perf_counter() - started
+    return out, {"seconds": round(seconds, 1), "tokens": tokens, "texts": sum(len(v) for v in out.values())}
+
+
+# (label, blocks): each block is (layer, response tokens); layer 30 is the final one, after the norm.
+CANDIDATES: list[tuple[str, list[tuple[int, int]]]] = [
+    ("layer 30, first 64 (smollm2-mean64)", [(30, 64)]),
+    ("layer 30, first 32", [(30, 32)]),
+    ("layer 27, first 64", [(27, 64)]),
+    ("layer 24, first 64", [(24, 64)]),
+    ("layer 20, first 64", [(20, 64)]),
+    ("layer 16, first 64", [(16, 64)]),
+    ("layer 12, first 64", [(12, 64)]),
+    ("layers 30 + 24, first 64", [(30, 64), (24, 64)]),
+    ("layers 30 + 20, first 64", [(30, 64), (20, 64)]),
+    ("layers 30 + 16, first 64", [(30, 64), (16, 64)]),
+    ("layers 30 + 20 + 12, first 64", [(30, 64), (20, 64), (12, 64)]),
+    ("layer 30, first 32 + first 64", [(30, 32), (30, 64)]),
+]
+
+
+def features(states: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
+    """(N, layers + 1, cuts, H) -> (N, blocks * H): each block at unit RMS, as the embedding stage makes it."""
+    return torch.cat([to_features(states[:, layer, CUTS.index(cut)]) for layer, cut in blocks], 1)
+
+
+def score(
+    train: PreferenceSet, val: PreferenceSet, runs: Path, *, episodes: int, seed: int
+) -> dict[str, Any]:
+    """Oracle, style classifier and the "both" reference of one pooling, on the validation split."""
+    cfg = _config("smollm2-mean64", ORACLE_OVERRIDES, seed)
+    oracles, records = train_oracles(cfg, train, val, runs)
+    classifier, fit = fit_style_classifier(train, val)
+    types = val.type_names
+    both = torch.no_grad()(
+        type_posterior_predictor(
+            oracles, [style_evidence(classifier, len(types)), likelihood_evidence(oracles)]
+        )
+    )
+    shared = {"episodes": episodes, "seed": seed}
+    told = evaluate_oracle(oracles, val, **shared)
+    found = score_episodes(val, both, contexts=CONTEXTS, targets=TARGETS, **shared)
+    return {
+        "oracle": round(told["accuracy"]["10"]["mean"], 2),
+        "style_accuracy": round(fit["val_accuracy"], 1),
+        "both": {m: round(found["accuracy"][str(m)]["mean"], 2) for m in CONTEXTS},
+        "oracle_steps": {t: r["best_step"] for t, r in records.items()},
+    }
+
+
+def train_np(train: PreferenceSet, val: PreferenceSet, run_dir: Path, *, seed: int) -> dict[str, Any]:
+    """NP-BTL with dsp.py's settings on one pooling: its validation record at the kept steps."""
+    cfg = _config("smollm2-mean64", [*MODELS["NP-BTL"], "eval.val_episodes=800"], seed)
+    record = _train(cfg, train, val, run_dir)
+    return {
+        "m0": record["val_accuracy_at_best"]["0"],
+        "m10": record["val_accuracy_at_best"]["10"],
+        "best_step": record["best_step"],
+        "ms_per_step": record["ms_per_step"],
+    }
+
+
+def report(
+    results: dict[str, Any], repeats: dict[str, Any], np_runs: dict[str, Any], args: argparse.Namespace
+) -> str:
+    """pooling.md: every pooling on the first seed, the leaders on more seeds, NP-BTL on two."""
+    lines = [
+        "# DSP: which SmolLM2 pooling names the domain best (validation split)",
+        "",
+        f"Written by `python benchmarks/dsp_pooling.py` ({args.episodes} validation episodes per m). Oracle: "
+        "dsp.py's per-domain BTLs, told the domain (m = 10). Style: the linear classifier of `dsp_identify.py` "
+        "on single validation responses (5 classes, chance 20 %). Found: the oracle's models with the domain "
+        'inferred from the m context pairs (likelihood and style together, `dsp_identify.py`\'s "both"). '
+        "Validation holds ~165 pairs per domain, so single figures move by a point or two with the seed.",
+        "",
+        f"Seed {args.seed}, every pooling:",
+        "",
+        "| pooling | oracle | style | " + " | ".join(f"found, m = {m}" for m in CONTEXTS if m) + " |",
+        "|---" * (len(CONTEXTS) + 2) + "|",
+    ]
+    lines += [
+        f"| {label} | {r['oracle']:.2f} | {r['style_accuracy']:.1f} | "
+        + " | ".join(f"{r['both'][m]:.2f}" for m in CONTEXTS if m)
+        + " |"
+        for label, r in results.items()
+    ]
+    seeds = [args.seed, *args.repeat_seeds]
+    shown = " / ".join(map(str, seeds))
+    lines += [
+        "",
+        f"The present pooling and the {args.repeat_top} best by found at m = 10, over seeds {shown}:",
+        "",
+        f"| pooling | oracle, seeds {shown} | found m = 10, seeds {shown} | mean oracle | mean found m = 10 |",
+        "|---|---|---|---|---|",
+    ]
+    for label, by_seed in repeats.items():
+        oracle = [by_seed[s]["oracle"] for s in seeds]
+        found = [by_seed[s]["both"][10] for s in seeds]
+        lines.append(
+            f"| {label} | {' / '.join(f'{v:.2f}' for v in oracle)} | {' / '.join(f'{v:.2f}' for v in found)} | "
+            f"{sum(oracle) / len(oracle):.2f} | {sum(found) / len(found):.2f} |"
+        )
+    lines += [
+        "",
+        f"NP-BTL itself (dsp.py's settings, seed {args.seed}, 800 validation episodes per m, the kept steps):",
+        "",
+        "| pooling | m = 0 | m = 10 | best step | ms per step |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {r['m0']:.2f} | {r['m10']:.2f} | {r['best_step']} | {r['ms_per_step']:.0f} |"
+        for label, r in np_runs.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", default=str(REPO / "out" / "bench" / "pooling"))
+    parser.add_argument("--data", default=str(REPO / "out" / "bench" / "dsp_smollm2-mean64" / "dsp.jsonl"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dsp_smollm2-mean64"))
+    parser.add_argument("--episodes", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat-seeds", nargs="*", type=int, default=[1, 2])
+    parser.add_argument("--repeat-top", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    runs, out = Path(args.runs), Path(args.out)
+    runs.mkdir(parents=True, exist_ok=True)
+    data = {s: load_preferences(args.data, split=s)[0] for s in SPLITS}
+    states_file = runs / "states.safetensors"
+    if states_file.exists():  # the forward passes are the slow part; a rerun scores from them
+        states = load_file(states_file)
+        cost: dict[str, Any] = {"note": f"read from {states_file}"}
+    else:
+        states, cost = pooled_states(data, args.batch_size)
+        save_file(states, str(states_file.with_suffix(".tmp")))
+        states_file.with_suffix(".tmp").rename(states_file)
+    torch.set_num_threads(1)
+
+    def split_features(blocks: list[tuple[int, int]]) -> tuple[PreferenceSet, PreferenceSet]:
+        train, val = (replace(data[s], features=features(states[s], blocks)) for s in SPLITS)
+        return train, val
+
+    def run_dir(blocks: list[tuple[int, int]], what: str, seed: int) -> Path:
+        return runs / f"{what}_{'_'.join(f'l{layer}c{cut}' for layer, cut in blocks)}_seed{seed}"
+
+    results = {}
+    for label, blocks in CANDIDATES:
+        results[label] = score(
+            *split_features(blocks),
+            run_dir(blocks, "oracle", args.seed),
+            episodes=args.episodes,
+            seed=args.seed,
+        )
+        print(label, results[label], flush=True)
+    present = CANDIDATES[0][0]
+    leaders = sorted((label for label, _ in CANDIDATES[1:]), key=lambda label: -results[label]["both"][10])
+    repeats = {}
+    for label in [present, *leaders[: args.repeat_top]]:
+        blocks = dict(CANDIDATES)[label]
+        repeats[label] = {args.seed: results[label]}
+        for seed in args.repeat_seeds:
+            repeats[label][seed] = score(
+                *split_features(blocks), run_dir(blocks, "oracle", seed), episodes=args.episodes, seed=seed
+            )
+        print(label, {s: r["both"][10] for s, r in repeats[label].items()}, flush=True)
+    best = max(repeats, key=lambda label: sum(r["both"][10] for r in repeats[label].values()))
+    np_runs = {}
+    for label in dict.fromkeys([present, best]):
+        blocks = dict(CANDIDATES)[label]
+        np_runs[label] = train_np(*split_features(blocks), run_dir(blocks, "np", args.seed), seed=args.seed)
+        print(label, np_runs[label], flush=True)
+    write_json(
+        {
+            "forward_pass": cost,
+            "episodes": args.episodes,
+            "seed": args.seed,
+            "results": results,
+            "repeats": repeats,
+            "np_btl": np_runs,
+        },
+        out / "pooling.json",
+    )
+    text = report(results, repeats, np_runs, args)
+    (out / "pooling.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
