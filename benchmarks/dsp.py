@@ -2,7 +2,7 @@
 
     python benchmarks/dsp.py --embedder minilm                 # about 4-6 min on a 2-core CPU
     python benchmarks/dsp.py --embedder smollm2-mean64         # about 8 min, 4.5 of them embedding
-    python benchmarks/dsp.py --embedder smollm2-mean           # embedding alone takes ~45 min there
+    python benchmarks/dsp.py --embedder smollm2-mean           # about 20 min, 16 of them embedding
     python benchmarks/dsp.py --embedder minilm --fresh-cache   # time the embedding stage from scratch
 
 The Domain-Specific Preference data (`build_dataset("dsp")`, all four pairs per domain and query, the
