@@ -245,6 +245,9 @@ def main() -> None:
     if states_file.exists():  # the forward passes are the slow part; a rerun scores from them
         states = load_file(states_file)
         cost: dict[str, Any] = {"note": f"read from {states_file}"}
+        stale = [s for s in SPLITS if states[s].shape[0] != data[s].num_items]
+        if stale:
+            raise SystemExit(f"{states_file} does not match {args.data} ({stale}); delete it to recompute.")
     else:
         states, cost = pooled_states(data, args.batch_size)
         save_file(states, str(states_file.with_suffix(".tmp")))
