@@ -49,7 +49,6 @@ from dsp import (
     type_posterior_predictor,
 )
 from dsp_identify import fit_style_classifier, style_evidence
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from npalign.data.loaders import load_preferences
@@ -57,7 +56,7 @@ from npalign.evaluation.reward import score_episodes
 from npalign.inference.embedding import to_features
 from npalign.models.embedders import build_embedder
 from npalign.types import PreferenceSet
-from npalign.utils.io import write_json
+from npalign.utils.io import load_tensors, save_tensors, write_json
 
 CUTS = (32, 64)
 SPLITS = ("train", "validation")
@@ -73,7 +72,6 @@ def pooled_states(
     """
     embedder = build_embedder("smollm2-mean64")
     base = embedder.model.base_model
-    pad = int(embedder.tokenizer.pad_token_id)
     out, started, tokens = {}, time.perf_counter(), 0
     for name, split in data.items():
         assert split.item_prompts is not None and split.item_responses is not None
@@ -83,15 +81,8 @@ def pooled_states(
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), batch_size), desc=f"states {name}"):
                 batch = [pairs[i] for i in order[start : start + batch_size]]
-                width = max(len(p.input_ids) for p in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros(len(batch), width, dtype=torch.long)
-                pool = torch.zeros(len(batch), width, dtype=torch.bool)
-                for row, p in enumerate(batch):  # left padding, as the embedder pads
-                    ids[row, width - len(p.input_ids) :] = torch.tensor(p.input_ids)
-                    mask[row, width - len(p.input_ids) :] = 1
-                    pool[row, width - len(p.input_ids) :] = torch.tensor(p.pool_mask)
-                    tokens += len(p.input_ids)
+                ids, mask, pool = embedder.pad(batch)  # left padding, as the embedder runs it
+                tokens += int(mask.sum())
                 hidden = base(
                     input_ids=ids,
                     attention_mask=mask,
@@ -243,15 +234,14 @@ def main() -> None:
     data = {s: load_preferences(args.data, split=s)[0] for s in SPLITS}
     states_file = runs / "states.safetensors"
     if states_file.exists():  # the forward passes are the slow part; a rerun scores from them
-        states = load_file(states_file)
+        states = load_tensors(states_file)
         cost: dict[str, Any] = {"note": f"read from {states_file}"}
         stale = [s for s in SPLITS if states[s].shape[0] != data[s].num_items]
         if stale:
             raise SystemExit(f"{states_file} does not match {args.data} ({stale}); delete it to recompute.")
     else:
         states, cost = pooled_states(data, args.batch_size)
-        save_file(states, str(states_file.with_suffix(".tmp")))
-        states_file.with_suffix(".tmp").rename(states_file)
+        save_tensors(states, states_file)
     torch.set_num_threads(1)
 
     def split_features(blocks: list[tuple[int, int]]) -> tuple[PreferenceSet, PreferenceSet]:

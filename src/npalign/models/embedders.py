@@ -302,8 +302,8 @@ class Embedder(ABC):
             vectors[batch] = self._embed_batch([pairs[i] for i in batch]).float().cpu()
             bar.update(len(batch))
 
-    def _embed_batch(self, pairs: list[_Tokenized]) -> Tensor:
-        """Pad, run the model, pool: n pairs -> (n, D)."""
+    def pad(self, pairs: list[_Tokenized]) -> tuple[Tensor, Tensor, Tensor]:
+        """n tokenized pairs -> (n, L) input ids, attention mask and pool mask, padded on `padding_side`."""
         width = max(len(pair.input_ids) for pair in pairs)
         input_ids = torch.full((len(pairs), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
         attention_mask = torch.zeros(len(pairs), width, dtype=torch.long)
@@ -314,6 +314,11 @@ class Embedder(ABC):
             input_ids[row, span] = torch.tensor(pair.input_ids)
             attention_mask[row, span] = 1
             pool_mask[row, span] = torch.tensor(pair.pool_mask)
+        return input_ids, attention_mask, pool_mask
+
+    def _embed_batch(self, pairs: list[_Tokenized]) -> Tensor:
+        """Pad, run the model, pool: n pairs -> (n, D)."""
+        input_ids, attention_mask, pool_mask = self.pad(pairs)
         hidden = self._hidden_states(
             input_ids.to(self.device), attention_mask.to(self.device)
         ).float()  # (n, L, H)
