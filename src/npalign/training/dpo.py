@@ -609,7 +609,9 @@ def train_policy(
     first_step = state["step"]
     model.train()
     for step in range(state["step"], total):
-        torch.manual_seed(derived_seed(cfg.seed, "dropout", step))  # LoRA dropout replays on --resume
+        # LoRA dropout: seeded per rank and step, so that a resumed run replays the same masks and the
+        # ranks of a multi-process run do not all draw the same ones.
+        torch.manual_seed(derived_seed(cfg.seed, "dropout", accelerator.process_index, step))
         for micro in range(accumulation):
             batch = sampler.batch_at(step * accumulation + micro)
             tokens = {
