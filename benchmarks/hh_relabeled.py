@@ -44,6 +44,7 @@ def main() -> None:
         cache_dir=cache_dir,
         episodes=args.episodes,
         seed=args.seed,
+        split_seed=args.split_seed,
         models=MODELS,
         oracle_overrides=ORACLE_OVERRIDES,
         oracle_name=ORACLE,
