@@ -1,20 +1,39 @@
-"""Spread over training seeds of a text benchmark: mean, min and max accuracy per model and m.
+"""Spread over training seeds or splits of a text benchmark: mean, min and max accuracy per model and m.
 
     python benchmarks/dsp.py --embedder minilm --seed 1 --out out/seeds/minilm_1 --runs out/bench/seeds/minilm_1
     python benchmarks/dsp.py --embedder minilm --seed 2 --out out/seeds/minilm_2 --runs out/bench/seeds/minilm_2
     python benchmarks/seed_table.py benchmarks/results/dsp_minilm out/seeds/minilm_1 out/seeds/minilm_2
 
-Each argument is a results folder (or results.json) written by benchmarks/dsp.py or hh_relabeled.py on
-the same data and evaluation episodes with a different `--seed`. Prints a markdown table, and the
-issue's two gaps (NP-BTL at m = 10 against the oracle, at m = 0 against mixed BTL) per seed.
+Each argument is a results folder (or results.json) written by benchmarks/dsp.py or hh_relabeled.py with
+the same models and another `--seed` (training) or `--split-seed` (which prompts are held out). Prints a
+markdown table, then the issue's two gaps (NP-BTL at m = 10 against the oracle, at m = 0 against mixed
+BTL), the type-inferred reference's m = 10 gap to the oracle and the oracle's accuracy, per run and as
+mean ± s.e.m. over the runs. `--out FILE.md` also writes it all to a file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
+
+from npalign.utils.io import atomic_path
+
+COLUMNS = {  # results.json's targets entry -> (what it measures, its format)
+    "np_m10_minus_oracle_m10": ("NP-BTL m = 10 minus oracle", "+.2f"),
+    "type_inferred_m10_minus_oracle_m10": ("type inferred (Bayes) m = 10 minus oracle", "+.2f"),
+    "np_m0_minus_btl_mixed_m0": ("NP-BTL m = 0 minus mixed BTL", "+.2f"),
+    "oracle_accuracy_mean_over_m": ("oracle (mean over m)", ".2f"),
+}
+
+CHECKS = {  # results.json's targets entry -> the target it checks
+    "np_m10_within_1_point_of_oracle": "NP-BTL m = 10 within 1 point of the oracle",
+    "np_m0_within_1_point_of_btl": "NP-BTL m = 0 within 1 point of mixed BTL",
+    "oracle_at_least_80": "oracle at least 80 %",
+}
 
 
 def load(path: str) -> dict:
@@ -22,30 +41,68 @@ def load(path: str) -> dict:
     return json.loads((file / "results.json" if file.is_dir() else file).read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", help="results folders or results.json files, one per seed")
-    args = parser.parse_args()
-    runs = [load(p) for p in args.results]
+def table(runs: list[dict], paths: list[str]) -> list[str]:
+    """The markdown lines: accuracy per model and m over the runs, then the gaps per run and on average."""
     models = list(runs[0]["models"])
     contexts = list(runs[0]["models"][models[0]]["accuracy"])
-    for run, path in zip(runs, args.results, strict=True):
+    for run, path in zip(runs, paths, strict=True):
         if list(run["models"]) != models:
             raise SystemExit(f"{path}: models {list(run['models'])} differ from the first run's {models}.")
-    print(f"{len(runs)} seeds: mean (min-max) accuracy, %\n")
-    print("| model | " + " | ".join(f"m = {m}" for m in contexts) + " |")
-    print("|---|" + "---|" * len(contexts))
+    lines = [f"{len(runs)} runs: mean (min-max) accuracy, %", ""]
+    lines += [
+        "| model | " + " | ".join(f"m = {m}" for m in contexts) + " |",
+        "|---|" + "---|" * len(contexts),
+    ]
     for model in models:
         cells = []
         for m in contexts:
             values = [run["models"][model]["accuracy"][m]["mean"] for run in runs]
             cells.append(f"{mean(values):.1f} ({min(values):.1f}-{max(values):.1f})")
-        print(f"| {model} | " + " | ".join(cells) + " |")
-    if all("np_m10_minus_oracle_m10" in run["targets"] for run in runs):
-        print()
-        for run, path in zip(runs, args.results, strict=True):  # the gaps dsp.py's target_checks wrote
-            m10, m0 = run["targets"]["np_m10_minus_oracle_m10"], run["targets"]["np_m0_minus_btl_mixed_m0"]
-            print(f"{path}: NP-BTL m=10 minus oracle {m10:+.2f}; NP-BTL m=0 minus mixed BTL {m0:+.2f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    keys = [key for key in COLUMNS if all(key in run["targets"] for run in runs)]  # what target_checks wrote
+    if keys:
+        lines += [
+            "",
+            "| run | " + " | ".join(COLUMNS[key][0] for key in keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
+        for run, path in zip(runs, paths, strict=True):
+            cells = [format(run["targets"][key], COLUMNS[key][1]) for key in keys]
+            lines.append(f"| {path} | " + " | ".join(cells) + " |")
+        cells = []
+        for key in keys:
+            values = [run["targets"][key] for run in runs]
+            sem = stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+            cells.append(f"{format(mean(values), COLUMNS[key][1])} ± {sem:.2f}")
+        lines.append("| **mean ± s.e.m. over the runs** | " + " | ".join(cells) + " |")
+    met = [
+        f"{label} {sum(bool(run['targets'][key]) for run in runs)} of {len(runs)}"
+        for key, label in CHECKS.items()
+        if all(key in run["targets"] for run in runs)
+    ]
+    if met:
+        lines += ["", "Runs that meet each target: " + "; ".join(met) + "."]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", nargs="+", help="results folders or results.json files, one per run")
+    parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
+    parser.add_argument("--title", default=None, help="the markdown file's heading")
+    parser.add_argument("--note", default=None, help="a paragraph for the file: how the runs were made")
+    args = parser.parse_args()
+    lines = table([load(p) for p in args.results], args.results)
+    print("\n".join(lines))
+    if args.out:
+        command = "python benchmarks/seed_table.py " + shlex.join(sys.argv[1:])
+        header = [f"# {args.title}", ""] if args.title else []
+        with atomic_path(Path(args.out)) as tmp:
+            note = [args.note, ""] if args.note else []
+            footer = ["", f"Written by `{command}`."]  # last: it repeats the note
+            tmp.write_text("\n".join([*header, *note, *lines, *footer]) + "\n")
 
 
 if __name__ == "__main__":
