@@ -72,8 +72,8 @@ def table(runs: list[dict], paths: list[str]) -> list[str]:
         cells = []
         for key in keys:
             values = [run["targets"][key] for run in runs]
-            sem = stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-            cells.append(f"{format(mean(values), COLUMNS[key][1])} ± {sem:.2f}")
+            spread = f" ± {stdev(values) / len(values) ** 0.5:.2f}" if len(values) > 1 else ""
+            cells.append(format(mean(values), COLUMNS[key][1]) + spread)
         lines.append("| **mean ± s.e.m. over the runs** | " + " | ".join(cells) + " |")
     met = [
         f"{label} {sum(bool(run['targets'][key]) for run in runs)} of {len(runs)}"
