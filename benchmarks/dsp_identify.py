@@ -45,7 +45,7 @@ from npalign.evaluation.reward import score_episodes
 from npalign.inference.embedding import embed_preferences, resolve_embedder
 from npalign.models.builders import load_reward_model
 from npalign.types import EpisodeBatch, PreferenceSet
-from npalign.utils.io import write_json
+from npalign.utils.io import atomic_path, write_json
 
 WEIGHT_DECAYS = (1e-3, 1e-2, 3e-2, 1e-1)
 
@@ -190,7 +190,8 @@ def main() -> None:
     lines += ["", "At m = 10, per domain:", "", "| domain inferred from | " + " | ".join(types) + " |"]
     lines += ["|---" * (len(types) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(f"{by_type[name][t]:.1f}" for t in types) + " |" for name in scored]
-    (out / "identification.md").write_text("\n".join(lines) + "\n")
+    with atomic_path(out / "identification.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -56,7 +56,7 @@ from npalign.evaluation.reward import score_episodes
 from npalign.inference.embedding import to_features
 from npalign.models.embedders import build_embedder
 from npalign.types import PreferenceSet
-from npalign.utils.io import load_tensors, save_tensors, write_json
+from npalign.utils.io import atomic_path, load_tensors, save_tensors, write_json
 
 CUTS = (32, 64)
 SPLITS = ("train", "validation")
@@ -289,7 +289,8 @@ def main() -> None:
         out / "pooling.json",
     )
     text = report(results, repeats, np_runs, args)
-    (out / "pooling.md").write_text(text)
+    with atomic_path(out / "pooling.md") as tmp:
+        tmp.write_text(text)
     print(text)
 
 

@@ -14,13 +14,12 @@ mean ± s.e.m. over the runs. `--out FILE.md` also writes it all to a file.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 from statistics import mean, stdev
 
-from npalign.utils.io import atomic_path
+from npalign.utils.io import atomic_path, read_json
 
 COLUMNS = {  # results.json's targets entry -> (what it measures, its format)
     "np_m10_minus_oracle_m10": ("NP-BTL m = 10 minus oracle", "+.2f"),
@@ -38,7 +37,7 @@ CHECKS = {  # results.json's targets entry -> the target it checks
 
 def load(path: str) -> dict:
     file = Path(path)
-    return json.loads((file / "results.json" if file.is_dir() else file).read_text())
+    return read_json(file / "results.json" if file.is_dir() else file)
 
 
 def table(runs: list[dict], paths: list[str]) -> list[str]:
