@@ -329,8 +329,9 @@ def main() -> None:
         "ratios_vs_naive": ratios,
     }
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        from npalign.utils.io import write_json  # imported late like the rest, to keep workers light
+
+        write_json(report, args.out)
         print(f"wrote {args.out}")
 
 

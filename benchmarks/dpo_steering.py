@@ -27,7 +27,6 @@ one generation batch on the machine, and the extrapolated cost of the full setti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -56,6 +55,7 @@ from npalign.training.dpo import (
 )
 from npalign.training.reward import train_reward_model
 from npalign.types import PreferenceSet
+from npalign.utils.io import read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "dpo" / "np_dpo_dsp_smollm2.yaml"
@@ -140,14 +140,13 @@ def policy_config(args: argparse.Namespace, data_path: Path, mode: str) -> DPOTr
 def train(args: argparse.Namespace, data_path: Path, work: Path, mode: str) -> tuple[Path, dict[str, Any]]:
     out = work / ("np_dpo" if mode == "conditional" else "dpo_unconditional")
     cfg = policy_config(args, data_path, mode)
-    if (out / "summary.json").is_file() and json.loads((out / "summary.json").read_text())[
-        "steps"
-    ] == cfg.optim.steps:
-        return out, json.loads((out / "summary.json").read_text())
+    summary_file = out / "summary.json"
+    if summary_file.is_file() and (summary := read_json(summary_file))["steps"] == cfg.optim.steps:
+        return out, summary
     train_data, val_data = load_dpo_data(cfg)
     result = train_policy(cfg, train_data, val_data, out, resume=(out / "checkpoint").exists())
     log(f"trained {mode}: {result.steps} steps, {result.ms_per_step:.0f} ms/step")
-    return out, json.loads((out / "summary.json").read_text())
+    return out, read_json(summary_file)
 
 
 def time_reference(run: Path, data: PreferenceSet, args: argparse.Namespace, pairs: int = 18) -> float:
@@ -339,8 +338,7 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
         "answers_sample": {user: answers[user][:2] for user in answers},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.out)
     log(f"wrote {args.out}")
 
 

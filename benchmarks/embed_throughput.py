@@ -25,6 +25,7 @@ import transformers
 
 from npalign.models import hub
 from npalign.models.embedders import build_embedder
+from npalign.utils.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path("../shared/data/dsp_domain_specific_preference/domain_specific_preference.test.json.gz")
@@ -147,8 +148,7 @@ def main() -> None:
         print(
             f"smollm2: GGUF conversion {timing['gguf_convert_s']} s; load from cache {timing['cached_load_s']} s"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.out)
     print(f"wrote {args.out}")
 
 
