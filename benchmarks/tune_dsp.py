@@ -37,9 +37,15 @@ def main() -> None:
     parser.add_argument("--tag", default="run", help="names the run folder under out/bench/tune_dsp/")
     parser.add_argument("--episodes", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0, help="training seed (NP-BTL is seed-sensitive on DSP)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="the dataset file dsp.py built (default: the published split's); another --split-seed's file "
+        "tunes on that split's validation prompts",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data_file = REPO / "out" / "bench" / f"dsp_{args.embedder}" / "dsp.jsonl"
+    data_file = Path(args.data) if args.data else REPO / "out" / "bench" / f"dsp_{args.embedder}" / "dsp.jsonl"
     if not data_file.exists():
         raise SystemExit(f"{data_file} is missing: run `python benchmarks/dsp.py --embedder {args.embedder}` first.")
     embedder = resolve_embedder(args.embedder)
