@@ -3,6 +3,8 @@
     python benchmarks/dsp.py --embedder smollm2-mean      # once: builds the data and fills the cache
     python benchmarks/tune_dsp.py --embedder smollm2-mean --tag E optim.steps=2000 episodes.max_context=30
     python benchmarks/tune_dsp.py --embedder smollm2-mean64 --model oracle --tag O1 model.item_dropout=0.5
+    python benchmarks/tune_dsp.py --embedder smollm2-mean64 --data out/bench/splits/mean64_3/dsp.jsonl \
+        --tag FILM_s3 model.conditioning=film    # on split seed 3's validation prompts
 
 Trains a model with dsp.py's settings plus the given overrides on the train split, keeps the best
 validation step, and prints one JSON line with validation accuracy per m (800 episodes per m). `--model`
