@@ -31,6 +31,7 @@ def test_overrides_are_typed_and_nested() -> None:
         (["model.encoder_depth=1"], ValueError, r"model.encoder_depth=1 must be >= 2"),
         (["model.decoder_depth=0"], ValueError, r"model.decoder_depth=0 must be >= 1"),
         (["model.item_dropout=1.0"], ValueError, r"model.item_dropout=1.0 must lie in \[0, 1\)"),
+        (["model.conditioning=concat"], ValueError, r"model.conditioning='concat': use 'shift' or 'film'"),
         (["progress=maybe"], TypeError, r"progress: expected true/false"),
         (["optim.lr"], ValueError, r"is not key=value"),
     ],

@@ -140,6 +140,7 @@ def test_loading_is_strict(trained_np: Path, tmp_path: Path) -> None:
         ("dpl", []),
         ("np-btl-latent", []),
         ("np-btl", ["model.encoder_depth=3", "model.decoder_depth=2", "model.item_dropout=0.3"]),
+        ("np-btl", ["model.conditioning=film"]),
     ],
 )
 def test_every_kind_trains_saves_and_loads(kind: str, extra: list[str], paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
@@ -162,11 +163,33 @@ def test_every_kind_trains_saves_and_loads(kind: str, extra: list[str], paper_sp
     z = model.infer_user(torch.rand(3, 1), torch.rand(3, 1))
     probs = model.prefer_prob(torch.rand(10, 1), torch.rand(10, 1), z)
     assert probs.shape == (10,) and bool(((probs > 0) & (probs < 1)).all())
-    if extra:  # the depths come back from the saved config: the strict load would fail otherwise
+    if "model.encoder_depth=3" in extra:  # the depths come back from the saved config: a strict load needs them
         pair_net = model.model.encoder.pair_net
         assert sum(isinstance(layer, torch.nn.Linear) for layer in pair_net) == 3
         assert len(model.model.head) == 1
         assert model.model.item_dropout.p == 0.3
+    assert (model.model.latent_scale is not None) == ("model.conditioning=film" in extra)  # so does FiLM
+
+
+def test_film_conditioning_starts_as_the_shift_model_and_then_scales_by_z() -> None:
+    torch.manual_seed(0)
+    shift = PreferenceModel("np-btl", 6, 16, 4, prior_head=True).eval()
+    torch.manual_seed(0)
+    film = PreferenceModel("np-btl", 6, 16, 4, prior_head=True, conditioning="film").eval()
+    state = film.state_dict()
+    assert state.keys() - shift.state_dict().keys() == {"latent_scale.weight"}
+    assert all(torch.equal(state[k], v) for k, v in shift.state_dict().items())  # same initial weights
+    items, z = torch.randn(2, 5, 6), torch.cat([torch.randn(2, 4), torch.ones(2, 1)], -1)
+    assert torch.equal(film.reward(items, z), shift.reward(items, z))  # gamma starts at 0
+    with torch.no_grad():
+        film.latent_scale.weight.normal_()
+    moved = film.reward(items, z)
+    assert not torch.allclose(moved, shift.reward(items, z))
+    personal = z[:, :4].unsqueeze(1)
+    hidden = film.item_net(items) * (1 + film.latent_scale(personal)) + film.latent_proj(personal)
+    assert torch.allclose(moved, film.out(torch.nn.functional.gelu(hidden))[..., 0])
+    with pytest.raises(ValueError, match="conditioning"):
+        PreferenceModel("np-btl", 6, 16, 4, conditioning="concat")
 
 
 def test_item_dropout_acts_in_training_only() -> None:

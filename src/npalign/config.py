@@ -35,6 +35,7 @@ class ModelConfig:
     num_samples: int = 8
     dpl_cdf: str = "exact"
     prior_head: bool = False
+    conditioning: str = "shift"
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -59,6 +60,8 @@ class ModelConfig:
             raise ValueError(f"model.kl_weight={self.kl_weight} must be >= 0.")
         if self.num_samples < 1:
             raise ValueError(f"model.num_samples={self.num_samples} must be >= 1.")
+        if self.conditioning not in ("shift", "film"):
+            raise ValueError(f"model.conditioning={self.conditioning!r}: use 'shift' or 'film'.")
         if self.prior_head and self.kind != "np-btl":
             raise ValueError(f"model.prior_head is for model.kind=np-btl, not {self.kind!r}.")
 

@@ -28,6 +28,7 @@ def build_reward_model(cfg: ModelConfig, embed_dim: int) -> PreferenceModel:
         num_samples=cfg.num_samples,
         dpl_cdf=cfg.dpl_cdf,
         prior_head=cfg.prior_head,
+        conditioning=cfg.conditioning,
     )
 
 

@@ -23,6 +23,7 @@ from npalign.models.losses import (
 from npalign.types import EpisodeBatch, Posterior, UserLatent
 
 KINDS = ("btl", "dpl", "np-btl", "np-btl-latent")
+CONDITIONINGS = ("shift", "film")
 
 
 class PreferenceModel(nn.Module):
@@ -44,6 +45,9 @@ class PreferenceModel(nn.Module):
         kl_weight: beta of the NP objective.
         num_samples: S, z samples when predicting with the latent model.
         dpl_cdf: "exact" (normal CDF) or "logistic" (the release's stand-in).
+        conditioning: how z enters the decoder's hidden layer: "shift" adds W_z z to it (the release);
+            "film" also scales it, (1 + gamma(z)) * enc(y) + W_z z, with gamma initialised to 0 so that
+            training starts from the shift model.
         prior_head: np-btl only. A z-free reward network, trained on every episode's targets (the
             mixed-data BTL objective, items without dropout), answers for users with an empty context;
             the personalised path is trained and used exactly as without it. z then carries one more
@@ -68,10 +72,13 @@ class PreferenceModel(nn.Module):
         num_samples: int = 8,
         dpl_cdf: str = "exact",
         prior_head: bool = False,
+        conditioning: str = "shift",
     ) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not one of {KINDS}.")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning={conditioning!r} is not one of {CONDITIONINGS}.")
         if prior_head and kind != "np-btl":
             raise ValueError(f"prior_head is for kind 'np-btl' (a deterministic z), not {kind!r}.")
         self.kind, self.embed_dim, self.latent_dim = kind, embed_dim, latent_dim
@@ -105,6 +112,11 @@ class PreferenceModel(nn.Module):
             self.prior_net = nn.Sequential(
                 mlp(embed_dim, hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1)
             )
+        # Also built after the others; zero, so a FiLM model starts as the shift model it extends.
+        self.latent_scale: nn.Linear | None = None
+        if conditioning == "film" and self.conditional:
+            self.latent_scale = nn.Linear(latent_dim, hidden_dim, bias=False)
+            nn.init.zeros_(self.latent_scale.weight)
 
     @property
     def conditional(self) -> bool:
@@ -156,6 +168,8 @@ class PreferenceModel(nn.Module):
         if z is not None:
             assert self.latent_proj is not None
             personal = z[..., : self.latent_dim]
+            if self.latent_scale is not None:
+                hidden = hidden * (1 + self.latent_scale(personal).unsqueeze(-2))
             hidden = hidden + self.latent_proj(personal).unsqueeze(-2)  # (B, T, H) or (S, B, T, H)
         out = self.out(F.gelu(self.head(hidden)))
         if self.prior_net is None or z is None:
