@@ -1,0 +1,117 @@
+"""How much of NP-BTL's m = 10 gap to the oracle is finding the domain, and how much is its rewards.
+
+    python benchmarks/dsp_context.py benchmarks/results/dsp_smollm2-mean64 out/splits/mean64_{1..16}
+
+Each argument is a results folder written by benchmarks/dsp.py (any `--seed` or `--split-seed`); the
+NP-BTL run and the dataset file are found where that run left them (`setup.build_report.out`). NP-BTL is
+scored again on the same test split with more context pairs than the benchmark's m = 10 (default 10, 30
+and 60; the test split holds ~185 pairs per domain, so the targets stay disjoint from the context). By
+m = 60 the domain is as known as it will be, so the gap that remains there is the rewards': the shared
+reward network, told the domain, against the domain's own BTL (the oracle's test figure from
+results.json; it does not depend on m). Prints per run and as mean ± s.e.m. over the runs, and per
+domain; `--out FILE.md` also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from statistics import mean, stdev
+
+from dsp import ORACLE, TARGETS
+
+from npalign.data.loaders import load_preferences
+from npalign.evaluation.reward import evaluate_reward_model
+from npalign.inference.embedding import embed_preferences, resolve_embedder
+from npalign.models.builders import load_reward_model
+from npalign.utils.io import atomic_path, read_json
+
+REPO = Path(__file__).resolve().parents[1]
+NP_RUN = "np-btl"  # dsp.py's run folder for NP-BTL
+
+
+def spread(values: list[float]) -> str:
+    """mean ± s.e.m., or the mean alone for one value."""
+    sem = f" ± {stdev(values) / len(values) ** 0.5:.2f}" if len(values) > 1 else ""
+    return f"{mean(values):+.2f}{sem}"
+
+
+def score(folder: str, contexts: list[int], episodes: int, cache: Path | None) -> dict:
+    """NP-BTL's test accuracy at each m of `contexts` minus the oracle's, overall and per domain."""
+    path = Path(folder)
+    results = read_json(path / "results.json" if path.is_dir() else path)
+    data_file = REPO / results["setup"]["build_report"]["out"]
+    run_dir = data_file.parent / "runs" / NP_RUN
+    if not (run_dir / "model_config.json").is_file():
+        raise SystemExit(f"{folder}: no NP-BTL run at {run_dir} (rerun its benchmarks/dsp.py command).")
+    model, record = load_reward_model(run_dir)
+    test, _ = load_preferences(data_file, split="test")
+    test = embed_preferences(test, resolve_embedder(record["embedder"]), cache_dir=cache)
+    accuracy = evaluate_reward_model(
+        model, test, contexts=contexts, episodes=episodes, targets=TARGETS, seed=1
+    )["accuracy"]
+    oracle = results["models"][ORACLE]["accuracy"]["10"]
+    return {
+        "overall": {m: accuracy[str(m)]["mean"] - oracle["mean"] for m in contexts},
+        "by_type": {
+            name: {m: accuracy[str(m)]["by_type"][name] - value for m in contexts}
+            for name, value in oracle["by_type"].items()
+        },
+        "oracle": oracle["mean"],
+    }
+
+
+def report(folders: list[str], scores: list[dict], contexts: list[int], episodes: int) -> list[str]:
+    """The markdown lines: per run, mean ± s.e.m. over the runs, and per domain."""
+    heads = " | ".join(f"m = {m}" for m in contexts)
+    lines = [
+        f"NP-BTL's test accuracy minus the oracle's (points), {episodes} episodes per m:",
+        "",
+        f"| run | oracle | {heads} |",
+        "|---|---|" + "---|" * len(contexts),
+    ]
+    for folder, scored in zip(folders, scores, strict=True):
+        cells = " | ".join(f"{scored['overall'][m]:+.2f}" for m in contexts)
+        lines.append(f"| {folder} | {scored['oracle']:.2f} | {cells} |")
+    cells = " | ".join(spread([s["overall"][m] for s in scores]) for m in contexts)
+    lines.append(f"| **mean ± s.e.m.** | {mean(s['oracle'] for s in scores):.2f} | {cells} |")
+    lines += [
+        "",
+        "Per domain, mean ± s.e.m. over the runs:",
+        "",
+        f"| domain | {heads} |",
+        "|---|" + "---|" * len(contexts),
+    ]
+    for name in scores[0]["by_type"]:
+        cells = " | ".join(spread([s["by_type"][name][m] for s in scores]) for m in contexts)
+        lines.append(f"| {name} | {cells} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", nargs="+", help="results folders (or results.json) written by dsp.py")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[10, 30, 60])
+    parser.add_argument("--episodes", type=int, default=1000, help="episodes per m")
+    parser.add_argument("--cache", default=None, help="embedding cache root (default: the npalign cache)")
+    parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
+    args = parser.parse_args()
+    cache = Path(args.cache) if args.cache else None
+    scores = [score(folder, args.contexts, args.episodes, cache) for folder in args.results]
+    lines = report(args.results, scores, args.contexts, args.episodes)
+    print("\n".join(lines))
+    if args.out:
+        command = shlex.join(["python", "benchmarks/dsp_context.py", *sys.argv[1:]])
+        text = "\n".join(
+            ["# DSP: NP-BTL with more context than m = 10", "", *lines, "", f"Written by `{command}`.", ""]
+        )
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
