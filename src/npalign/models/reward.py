@@ -3,7 +3,7 @@
 All four share one shape: an item network enc(e(y)) -> (B, T, H), optionally shifted by a projection
 of the user latent z, then a head to a reward (or DPL's mean and variance). The first decoder layer on
 [enc(y); z] is split into W_y enc(y) + W_z z, which is the same function and lets z be projected once
-per user instead of once per item.
+per user instead of once per item. `conditioning="film"` also scales enc(y) by 1 + gamma(z).
 """
 
 from __future__ import annotations
