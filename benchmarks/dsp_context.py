@@ -8,8 +8,9 @@ scored again on the same test split with more context pairs than the benchmark's
 and 60; the test split holds ~185 pairs per domain, so the targets stay disjoint from the context). By
 m = 60 the domain is as known as it will be, so the gap that remains there is the rewards': the shared
 reward network, told the domain, against the domain's own BTL (the oracle's test figure from
-results.json; it does not depend on m). Prints per run and as mean ± s.e.m. over the runs, and per
-domain; `--out FILE.md` also writes it to a file.
+results.json; it does not depend on m). The episodes are dsp.py's (4,000 per m, its evaluation seed),
+so the m = 10 column is the benchmark's own gap. Prints per run and as mean ± s.e.m. over the runs, and
+per domain; `--out FILE.md` also writes it to a file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from statistics import mean, stdev
 
 from dsp import ORACLE, TARGETS
 
+from npalign.config import TrainConfig
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.reward import evaluate_reward_model
 from npalign.inference.embedding import embed_preferences, resolve_embedder
@@ -50,7 +52,7 @@ def score(folder: str, contexts: list[int], episodes: int, cache: Path | None) -
     test, _ = load_preferences(data_file, split="test")
     test = embed_preferences(test, resolve_embedder(record["embedder"]), cache_dir=cache)
     accuracy = evaluate_reward_model(
-        model, test, contexts=contexts, episodes=episodes, targets=TARGETS, seed=1
+        model, test, contexts=contexts, episodes=episodes, targets=TARGETS, seed=TrainConfig().eval.seed
     )["accuracy"]
     oracle = results["models"][ORACLE]["accuracy"]["10"]
     return {
@@ -96,7 +98,7 @@ def main() -> None:
     )
     parser.add_argument("results", nargs="+", help="results folders (or results.json) written by dsp.py")
     parser.add_argument("--contexts", type=int, nargs="+", default=[10, 30, 60])
-    parser.add_argument("--episodes", type=int, default=1000, help="episodes per m")
+    parser.add_argument("--episodes", type=int, default=4000, help="episodes per m (dsp.py's number)")
     parser.add_argument("--cache", default=None, help="embedding cache root (default: the npalign cache)")
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
