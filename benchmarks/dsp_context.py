@@ -18,39 +18,41 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from functools import cache
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 
 from dsp import ORACLE, TARGETS
+from seed_table import load, spread
 
 from npalign.config import TrainConfig
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.reward import evaluate_reward_model
 from npalign.inference.embedding import embed_preferences, resolve_embedder
 from npalign.models.builders import load_reward_model
-from npalign.utils.io import atomic_path, read_json
+from npalign.models.embedders import Embedder
+from npalign.utils.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 NP_RUN = "np-btl"  # dsp.py's run folder for NP-BTL
 
 
-def spread(values: list[float]) -> str:
-    """mean ± s.e.m., or the mean alone for one value."""
-    sem = f" ± {stdev(values) / len(values) ** 0.5:.2f}" if len(values) > 1 else ""
-    return f"{mean(values):+.2f}{sem}"
+@cache
+def embedder(name: str) -> Embedder:
+    """One embedder per name for all the runs (the runs of one embedder share it)."""
+    return resolve_embedder(name)
 
 
-def score(folder: str, contexts: list[int], episodes: int, cache: Path | None) -> dict:
+def score(folder: str, contexts: list[int], episodes: int, cache_dir: Path | None) -> dict:
     """NP-BTL's test accuracy at each m of `contexts` minus the oracle's, overall and per domain."""
-    path = Path(folder)
-    results = read_json(path / "results.json" if path.is_dir() else path)
+    results = load(folder)
     data_file = REPO / results["setup"]["build_report"]["out"]
     run_dir = data_file.parent / "runs" / NP_RUN
     if not (run_dir / "model_config.json").is_file():
         raise SystemExit(f"{folder}: no NP-BTL run at {run_dir} (rerun its benchmarks/dsp.py command).")
     model, record = load_reward_model(run_dir)
     test, _ = load_preferences(data_file, split="test")
-    test = embed_preferences(test, resolve_embedder(record["embedder"]), cache_dir=cache)
+    test = embed_preferences(test, embedder(record["embedder"]), cache_dir=cache_dir)
     accuracy = evaluate_reward_model(
         model, test, contexts=contexts, episodes=episodes, targets=TARGETS, seed=TrainConfig().eval.seed
     )["accuracy"]
@@ -77,7 +79,7 @@ def report(folders: list[str], scores: list[dict], contexts: list[int], episodes
     for folder, scored in zip(folders, scores, strict=True):
         cells = " | ".join(f"{scored['overall'][m]:+.2f}" for m in contexts)
         lines.append(f"| {folder} | {scored['oracle']:.2f} | {cells} |")
-    cells = " | ".join(spread([s["overall"][m] for s in scores]) for m in contexts)
+    cells = " | ".join(spread([s["overall"][m] for s in scores], "+.2f") for m in contexts)
     lines.append(f"| **mean ± s.e.m.** | {mean(s['oracle'] for s in scores):.2f} | {cells} |")
     lines += [
         "",
@@ -87,7 +89,7 @@ def report(folders: list[str], scores: list[dict], contexts: list[int], episodes
         "|---|" + "---|" * len(contexts),
     ]
     for name in scores[0]["by_type"]:
-        cells = " | ".join(spread([s["by_type"][name][m] for s in scores]) for m in contexts)
+        cells = " | ".join(spread([s["by_type"][name][m] for s in scores], "+.2f") for m in contexts)
         lines.append(f"| {name} | {cells} |")
     return lines
 
@@ -102,8 +104,8 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="embedding cache root (default: the npalign cache)")
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
-    cache = Path(args.cache) if args.cache else None
-    scores = [score(folder, args.contexts, args.episodes, cache) for folder in args.results]
+    cache_dir = Path(args.cache) if args.cache else None
+    scores = [score(folder, args.contexts, args.episodes, cache_dir) for folder in args.results]
     lines = report(args.results, scores, args.contexts, args.episodes)
     print("\n".join(lines))
     if args.out:

@@ -40,6 +40,12 @@ def load(path: str) -> dict:
     return read_json(file / "results.json" if file.is_dir() else file)
 
 
+def spread(values: list[float], fmt: str) -> str:
+    """The mean in `fmt` and ' ± ' its s.e.m. over the values, or the mean alone for one value."""
+    sem = f" ± {stdev(values) / len(values) ** 0.5:.2f}" if len(values) > 1 else ""
+    return format(mean(values), fmt) + sem
+
+
 def table(runs: list[dict], paths: list[str]) -> list[str]:
     """The markdown lines: accuracy per model and m over the runs, then the gaps per run and on average."""
     models = list(runs[0]["models"])
@@ -68,11 +74,7 @@ def table(runs: list[dict], paths: list[str]) -> list[str]:
         for run, path in zip(runs, paths, strict=True):
             cells = [format(run["targets"][key], COLUMNS[key][1]) for key in keys]
             lines.append(f"| {path} | " + " | ".join(cells) + " |")
-        cells = []
-        for key in keys:
-            values = [run["targets"][key] for run in runs]
-            spread = f" ± {stdev(values) / len(values) ** 0.5:.2f}" if len(values) > 1 else ""
-            cells.append(format(mean(values), COLUMNS[key][1]) + spread)
+        cells = [spread([run["targets"][key] for run in runs], COLUMNS[key][1]) for key in keys]
         lines.append("| **mean ± s.e.m. over the runs** | " + " | ".join(cells) + " |")
     met = [
         f"{label} {sum(bool(run['targets'][key]) for run in runs)} of {len(runs)}"
