@@ -6,9 +6,10 @@ Each argument is a results folder written by benchmarks/dsp.py (any `--seed` or 
 NP-BTL run and the dataset file are found where that run left them (`setup.build_report.out`). NP-BTL is
 scored again on the same test split with more context pairs than the benchmark's m = 10 (default 10, 30
 and 60; the test split holds ~185 pairs per domain, so the targets stay disjoint from the context). By
-m = 60 the domain is as known as it will be, so the gap that remains there is the rewards': the shared
-reward network, told the domain, against the domain's own BTL (the oracle's test figure from
-results.json; it does not depend on m). The episodes are dsp.py's (4,000 per m, its evaluation seed),
+m = 60 NP-BTL's encoder knows the domain as well as it ever will. Where its accuracy stops rising
+(SmolLM2), the gap that remains is the rewards': the shared reward network, told the domain, against
+the domain's own BTL (the oracle's test figure from results.json; it does not depend on m). On minilm
+the encoder names the domain of new prompts poorly even then (tuning.md, section 10). The episodes are dsp.py's (4,000 per m, its evaluation seed),
 so the m = 10 column is the benchmark's own gap. Prints per run and as mean ± s.e.m. over the runs, and
 per domain; `--out FILE.md` also writes it to a file.
 """
