@@ -76,12 +76,13 @@ class PolicyRunner:
 
     @property
     def embedder(self) -> Embedder:
-        """The frozen embedder the run was trained with (built on first use; its revision is checked)."""
+        """The frozen embedder the run was trained with (built on first use, on the policy's device; its
+        revision is checked)."""
         if self._embedder is None:
             record = self.run.get("embedder")
             if record is None:
                 raise ValueError("this run is unconditional; it has no embedder and takes no context.")
-            embedder = build_embedder(record["name"], max_length=record["max_length"])
+            embedder = build_embedder(record["name"], max_length=record["max_length"], device=self.device)
             if embedder.revision != record["revision"] or embedder.dim != record["dim"]:
                 raise ValueError(
                     f"embedder {record['name']!r} now has revision {embedder.revision!r} (dim {embedder.dim}) "
