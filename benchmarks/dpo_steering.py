@@ -16,7 +16,12 @@ Steps (each cached in --work, so a rerun resumes):
 6. accuracy implicit-reward accuracy on unseen test pairs against m per user type (no type may fall).
 
     python benchmarks/dpo_steering.py --quick --out out/dpo_steering_quick.json   # end to end, minutes
-    python benchmarks/dpo_steering.py --out out/dpo_steering.json                 # the real measurement
+    python benchmarks/dpo_steering.py --bf16 --generation-batch 136 --baseline-steps 300 \
+        --out out/dpo_steering/steering.json                                     # the measurement (a GPU)
+    python benchmarks/dpo_steering.py --render benchmarks/results/dpo_h100/steering.json   # its tables again
+
+The measurement in benchmarks/results/dpo_h100/ ran on a lent H100 (NP-DPO 10 minutes; about 25 minutes
+in all). Each run writes REPORT.json, REPORT.md (the tables) and --work/answers.json (every generated answer).
 
 --quick keeps the training batch (2 users x 9 target pairs, 128-token responses, so the measured step time
 is the real one) but trains 2 steps, generates 32 tokens for 3 queries and scores few episodes: it checks
@@ -46,6 +51,7 @@ from npalign.inference.api import RewardPredictor
 from npalign.inference.policy import PolicyRunner, load_policy
 from npalign.models.embedders import build_embedder
 from npalign.models.embedding_cache import EmbeddingCache
+from npalign.models.hub import load_tokenizer
 from npalign.training.dpo import (
     embed_items,
     embedding_cache_root,
@@ -58,6 +64,7 @@ from npalign.types import PreferenceSet
 from npalign.utils.io import read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CONFIG = REPO / "configs" / "dpo" / "np_dpo_dsp_smollm2.yaml"
 SPLITS = (0.6, 0.1, 0.3)
 LENGTH_USERS = ("concise", "detailed")
@@ -84,7 +91,7 @@ def train_judges(
     data_path: Path, work: Path, embedder_name: str, cache: str | None, steps: int
 ) -> dict[str, Any]:
     """One BTL per domain on the original DSP responses; returns {domain: {path, heldout_accuracy}}."""
-    embedder = build_embedder(embedder_name)
+    embedder = build_embedder(embedder_name, device=DEVICE)
     store = EmbeddingCache.for_embedder(embedding_cache_root(cache), embedder)
     judges: dict[str, Any] = {}
     for domain in DSP_DOMAINS:
@@ -127,8 +134,14 @@ def judge_scores(judges: dict[str, Any], domain: str, prompts: list[str], answer
 
 
 def policy_config(args: argparse.Namespace, data_path: Path, mode: str) -> DPOTrainConfig:
-    overrides = [f"data.train={data_path}", f"mode={mode}", f"optim.steps={args.steps}", "progress=true"]
+    short_baseline = mode == "unconditional" and args.baseline_steps is not None
+    steps = args.baseline_steps if short_baseline else args.steps
+    overrides = [f"data.train={data_path}", f"mode={mode}", f"optim.steps={steps}", "progress=true"]
+    if short_baseline:  # too few steps for the one-off reference pass to pay; validate once, at the end
+        overrides += ["dpo.precompute_reference=false", f"eval.val_every={steps}"]
     overrides += [f"data.max_response_length={args.max_response_length}"]
+    if args.bf16:
+        overrides.append("model.bf16=true")
     if args.embedding_cache:
         overrides.append(f"embedder.cache={args.embedding_cache}")
     if args.quick:  # the full batch (so the step time is the real one), two steps, no validation
@@ -151,7 +164,7 @@ def train(args: argparse.Namespace, data_path: Path, work: Path, mode: str) -> t
 
 def time_reference(run: Path, data: PreferenceSet, args: argparse.Namespace, pairs: int = 18) -> float:
     """Seconds per pair of the once-per-dataset reference pass (dpo.precompute_reference), measured."""
-    runner = load_policy(run)
+    runner = load_policy(run, device=DEVICE)
     subset = data.subset(torch.arange(data.num_pairs) < pairs)
     started = time.perf_counter()
     precompute_reference(
@@ -184,6 +197,15 @@ def win_rate(scores_own: torch.Tensor, scores_other: torch.Tensor) -> float:
     return 100 * float(wins.mean())
 
 
+def ended_before_cap(tokenizer: Any, answers: dict[str, list[str]], cap: int) -> dict[str, int]:
+    """Answers per user that ended before `cap` new tokens (re-tokenised length < cap - 2, to allow for
+    re-tokenisation); once most answers sit at the cap, their median length cannot tell users apart."""
+    return {
+        user: sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) < cap - 2 for a in texts)
+        for user, texts in answers.items()
+    }
+
+
 def median_tokens(runner: PolicyRunner, answers: list[str]) -> float:
     return float(
         statistics.median(len(runner.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
@@ -201,19 +223,40 @@ def main() -> None:
         "--steps", type=int, default=None, help="policy training steps (default 2000, quick 2)"
     )
     parser.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=None,
+        help="train the unconditional baseline for this many steps instead of --steps (a shorter budget)",
+    )
+    parser.add_argument(
         "--queries", type=int, default=None, help="held-out queries (default all 136, quick 3)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128, quick 8")
     parser.add_argument("--max-response-length", type=int, default=None, help="training truncation (128)")
     parser.add_argument("--generation-batch", type=int, default=8)
-    parser.add_argument("--judge-embedder", default="minilm")
+    parser.add_argument(
+        "--judge-embedder", default="smollm2-mean64", help="the text issue's best embedder (its oracles)"
+    )
+    parser.add_argument("--bf16", action="store_true", help="keep the frozen base in bfloat16 (GPU)")
     parser.add_argument("--judge-steps", type=int, default=None, help="BTL judge steps (default 400)")
     parser.add_argument("--embedding-cache", default=None)
     parser.add_argument("--eval-episodes", type=int, default=None, help="implicit-reward accuracy episodes")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (1 avoids spin-wait stalls on a busy CPU)"
     )
+    parser.add_argument("--render", default=None, help="only rewrite REPORT.json's tables as REPORT.md")
     args = parser.parse_args()
+    if args.render:
+        report = read_json(args.render)
+        answers_file = Path(args.render).parent / "answers.json"
+        if "ended_before_cap" not in report["length"] and answers_file.is_file():  # reports from before it
+            tokenizer = load_tokenizer("smollm2")  # the base of configs/dpo/np_dpo_dsp_smollm2.yaml
+            report["length"]["ended_before_cap"] = ended_before_cap(
+                tokenizer, read_json(answers_file)["answers"], report["settings"]["max_new_tokens"]
+            )
+            write_json(report, args.render)
+        Path(args.render).with_suffix(".md").write_text(render_markdown(report))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
@@ -245,7 +288,8 @@ def main() -> None:
     timings["reference_seconds_per_pair"] = time_reference(runs["conditional"], train_data, args)
     queries = sorted(set(test.prompt_ids))[: args.queries]
     log(f"{len(queries)} held-out queries")
-    np_dpo, baseline = load_policy(runs["conditional"]), load_policy(runs["unconditional"])
+    np_dpo = load_policy(runs["conditional"], device=DEVICE)
+    baseline = load_policy(runs["unconditional"], device=DEVICE)
     users = [*DSP_DOMAINS, *LENGTH_USERS]
     z = {user: np_dpo.infer_z(user_context(train_data, user, CONTEXT_SIZE, seed=0)) for user in users}
 
@@ -278,23 +322,49 @@ def main() -> None:
         log(f"steering {domain}: {steering[domain]}")
 
     length: dict[str, Any] = {user: median_tokens(np_dpo, answers[user]) for user in LENGTH_USERS}
+    length["concise_shorter_percent"] = 100 * (1 - length["concise"] / max(length["detailed"], 1e-9))
     length["interpolation"] = {}
     for t_value in INTERPOLATION:
         z_t = np_dpo.interpolate(z["concise"], z["detailed"], t_value)
+        answers[f"concise_to_detailed_t{t_value}"] = generate_all(np_dpo, queries, z_t, args)[0]
         length["interpolation"][str(t_value)] = median_tokens(
-            np_dpo, generate_all(np_dpo, queries, z_t, args)[0]
+            np_dpo, answers[f"concise_to_detailed_t{t_value}"]
         )
+    medians = list(length["interpolation"].values())
+    length["interpolation_monotone"] = all(a <= b for a, b in zip(medians, medians[1:], strict=False))
+    length["ended_before_cap"] = ended_before_cap(np_dpo.tokenizer, answers, args.max_new_tokens)
     log(f"length: {length}")
+    write_json({"queries": queries, "answers": answers}, work / "answers.json")
 
+    contexts = [0, 3] if quick else [0, 1, 3, 5]
+    targets = 2 if quick else 9
     accuracy = evaluate_policy(
         np_dpo,
         test,
-        contexts=[0, 3] if quick else [0, 1, 3, 5],
+        contexts=contexts,
         episodes=args.eval_episodes,
-        targets=2 if quick else 9,
+        targets=targets,
         seed=1234,
         progress=True,
     )["accuracy"]
+    # The same episodes' targets under the unconditional baseline (it reads no context, so m = 0 only).
+    accuracy["baseline"] = evaluate_policy(
+        baseline, test, contexts=[max(contexts)], episodes=args.eval_episodes, targets=targets, seed=1234
+    )["accuracy"][str(max(contexts))]
+    falls = [
+        {
+            "type": name,
+            "from_m": a,
+            "to_m": b,
+            "drop": accuracy[str(a)]["by_type"][name] - accuracy[str(b)]["by_type"][name],
+        }
+        for a, b in zip(contexts, contexts[1:], strict=False)
+        for name in accuracy[str(a)]["by_type"]
+        if accuracy[str(b)]["by_type"][name] < accuracy[str(a)]["by_type"][name] - 1e-6  # not float noise
+    ]
+    log(
+        f"implicit-reward accuracy by m: { {m: round(accuracy[str(m)]['mean'], 1) for m in contexts} }; falls: {falls}"
+    )
 
     # The full setting, extrapolated from what was measured here.
     full_queries = len(set(test.prompt_ids))
@@ -318,6 +388,7 @@ def main() -> None:
         "note": "--quick: smoke run, the figures are not measurements" if quick else "",
         "settings": {
             "steps": args.steps,
+            "baseline_steps": args.baseline_steps or args.steps,
             "queries": len(queries),
             "max_new_tokens": args.max_new_tokens,
             "max_response_length": args.max_response_length,
@@ -325,7 +396,9 @@ def main() -> None:
             "judge_embedder": args.judge_embedder,
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}",
+            f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
+            "bf16": args.bf16,
+            "generation_batch": args.generation_batch,
         },
         "judges": {
             d: {k: v for k, v in j.items() if k != "path"} for d, j in judges.items() if d != "_embedder"
@@ -333,13 +406,111 @@ def main() -> None:
         "steering": steering,
         "length": length,
         "implicit_reward_accuracy": accuracy,
+        "implicit_reward_accuracy_falls": falls,
         "timings": timings,
         "extrapolated_full_cost": extrapolated,
         "seconds": time.perf_counter() - started,
         "answers_sample": {user: answers[user][:2] for user in answers},
     }
     write_json(report, args.out)
-    log(f"wrote {args.out}")
+    Path(args.out).with_suffix(".md").write_text(render_markdown(report))
+    log(f"wrote {args.out} and its .md")
+
+
+# ----- the report as markdown ---------------------------------------------------------------------------------
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report's figures as tables (`--render REPORT.json` rewrites them without running anything)."""
+    settings, steering, length = report["settings"], report["steering"], report["length"]
+    domains = list(steering)
+    lines = [
+        "# NP-DPO steering on DSP, judged on generated text (`benchmarks/dpo_steering.py`)",
+        "",
+        f"Machine: {settings['machine']}; base in bfloat16: {settings.get('bf16', False)}. "
+        f"NP-DPO {settings['steps']} steps, unconditional DPO baseline {settings.get('baseline_steps', settings['steps'])} "
+        f"steps; {settings['queries']} held-out queries, greedy answers of at most {settings['max_new_tokens']} new "
+        f"tokens, z from {settings['context_size']} of the user's choices on training queries. Judges: one BTL per "
+        f"domain on `{settings['judge_embedder']}` features of the original DSP responses."
+        + (" **--quick: a smoke run, not a measurement.**" if report["quick"] else ""),
+        "",
+        *([report["note"], ""] if report.get("note") else []),
+        "## Steering: the domain-d judge's preference for the answer generated for d's user (%)",
+        "",
+        "Ties count half. Targets: >= 65 against another domain's user, >= 60 against the baseline.",
+        "",
+        "| domain d | judge's held-out accuracy | "
+        + " | ".join(f"vs {other}" for other in domains)
+        + " | vs other users, mean | vs baseline |",
+        "|---|---|" + "---|" * len(domains) + "---|---|",
+    ]
+    for domain, row in steering.items():
+        cells = [f"{row['win_rate_vs_other_users'][o]:.1f}" if o != domain else "-" for o in domains]
+        lines.append(
+            f"| {domain} | {row['judge_heldout_accuracy']:.1f} | "
+            + " | ".join(cells)
+            + f" | {row['win_rate_vs_other_users_mean']:.1f} | {row['win_rate_vs_baseline']:.1f} |"
+        )
+    interpolation = length["interpolation"]
+    lines += [
+        "",
+        "## Length: median answer tokens",
+        "",
+        f"Concise user {length['concise']:.0f}, detailed user {length['detailed']:.0f} "
+        f"(concise {length.get('concise_shorter_percent', 0.0):.0f} % shorter; target >= 30). "
+        "Along z = (1 - t) z_concise + t z_detailed:",
+        "",
+        "| t | " + " | ".join(interpolation) + " |",
+        "|---|" + "---|" * len(interpolation),
+        "| median tokens | " + " | ".join(f"{v:.0f}" for v in interpolation.values()) + " |",
+    ]
+    if "ended_before_cap" in length:
+        ended = length["ended_before_cap"]
+        lines += [
+            "| ended before the cap | "
+            + " | ".join(str(ended.get(f"concise_to_detailed_t{t}", "")) for t in interpolation)
+            + " |",
+            "",
+            f"Answers that ended before the {settings['max_new_tokens']}-token cap, of {settings['queries']}: "
+            + ", ".join(f"{user} {n}" for user, n in ended.items() if not user.startswith("concise_to"))
+            + ".",
+        ]
+    lines += [
+        "",
+        "## Implicit-reward accuracy on unseen test pairs against m (%)",
+        "",
+    ]
+    accuracy = report["implicit_reward_accuracy"]
+    sizes = [key for key in accuracy if key != "baseline"]
+    types = list(accuracy[sizes[0]]["by_type"])
+    columns = [f"m = {m}" for m in sizes] + (["baseline DPO"] if "baseline" in accuracy else [])
+    lines += ["| user type | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    keys = sizes + (["baseline"] if "baseline" in accuracy else [])
+    for name in types:
+        lines.append(f"| {name} | " + " | ".join(f"{accuracy[k]['by_type'][name]:.1f}" for k in keys) + " |")
+    lines.append(
+        "| mean ± s.e.m. | "
+        + " | ".join(f"{accuracy[k]['mean']:.1f} ± {accuracy[k]['sem']:.1f}" for k in keys)
+        + " |"
+    )
+    falls = [f for f in report.get("implicit_reward_accuracy_falls", []) if f["drop"] > 1e-6]
+    lines += [
+        "",
+        "Falls from one m to the next: "
+        + (
+            "; ".join(f"{f['type']} {f['from_m']} -> {f['to_m']} by {f['drop']:.1f}" for f in falls)
+            if falls
+            else "none"
+        )
+        + ".",
+        "",
+        f"Training: {report['timings']['train_conditional_ms_per_step']:.0f} ms per NP-DPO step, "
+        f"{report['timings']['train_unconditional_ms_per_step']:.0f} ms per baseline step; "
+        f"{report['timings']['seconds_per_generated_answer']:.2f} s per generated answer (batched); the last "
+        f"invocation took {report['seconds']:.0f} s (policies trained by an earlier one are loaded, not retrained).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
