@@ -347,7 +347,8 @@ def main() -> None:
         seed=1234,
         progress=True,
     )["accuracy"]
-    # The same episodes' targets under the unconditional baseline (it reads no context, so m = 0 only).
+    # The unconditional baseline reads no context, so one m suffices: the largest m's episodes, whose target
+    # pairs are the ones NP-DPO was scored on at that m (same seed).
     accuracy["baseline"] = evaluate_policy(
         baseline, test, contexts=[max(contexts)], episodes=args.eval_episodes, targets=targets, seed=1234
     )["accuracy"][str(max(contexts))]
