@@ -197,19 +197,18 @@ def win_rate(scores_own: torch.Tensor, scores_other: torch.Tensor) -> float:
     return 100 * float(wins.mean())
 
 
-def ended_before_cap(tokenizer: Any, answers: dict[str, list[str]], cap: int) -> dict[str, int]:
-    """Answers per user that ended before `cap` new tokens (re-tokenised length < cap - 2, to allow for
-    re-tokenisation); once most answers sit at the cap, their median length cannot tell users apart."""
+def answer_tokens(tokenizer: Any, answers: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Tokens of every answer, per user (re-tokenised without special tokens)."""
     return {
-        user: sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) < cap - 2 for a in texts)
+        user: [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in texts]
         for user, texts in answers.items()
     }
 
 
-def median_tokens(runner: PolicyRunner, answers: list[str]) -> float:
-    return float(
-        statistics.median(len(runner.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-    )
+def ended_before_cap(tokens: dict[str, list[int]], cap: int) -> dict[str, int]:
+    """Answers per user that ended before `cap` new tokens (length < cap - 2, to allow for
+    re-tokenisation); once most answers sit at the cap, their median length cannot tell users apart."""
+    return {user: sum(n < cap - 2 for n in counts) for user, counts in tokens.items()}
 
 
 def main() -> None:
@@ -251,8 +250,9 @@ def main() -> None:
         answers_file = Path(args.render).parent / "answers.json"
         if "ended_before_cap" not in report["length"] and answers_file.is_file():  # reports from before it
             tokenizer = load_tokenizer("smollm2")  # the base of configs/dpo/np_dpo_dsp_smollm2.yaml
+            tokens = answer_tokens(tokenizer, read_json(answers_file)["answers"])
             report["length"]["ended_before_cap"] = ended_before_cap(
-                tokenizer, read_json(answers_file)["answers"], report["settings"]["max_new_tokens"]
+                tokens, report["settings"]["max_new_tokens"]
             )
             write_json(report, args.render)
         Path(args.render).with_suffix(".md").write_text(render_markdown(report))
@@ -321,18 +321,18 @@ def main() -> None:
         }
         log(f"steering {domain}: {steering[domain]}")
 
-    length: dict[str, Any] = {user: median_tokens(np_dpo, answers[user]) for user in LENGTH_USERS}
-    length["concise_shorter_percent"] = 100 * (1 - length["concise"] / max(length["detailed"], 1e-9))
-    length["interpolation"] = {}
     for t_value in INTERPOLATION:
         z_t = np_dpo.interpolate(z["concise"], z["detailed"], t_value)
         answers[f"concise_to_detailed_t{t_value}"] = generate_all(np_dpo, queries, z_t, args)[0]
-        length["interpolation"][str(t_value)] = median_tokens(
-            np_dpo, answers[f"concise_to_detailed_t{t_value}"]
-        )
+    tokens = answer_tokens(np_dpo.tokenizer, answers)
+    length: dict[str, Any] = {user: float(statistics.median(tokens[user])) for user in LENGTH_USERS}
+    length["concise_shorter_percent"] = 100 * (1 - length["concise"] / max(length["detailed"], 1e-9))
+    length["interpolation"] = {
+        str(t): float(statistics.median(tokens[f"concise_to_detailed_t{t}"])) for t in INTERPOLATION
+    }
     medians = list(length["interpolation"].values())
     length["interpolation_monotone"] = all(a <= b for a, b in zip(medians, medians[1:], strict=False))
-    length["ended_before_cap"] = ended_before_cap(np_dpo.tokenizer, answers, args.max_new_tokens)
+    length["ended_before_cap"] = ended_before_cap(tokens, args.max_new_tokens)
     log(f"length: {length}")
     write_json({"queries": queries, "answers": answers}, work / "answers.json")
 
@@ -364,7 +364,8 @@ def main() -> None:
         if accuracy[str(b)]["by_type"][name] < accuracy[str(a)]["by_type"][name] - 1e-6  # not float noise
     ]
     log(
-        f"implicit-reward accuracy by m: { {m: round(accuracy[str(m)]['mean'], 1) for m in contexts} }; falls: {falls}"
+        f"implicit-reward accuracy by m: { {m: round(accuracy[str(m)]['mean'], 1) for m in contexts} }; "
+        f"falls: {falls}"
     )
 
     # The full setting, extrapolated from what was measured here.
@@ -418,7 +419,7 @@ def main() -> None:
     log(f"wrote {args.out} and its .md")
 
 
-# ----- the report as markdown ---------------------------------------------------------------------------------
+# ----- the report as markdown ----------------------------------------------------------------------------
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -429,11 +430,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# NP-DPO steering on DSP, judged on generated text (`benchmarks/dpo_steering.py`)",
         "",
         f"Machine: {settings['machine']}; base in bfloat16: {settings.get('bf16', False)}. "
-        f"NP-DPO {settings['steps']} steps, unconditional DPO baseline {settings.get('baseline_steps', settings['steps'])} "
-        f"steps; {settings['queries']} held-out queries, greedy answers of at most {settings['max_new_tokens']} new "
-        f"tokens, z from {settings['context_size']} of the user's choices on training queries. Judges: one BTL per "
-        f"domain on `{settings['judge_embedder']}` features of the original DSP responses."
-        + (" **--quick: a smoke run, not a measurement.**" if report["quick"] else ""),
+        f"NP-DPO {settings['steps']} steps, unconditional DPO baseline "
+        f"{settings.get('baseline_steps', settings['steps'])} steps; {settings['queries']} held-out queries, "
+        f"greedy answers of at most {settings['max_new_tokens']} new tokens, z from "
+        f"{settings['context_size']} of the user's choices on training queries. Judges: one BTL per "
+        f"domain on `{settings['judge_embedder']}` features of the original DSP responses.",
         "",
         *([report["note"], ""] if report.get("note") else []),
         "## Steering: the domain-d judge's preference for the answer generated for d's user (%)",
@@ -472,7 +473,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             + " | ".join(str(ended.get(f"concise_to_detailed_t{t}", "")) for t in interpolation)
             + " |",
             "",
-            f"Answers that ended before the {settings['max_new_tokens']}-token cap, of {settings['queries']}: "
+            f"Answers that ended before the {settings['max_new_tokens']}-token cap, "
+            f"of {settings['queries']}: "
             + ", ".join(f"{user} {n}" for user, n in ended.items() if not user.startswith("concise_to"))
             + ".",
         ]
@@ -508,7 +510,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Training: {report['timings']['train_conditional_ms_per_step']:.0f} ms per NP-DPO step, "
         f"{report['timings']['train_unconditional_ms_per_step']:.0f} ms per baseline step; "
         f"{report['timings']['seconds_per_generated_answer']:.2f} s per generated answer (batched); the last "
-        f"invocation took {report['seconds']:.0f} s (policies trained by an earlier one are loaded, not retrained).",
+        f"invocation took {report['seconds']:.0f} s (policies trained by an earlier one are loaded, "
+        "not retrained).",
         "",
     ]
     return "\n".join(lines)
