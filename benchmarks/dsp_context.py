@@ -9,9 +9,9 @@ and 60; the test split holds ~185 pairs per domain, so the targets stay disjoint
 m = 60 NP-BTL's encoder knows the domain as well as it ever will. Where its accuracy stops rising
 (SmolLM2), the gap that remains is the rewards': the shared reward network, told the domain, against
 the domain's own BTL (the oracle's test figure from results.json; it does not depend on m). On minilm
-the encoder names the domain of new prompts poorly even then (tuning.md, section 10). The episodes are dsp.py's (4,000 per m, its evaluation seed),
-so the m = 10 column is the benchmark's own gap. Prints per run and as mean ± s.e.m. over the runs, and
-per domain; `--out FILE.md` also writes it to a file.
+the encoder names the domain of new prompts poorly even then (tuning.md, section 10). The episodes are
+dsp.py's (4,000 per m, its evaluation seed), so the m = 10 column is the benchmark's own gap. Prints
+per run and as mean ± s.e.m. over the runs, and per domain; `--out FILE.md` also writes it to a file.
 """
 
 from __future__ import annotations
