@@ -484,11 +484,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     accuracy = report["implicit_reward_accuracy"]
-    sizes = [key for key in accuracy if key != "baseline"]
-    types = list(accuracy[sizes[0]]["by_type"])
-    columns = [f"m = {m}" for m in sizes] + (["baseline DPO"] if "baseline" in accuracy else [])
+    keys = sorted(accuracy, key=lambda key: key == "baseline")  # the context sizes, then the baseline
+    types = list(accuracy[keys[0]]["by_type"])
+    columns = ["baseline DPO" if key == "baseline" else f"m = {key}" for key in keys]
     lines += ["| user type | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    keys = sizes + (["baseline"] if "baseline" in accuracy else [])
     for name in types:
         lines.append(f"| {name} | " + " | ".join(f"{accuracy[k]['by_type'][name]:.1f}" for k in keys) + " |")
     lines.append(
