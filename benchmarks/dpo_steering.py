@@ -41,11 +41,10 @@ from typing import Any
 
 import torch
 
-from npalign.config import TrainConfig, load_config
+from npalign.config import PolicyTrainConfig, RewardTrainConfig, load_config
 from npalign.data.builders import DSP_DOMAINS, build_dataset
 from npalign.data.dpo_episodes import filter_user_types, user_context
 from npalign.data.loaders import load_preferences
-from npalign.dpo_config import DPOTrainConfig
 from npalign.evaluation.dpo import evaluate_policy
 from npalign.inference.api import RewardPredictor
 from npalign.inference.policy import PolicyRunner, load_policy
@@ -104,8 +103,8 @@ def train_judges(
             overrides = ["model.kind=btl", "model.hidden_dim=256", f"optim.steps={steps}", "optim.lr=1e-3"]
             overrides += ["optim.warmup_steps=20", "episodes.batch_users=8", "episodes.targets=32"]
             overrides += ["episodes.min_context=0", "episodes.max_context=0", f"embedder={embedder_name}"]
-            overrides += [f"save_every={steps}", f"log_every={steps}", "progress=false"]
-            train_reward_model(load_config(TrainConfig, overrides=overrides), train, None, folder)
+            overrides += [f"run.save_every={steps}", f"run.log_every={steps}", "run.progress=false"]
+            train_reward_model(load_config(RewardTrainConfig, overrides=overrides), train, None, folder)
         judge = RewardPredictor.from_pretrained(folder)
         assert test.features is not None
         no_z = torch.zeros(0)
@@ -133,10 +132,10 @@ def judge_scores(judges: dict[str, Any], domain: str, prompts: list[str], answer
 # ----- 3: policies ------------------------------------------------------------------------------------------
 
 
-def policy_config(args: argparse.Namespace, data_path: Path, mode: str) -> DPOTrainConfig:
+def policy_config(args: argparse.Namespace, data_path: Path, mode: str) -> PolicyTrainConfig:
     short_baseline = mode == "unconditional" and args.baseline_steps is not None
     steps = args.baseline_steps if short_baseline else args.steps
-    overrides = [f"data.train={data_path}", f"mode={mode}", f"optim.steps={steps}", "progress=true"]
+    overrides = [f"data.train={data_path}", f"mode={mode}", f"optim.steps={steps}", "run.progress=true"]
     if short_baseline:  # too few steps for the one-off reference pass to pay; validate once, at the end
         overrides += ["dpo.precompute_reference=false", f"eval.val_every={steps}"]
     overrides += [f"data.max_response_length={args.max_response_length}"]
@@ -145,9 +144,9 @@ def policy_config(args: argparse.Namespace, data_path: Path, mode: str) -> DPOTr
     if args.embedding_cache:
         overrides.append(f"embedder.cache={args.embedding_cache}")
     if args.quick:  # the full batch (so the step time is the real one), two steps, no validation
-        overrides += ["optim.warmup_steps=1", "save_every=2", "log_every=1", "data.val_split=null"]
+        overrides += ["optim.warmup_steps=1", "run.save_every=2", "run.log_every=1", "data.val_split=null"]
         overrides += ["dpo.precompute_reference=false"]
-    return load_config(DPOTrainConfig, CONFIG, overrides)
+    return load_config(PolicyTrainConfig, CONFIG, overrides)
 
 
 def train(args: argparse.Namespace, data_path: Path, work: Path, mode: str) -> tuple[Path, dict[str, Any]]:

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import yaml
 
-from npalign.config import TrainConfig, load_config
+from npalign.config import RewardTrainConfig, load_config
 from npalign.data.builders import build_dataset
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.report import markdown_table, write_report
@@ -69,13 +69,13 @@ POSTERIOR = "Per-type BTLs, type inferred (Bayes)"
 # Settings shared by every run: small data (~1,600 training pairs per domain), so validate often and
 # keep the best step; AdamW with weight decay against overfitting.
 COMMON = [
-    "progress=false",
+    "run.progress=false",
     f"eval.contexts={CONTEXTS}",
     f"eval.targets={TARGETS}",
     "eval.val_episodes=400",
     "eval.val_every=50",
-    "log_every=50",
-    "save_every=50",
+    "run.log_every=50",
+    "run.save_every=50",
     f"episodes.targets={TARGETS}",
     "episodes.max_context=10",
     # Keep the step with the best validation *accuracy*: the rewards overfit ~1,600 pairs per domain and
@@ -214,11 +214,11 @@ def evaluate_type_posterior(
     return score_episodes(test, predict, contexts=CONTEXTS, episodes=episodes, targets=TARGETS, seed=seed)
 
 
-def _config(embedder: str, overrides: list[str], seed: int) -> TrainConfig:
-    return load_config(TrainConfig, overrides=[*COMMON, f"embedder={embedder}", f"seed={seed}", *overrides])
+def _config(embedder: str, overrides: list[str], seed: int) -> RewardTrainConfig:
+    return load_config(RewardTrainConfig, overrides=[*COMMON, f"embedder={embedder}", f"run.seed={seed}", *overrides])
 
 
-def _train(cfg: TrainConfig, train: PreferenceSet, val: PreferenceSet, run_dir: Path) -> dict[str, Any]:
+def _train(cfg: RewardTrainConfig, train: PreferenceSet, val: PreferenceSet, run_dir: Path) -> dict[str, Any]:
     """Train from scratch into `run_dir`; return the best validation record and timing.
 
     With a prior head, which answers for m = 0 alone and is kept at its own best step, the m = 0
@@ -244,7 +244,7 @@ def _train(cfg: TrainConfig, train: PreferenceSet, val: PreferenceSet, run_dir: 
 
 
 def train_oracles(
-    cfg: TrainConfig, train: PreferenceSet, val: PreferenceSet, runs_dir: Path
+    cfg: RewardTrainConfig, train: PreferenceSet, val: PreferenceSet, runs_dir: Path
 ) -> tuple[dict[str, PreferenceModel], dict[str, dict[str, Any]]]:
     """One model per user type, trained and validated on that type's pairs only, in runs_dir/oracle_<type>.
 
@@ -329,11 +329,11 @@ def run_pipeline(
         )
     with clock.stage(f"evaluate {oracle_name}"):
         results["models"][oracle_name] = evaluate_oracle(
-            oracles, test, episodes=episodes, seed=TrainConfig().eval.seed
+            oracles, test, episodes=episodes, seed=RewardTrainConfig().eval.seed
         )
     with clock.stage(f"evaluate {POSTERIOR}"):
         results["models"][POSTERIOR] = evaluate_type_posterior(
-            oracles, test, episodes=episodes, seed=TrainConfig().eval.seed
+            oracles, test, episodes=episodes, seed=RewardTrainConfig().eval.seed
         )
 
     pairs_per_type = {

@@ -26,7 +26,7 @@ from statistics import mean
 from dsp import ORACLE, TARGETS
 from seed_table import load, spread
 
-from npalign.config import TrainConfig
+from npalign.config import RewardTrainConfig
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.reward import evaluate_reward_model
 from npalign.inference.embedding import embed_preferences, resolve_embedder
@@ -55,7 +55,7 @@ def score(folder: str, contexts: list[int], episodes: int, cache_dir: Path | Non
     test, _ = load_preferences(data_file, split="test")
     test = embed_preferences(test, embedder(record["embedder"]), cache_dir=cache_dir)
     accuracy = evaluate_reward_model(
-        model, test, contexts=contexts, episodes=episodes, targets=TARGETS, seed=TrainConfig().eval.seed
+        model, test, contexts=contexts, episodes=episodes, targets=TARGETS, seed=RewardTrainConfig().eval.seed
     )["accuracy"]
     oracle = results["models"][ORACLE]["accuracy"]["10"]
     return {

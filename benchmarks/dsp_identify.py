@@ -39,7 +39,7 @@ from dsp import (
     type_posterior_predictor,
 )
 
-from npalign.config import TrainConfig
+from npalign.config import RewardTrainConfig
 from npalign.data.loaders import load_preferences
 from npalign.evaluation.reward import score_episodes
 from npalign.inference.embedding import embed_preferences, resolve_embedder
@@ -145,7 +145,7 @@ def main() -> None:
     ) -> Callable[[EpisodeBatch, torch.Generator], torch.Tensor]:
         return torch.no_grad()(type_posterior_predictor(oracles, evidence))
 
-    episodes = {"episodes": args.episodes, "seed": TrainConfig().eval.seed}  # dsp.py's episodes
+    episodes = {"episodes": args.episodes, "seed": RewardTrainConfig().eval.seed}  # dsp.py's episodes
     scored = {
         "oracle (told the domain)": evaluate_oracle(oracles, test, **episodes),
         "likelihood": evaluate_type_posterior(oracles, test, **episodes),

@@ -18,7 +18,7 @@ import time
 import torch
 
 import npalign
-from npalign.config import TrainConfig, load_config
+from npalign.config import RewardTrainConfig, load_config
 from npalign.data.episodes import EpisodeSampler
 from npalign.data.synthetic import generate, task_spec
 from npalign.models.builders import build_reward_model
@@ -28,7 +28,7 @@ from npalign.training.reward import train_reward_model
 def step_times(kind: str, steps: int) -> list[float]:
     """Wall time of full steps (sample a batch, forward, backward, AdamW) at the paper's configuration."""
     data = generate(task_spec("paper1d"), seed=0)
-    cfg = load_config(TrainConfig, overrides=[f"model.kind={kind}", "model.hidden_dim=256"])
+    cfg = load_config(RewardTrainConfig, overrides=[f"model.kind={kind}", "model.hidden_dim=256"])
     sampler = EpisodeSampler(data, targets=cfg.episodes.targets, max_context=cfg.episodes.max_context,
                              min_context=cfg.episodes.min_context, batch_users=cfg.episodes.batch_users)
     torch.manual_seed(0)
@@ -49,8 +49,8 @@ def step_times(kind: str, steps: int) -> list[float]:
 def inference_times(runs: int) -> list[float]:
     data = generate(task_spec("paper1d", num_pairs=4000, num_users=80), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(TrainConfig, overrides=["model.kind=np-btl", "optim.steps=10", "optim.warmup_steps=1",
-                                                  "progress=false", "save_every=10", "log_every=10"])
+        cfg = load_config(RewardTrainConfig, overrides=["model.kind=np-btl", "optim.steps=10", "optim.warmup_steps=1",
+                                                  "run.progress=false", "run.save_every=10", "run.log_every=10"])
         train_reward_model(cfg, data, None, tmp)
         model = npalign.load(tmp)
         chosen, rejected, items = torch.rand(10, 1), torch.rand(10, 1), torch.rand(1000, 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from npalign.evaluation.demo import run_synthetic_benchmark
+from npalign.cli.demo import run_synthetic_benchmark
 from npalign.evaluation.report import markdown_table
 
 MODELS = {

@@ -13,7 +13,7 @@ import json
 import sys
 import tempfile
 
-from npalign.config import TrainConfig, load_config
+from npalign.config import RewardTrainConfig, load_config
 from npalign.data.loaders import split_by_user
 from npalign.data.synthetic import generate, task_spec
 from npalign.evaluation.reward import bayes_ceiling, evaluate_reward_model
@@ -29,7 +29,7 @@ args = parser.parse_args()
 spec = task_spec(args.task, **{k: int(v) for k, v in (o.split("=", 1) for o in args.task_option)})
 train, val, _ = split_by_user(generate(spec, seed=0), (0.8, 0.1, 0.1), seed=0)
 test = generate(spec, seed=1)
-cfg = load_config(TrainConfig, overrides=["progress=false", *args.overrides])
+cfg = load_config(RewardTrainConfig, overrides=["run.progress=false", *args.overrides])
 with tempfile.TemporaryDirectory() as tmp:
     result = train_reward_model(cfg, train, val, tmp + "/run")
     model, _ = load_reward_model(tmp + "/run")

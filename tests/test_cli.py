@@ -9,8 +9,8 @@ import pytest
 
 from npalign.cli.main import build_parser, main
 
-TINY = ["model.hidden_dim=16", "model.latent_dim=4", "optim.steps=50", "optim.warmup_steps=5", "save_every=50",
-        "eval.val_every=50", "eval.val_episodes=16", "progress=false"]
+TINY = ["model.hidden_dim=16", "model.latent_dim=4", "optim.steps=50", "optim.warmup_steps=5", "run.save_every=50",
+        "eval.val_every=50", "eval.val_episodes=16", "run.progress=false"]
 
 
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,7 +62,7 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_demo_pipeline_small(tmp_path: Path) -> None:
     """The demo's code path end to end with small budgets (the full demo is a benchmark)."""
-    from npalign.evaluation.demo import run_synthetic_benchmark
+    from npalign.cli.demo import run_synthetic_benchmark
 
     models = {"btl": ["model.kind=btl", *TINY], "np-btl": ["model.kind=np-btl", *TINY]}
     run = run_synthetic_benchmark(tmp_path, models=models, episodes=64, progress=False,

@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from npalign.cli.main import main
-from npalign.config import load_config
+from npalign.config import PolicyTrainConfig, load_config
 from npalign.data.dpo_episodes import DPOEpisodeSampler, pair_texts, user_context
 from npalign.data.loaders import load_preferences
-from npalign.dpo_config import DPOTrainConfig
 from npalign.inference.policy import load_policy
 from npalign.models.policy import TRAINABLE_FILE, load_base
-from npalign.training.dpo import build_policy, load_dpo_data
+from npalign.training.dpo import build_policy
+from npalign.training.loop import load_run_data
 from npalign.utils.io import load_tensors, read_json, read_jsonl, save_tensors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,8 +123,8 @@ def test_only_lora_film_and_encoder_weights_move(tiny_run: Path) -> None:
     assert base.keys() == pristine.state_dict().keys()
     assert all(torch.equal(base[name], tensor) for name, tensor in pristine.state_dict().items())
 
-    cfg = load_config(DPOTrainConfig, TINY)
-    torch.manual_seed(cfg.seed)  # train_policy seeds this way right before building the policy
+    cfg = load_config(PolicyTrainConfig, TINY)
+    torch.manual_seed(cfg.run.seed)  # train_policy seeds this way right before building the policy
     initial, _, _ = build_policy(cfg, embed_dim=384)
     before, after = initial.trainable_state_dict(), runner.policy.trainable_state_dict()
     assert before.keys() == after.keys()
@@ -288,7 +288,7 @@ def test_unconditional_single_type_baseline_runs_with_the_same_code(
 ) -> None:
     out = workdir / "dpo_concise"
     settings = ["mode=unconditional", "data.user_types=[concise]", "optim.steps=2", "optim.warmup_steps=1"]
-    settings += ["eval.val_every=2", "save_every=2", "log_every=2"]
+    settings += ["eval.val_every=2", "run.save_every=2", "run.log_every=2"]
     assert main(_train_args(out, workdir / "cache", *settings)) == 0
     run = read_json(out / "run.json")
     assert run["mode"] == "unconditional" and run["type_names"] == ["concise"] and run["embedder"] is None
@@ -312,7 +312,7 @@ def test_precomputed_reference_equals_the_reference_forward_per_pair(workdir: Pa
     settings = ["dpo.precompute_reference=true", "optim.steps=4", "optim.warmup_steps=1", "eval.val_every=4"]
     assert main(_train_args(out, workdir / "cache", *settings)) == 0
     tables = load_tensors(out / "reference_logps.safetensors")
-    train, _ = load_dpo_data(load_config(DPOTrainConfig, TINY))
+    train, _, _ = load_run_data(load_config(PolicyTrainConfig, TINY).data)
     assert tables["train"].shape == (train.num_pairs, 2)
     runner = load_policy(out)
     batch = DPOEpisodeSampler(train, targets=4, max_context=3, batch_users=4).batch_at(0)
@@ -351,12 +351,12 @@ def test_context_and_target_pairs_never_overlap() -> None:
 
 def test_bf16_gradient_checkpointing_and_accumulation_train(workdir: Path) -> None:
     out = workdir / "bf16"
-    settings = ["model.bf16=true", "model.gradient_checkpointing=true", "grad_accumulation=2"]
+    settings = ["model.bf16=true", "model.gradient_checkpointing=true", "optim.grad_accumulation=2"]
     settings += [
         "optim.steps=2",
         "optim.warmup_steps=1",
-        "save_every=2",
-        "log_every=2",
+        "run.save_every=2",
+        "run.log_every=2",
         "data.val_split=null",
     ]
     assert main(_train_args(out, workdir / "cache", *settings)) == 0

@@ -19,7 +19,7 @@ import npalign
 from npalign.cli import embed_cmd
 from npalign.cli.main import build_parser
 from npalign.cli.main import main as cli_main
-from npalign.config import TrainConfig, load_config
+from npalign.config import RewardTrainConfig, load_config
 from npalign.data.loaders import load_preferences
 from npalign.inference.api import RewardPredictor
 from npalign.inference.embedding import embed_preferences, resolve_embedder, to_features
@@ -43,9 +43,9 @@ TINY_TRAIN = [
     "eval.targets=4",
     "eval.val_episodes=16",
     "eval.val_every=10",
-    "save_every=10",
-    "log_every=10",
-    "progress=false",
+    "run.save_every=10",
+    "run.log_every=10",
+    "run.progress=false",
 ]
 
 
@@ -198,7 +198,7 @@ def trained_text_model(
     cache = tmp_path_factory.mktemp("cache")
     train = embed_preferences(_load(text_file, "train"), embedder, cache_dir=cache)
     val = embed_preferences(_load(text_file, "validation"), embedder, cache_dir=cache)
-    cfg = load_config(TrainConfig, overrides=[*TINY_TRAIN, "model.kind=np-btl", f"embedder={tiny_bert_dir}"])
+    cfg = load_config(RewardTrainConfig, overrides=[*TINY_TRAIN, "model.kind=np-btl", f"embedder={tiny_bert_dir}"])
     out = tmp_path_factory.mktemp("run") / "np_btl"
     train_reward_model(cfg, train, val, out)
     return out
@@ -284,7 +284,7 @@ def test_text_predictor_errors(trained_text_model: Path, tmp_path: Path) -> None
         prompt_ids=[str(i) for i in range(20)],
         features=features,
     )
-    cfg = load_config(TrainConfig, overrides=[*TINY_TRAIN, "model.kind=btl", "optim.steps=5"])
+    cfg = load_config(RewardTrainConfig, overrides=[*TINY_TRAIN, "model.kind=btl", "optim.steps=5"])
     train_reward_model(cfg, data, None, tmp_path / "btl")
     plain = npalign.load(str(tmp_path / "btl"))
     assert type(plain) is RewardPredictor
@@ -370,7 +370,7 @@ def test_cli_trains_and_evaluates_on_text(
         == 0
     )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 30
-    assert json.loads((Path(run) / "model_config.json").read_text())["embedder"] == str(tiny_bert_dir)
+    assert json.loads((Path(run) / "run.json").read_text())["embedder"]["name"] == str(tiny_bert_dir)
 
     out = tmp_path / "eval" / "results.json"
     argv = ["evaluate", "--model", run, "--data", data, "--split", "test", "--contexts", "0", "1", "3"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import npalign
-from npalign.config import TrainConfig, load_config
+from npalign.config import RewardTrainConfig, load_config
 from npalign.data.episodes import EpisodeSampler
 from npalign.data.loaders import split_by_user
 from npalign.data.synthetic import generate, task_spec
@@ -29,7 +29,7 @@ SMALL = [
     "episodes.batch_users=32",
     "optim.warmup_steps=20",
     "eval.val_episodes=64",
-    "progress=false",
+    "run.progress=false",
     "optim.lr=3e-3",
 ]
 
@@ -45,8 +45,8 @@ def trained_np(paper_splits, tmp_path_factory) -> Path:  # noqa: ANN001
     train, val, _ = paper_splits
     out = tmp_path_factory.mktemp("np") / "run"
     cfg = load_config(
-        TrainConfig,
-        overrides=[*SMALL, "model.kind=np-btl", "optim.steps=600", "eval.val_every=300", "save_every=300"],
+        RewardTrainConfig,
+        overrides=[*SMALL, "model.kind=np-btl", "optim.steps=600", "eval.val_every=300", "run.save_every=300"],
     )
     train_reward_model(cfg, train, val, out)
     return out
@@ -62,7 +62,7 @@ def _disagreement_pairs(count: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_run_directory_holds_everything_and_no_pickle(trained_np: Path) -> None:
     names = {p.name for p in trained_np.iterdir()}
-    assert {"config.yaml", "model_config.json", "model.safetensors", "metrics.jsonl", "checkpoint"} <= names
+    assert {"config.yaml", "run.json", "model.safetensors", "metrics.jsonl", "checkpoint"} <= names
     assert (
         not list(trained_np.rglob("*.pt"))
         and not list(trained_np.rglob("*.bin"))
@@ -124,7 +124,7 @@ def test_loading_is_strict(trained_np: Path, tmp_path: Path) -> None:
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "model_config.json").write_text((trained_np / "model_config.json").read_text())
+    (broken / "run.json").write_text((trained_np / "run.json").read_text())
     state = load_tensors(trained_np / "model.safetensors")
     save_file(
         {k: v for k, v in state.items() if not k.startswith("encoder.")}, str(broken / "model.safetensors")
@@ -146,14 +146,14 @@ def test_loading_is_strict(trained_np: Path, tmp_path: Path) -> None:
 def test_every_kind_trains_saves_and_loads(kind: str, extra: list[str], paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
     train, val, _ = paper_splits
     cfg = load_config(
-        TrainConfig,
+        RewardTrainConfig,
         overrides=[
             *SMALL,
             *extra,
             f"model.kind={kind}",
             "optim.steps=100",
             "eval.val_every=50",
-            "save_every=50",
+            "run.save_every=50",
             "model.kl_weight=0.1",
         ],
     )
@@ -210,13 +210,13 @@ def test_the_kept_weights_are_the_best_validation_step_by_the_chosen_figure(
 ) -> None:
     train, val, _ = paper_splits
     cfg = load_config(
-        TrainConfig,
+        RewardTrainConfig,
         overrides=[
             *SMALL,
             "optim.steps=120",
             "eval.val_every=20",
-            "log_every=20",
-            "save_every=20",
+            "run.log_every=20",
+            "run.save_every=20",
             "eval.contexts=[0,3]",
             f"eval.select_by={select_by}",
         ],
@@ -234,13 +234,13 @@ def test_the_kept_weights_are_the_best_validation_step_by_the_chosen_figure(
     again = validate(load_reward_model(out)[0], sampler, [0, 3], cfg.eval.val_episodes, cfg.eval.seed)
     assert again["val_accuracy"] == pytest.approx(best["val_accuracy"])
     with pytest.raises(ValueError, match="select_by='loss'"):
-        load_config(TrainConfig, overrides=["eval.select_by=loss"])
+        load_config(RewardTrainConfig, overrides=["eval.select_by=loss"])
 
 
 def test_refuses_to_overwrite_a_trained_run(trained_np: Path, paper_splits) -> None:  # noqa: ANN001
     train, val, _ = paper_splits
     with pytest.raises(FileExistsError, match="--resume"):
-        train_reward_model(load_config(TrainConfig, overrides=SMALL), train, val, trained_np)
+        train_reward_model(load_config(RewardTrainConfig, overrides=SMALL), train, val, trained_np)
 
 
 def _train_command(data: Path, val: Path, out: Path, steps: int, *extra: str) -> list[str]:
@@ -262,8 +262,8 @@ def _train_command(data: Path, val: Path, out: Path, steps: int, *extra: str) ->
         "model.hidden_dim=16",
         "model.item_dropout=0.2",  # dropout masks, too, must not depend on where the run was cut
         f"optim.steps={steps}",
-        "save_every=50",
-        "log_every=25",
+        "run.save_every=50",
+        "run.log_every=25",
         "eval.val_every=100",
         "eval.val_episodes=32",
     ]
@@ -356,7 +356,7 @@ def test_a_prior_head_answers_for_empty_contexts_only() -> None:
     with pytest.raises(ValueError, match="prior_head"):
         PreferenceModel("np-btl-latent", 6, 16, 4, prior_head=True)
     with pytest.raises(ValueError, match="prior_head"):
-        load_config(TrainConfig, overrides=["model.kind=btl", "model.prior_head=true"])
+        load_config(RewardTrainConfig, overrides=["model.kind=btl", "model.prior_head=true"])
 
 
 def test_a_prior_head_leaves_the_personalised_path_as_it_was(paper_splits, tmp_path: Path) -> None:  # noqa: ANN001
@@ -366,13 +366,13 @@ def test_a_prior_head_leaves_the_personalised_path_as_it_was(paper_splits, tmp_p
         overrides = [
             *SMALL,
             "optim.steps=60",
-            "save_every=60",
-            "log_every=20",
+            "run.save_every=60",
+            "run.log_every=20",
             "model.item_dropout=0.3",
             "optim.grad_clip=0.05",  # clipping on every step: the two parts must be clipped apart
             f"model.prior_head={flag}",
         ]
-        train_reward_model(load_config(TrainConfig, overrides=overrides), train, None, tmp_path / name)
+        train_reward_model(load_config(RewardTrainConfig, overrides=overrides), train, None, tmp_path / name)
         runs[name] = load_tensors(tmp_path / name / "model.safetensors")
     prior_keys = {k for k in runs["prior"] if k.startswith("prior_net.")}
     assert prior_keys and runs["prior"].keys() - prior_keys == runs["plain"].keys()
@@ -387,13 +387,13 @@ def test_a_prior_head_is_kept_at_its_own_best_step_at_m0(paper_splits, tmp_path:
         "model.prior_head=true",
         "optim.steps=240",
         "eval.val_every=20",
-        "log_every=20",
-        "save_every=20",
+        "run.log_every=20",
+        "run.save_every=20",
         "eval.contexts=[0,3]",
         "eval.select_by=accuracy",
     ]
     out = tmp_path / "prior"
-    cfg = load_config(TrainConfig, overrides=overrides)
+    cfg = load_config(RewardTrainConfig, overrides=overrides)
     result = train_reward_model(cfg, train, val, out)
     validations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_nll" in r]
     best = max(validations, key=lambda r: r["val_accuracy_m3"])  # the rest answers m > 0 only
@@ -417,7 +417,7 @@ def test_a_prior_head_is_kept_at_its_own_best_step_at_m0(paper_splits, tmp_path:
     for contexts in ("[3]", "[0]"):
         with pytest.raises(ValueError, match="eval.contexts must hold 0 and some m > 0"):
             train_reward_model(
-                load_config(TrainConfig, overrides=[*overrides, f"eval.contexts={contexts}"]),
+                load_config(RewardTrainConfig, overrides=[*overrides, f"eval.contexts={contexts}"]),
                 train,
                 val,
                 tmp_path / "bad",
@@ -431,9 +431,9 @@ def test_a_resumed_run_keeps_the_prior_heads_best_weights(
     import npalign.training.reward as loop
 
     train, val, _ = paper_splits
-    overrides = [*SMALL, "model.prior_head=true", "optim.steps=160", "eval.val_every=20", "log_every=20"]
+    overrides = [*SMALL, "model.prior_head=true", "optim.steps=160", "eval.val_every=20", "run.log_every=20"]
     cfg = load_config(
-        TrainConfig, overrides=[*overrides, "save_every=40", "eval.contexts=[0,3]", "eval.select_by=accuracy"]
+        RewardTrainConfig, overrides=[*overrides, "run.save_every=40", "eval.contexts=[0,3]", "eval.select_by=accuracy"]
     )
     train_reward_model(cfg, train, val, tmp_path / "uninterrupted")
 

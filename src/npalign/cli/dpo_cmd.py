@@ -27,14 +27,14 @@ def _context_sizes(values: list[Any]) -> list[int]:
 
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
-    from npalign.config import load_config
-    from npalign.dpo_config import DPOTrainConfig
-    from npalign.training.dpo import load_dpo_data, train_policy
+    from npalign.config import PolicyTrainConfig, load_config
+    from npalign.training.dpo import train_policy
+    from npalign.training.loop import load_run_data
 
-    cfg = load_config(DPOTrainConfig, args.config, list(args.overrides))
+    cfg = load_config(PolicyTrainConfig, args.config, list(args.overrides))
     if args.no_progress:
-        cfg.progress = False
-    train, val = load_dpo_data(cfg)
+        cfg.run.progress = False
+    train, val, _ = load_run_data(cfg.data)
     result = train_policy(cfg, train, val, args.out, resume=args.resume)
     print(
         json.dumps(
@@ -79,7 +79,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from npalign.data.loaders import load_preferences
 
         recorded = runner.run["data"]
-        source = args.data or recorded["train"]
+        from npalign.utils.rundir import path_from_run
+
+        source = args.data or path_from_run(recorded["train"], runner.directory or Path.cwd())
         split = args.data_split if args.data else recorded["train_split"]
         if not source:
             raise ValueError("the run records no training data; pass --data FILE to draw the context from.")

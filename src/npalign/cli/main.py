@@ -24,7 +24,7 @@ def _contexts(values: list[str]) -> list[int]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from npalign.evaluation.demo import run_synthetic_benchmark
+    from npalign.cli.demo import run_synthetic_benchmark
     from npalign.evaluation.report import markdown_table
 
     run = run_synthetic_benchmark(args.out, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
@@ -95,22 +95,33 @@ def _features(data, embedder: str, cache: str | None):  # noqa: ANN001, ANN202 -
     return embed_preferences(data, embedder, cache_dir=cache, progress=True)
 
 
+def reward_overrides(args: argparse.Namespace) -> list[str]:
+    """The train-reward flags as config overrides (they win over the config file, as key=value does)."""
+    flags = {
+        "model.kind": args.model,
+        "embedder.name": args.embedder,
+        "embedder.cache": args.cache,
+        "data.train": args.data,
+        "data.val": args.val,
+        "data.train_split": args.data_split,
+        "data.val_split": args.val_split,
+        "data.labels": args.labels,
+    }
+    return [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from npalign.config import TrainConfig, load_config
+    from npalign.config import RewardTrainConfig, load_config
+    from npalign.training.loop import load_run_data
     from npalign.training.reward import train_reward_model
 
-    overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"model.kind={args.model}")
-    if args.embedder:
-        overrides.append(f"embedder={args.embedder}")
-    cfg = load_config(TrainConfig, args.config, overrides)
-    train = _features(_load(args.data, args.data_split, args.labels), cfg.embedder, args.cache)
-    val = (
-        _features(_load(args.val, args.val_split, args.labels), cfg.embedder, args.cache)
-        if args.val
-        else None
-    )
+    cfg = load_config(RewardTrainConfig, args.config, [*reward_overrides(args), *args.overrides])
+    train, val, reports = load_run_data(cfg.data)
+    for name, report in reports.items():
+        if any(report.ties_dropped.values()):
+            print(f"{report.source} ({name}): dropped ties per label {report.ties_dropped}", file=sys.stderr)
+    train = _features(train, cfg.embedder.name, cfg.embedder.cache)
+    val = None if val is None else _features(val, cfg.embedder.name, cfg.embedder.cache)
     result = train_reward_model(cfg, train, val, args.out, resume=args.resume)
     print(
         json.dumps(
@@ -133,7 +144,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from npalign.models.builders import load_reward_model
 
     model, record = load_reward_model(args.model)
-    data = _features(_load(args.data, args.split, args.labels), record.get("embedder", ""), args.cache)
+    embedder = (record.get("embedder") or {}).get("name", "")
+    data = _features(_load(args.data, args.split, args.labels), embedder, args.cache)
     if data.features is not None and int(data.features.shape[1]) != int(record["embed_dim"]):
         raise ValueError(
             f"{args.data} has {data.features.shape[1]}-d items but the model expects {record['embed_dim']}."
@@ -226,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meta-train a reward model over users. key=value arguments override the "
         "config, e.g. optim.lr=3e-4 episodes.max_context=10.",
     )
-    train.add_argument("--data", required=True, help="training preference file")
+    train.add_argument("--data", default=None, help="training preference file (shorthand for data.train=FILE)")
     train.add_argument("--val", default=None, help="validation file (held-out users or prompts)")
     train.add_argument("--model", choices=["btl", "dpl", "np-btl", "np-btl-latent"], default=None)
     train.add_argument("--out", required=True, help="run directory")

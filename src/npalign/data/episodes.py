@@ -8,11 +8,13 @@ order is reshuffled every epoch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from npalign.types import EpisodeBatch, PreferenceSet
 
@@ -176,3 +178,44 @@ class EpisodeSampler:
             batch_users = users[start : start + chunk]
             sizes = torch.full((len(batch_users),), context_size, dtype=torch.long)
             yield self.draw(batch_users, sizes, generator, max_context=context_size)
+
+
+class _EvaluationEpisodes(Protocol):
+    def evaluation_batches(self, context_size: int, episodes: int, seed: int, chunk: int = ...) -> Iterator[Any]: ...
+
+
+def context_sweep(
+    sampler: _EvaluationEpisodes,
+    contexts: list[int],
+    episodes: int,
+    seed: int,
+    score: Callable[[Any, torch.Generator], dict[str, Tensor]],
+    *,
+    noise_tag: str = "eval-noise",
+    chunk: int | None = None,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> dict[int, dict[str, Tensor]]:
+    """The one sweep over context sizes that validation and evaluation of both jobs run.
+
+    For each m in `contexts`, the sampler's fixed evaluation episodes (users balanced over types) are
+    scored batch by batch and the per-episode figures concatenated.
+
+    Args:
+        sampler: an `EpisodeSampler` or a `DPOEpisodeSampler`.
+        score: (batch, generator) -> {name: (B,) per-episode figure}; the generator, seeded per m from
+            (seed, noise_tag, m), is there for predictors that sample.
+        chunk: users per batch (the sampler's default when None).
+    Returns:
+        {m: {name: (E,) figures of the E episodes, in episode order}}.
+    """
+    swept: dict[int, dict[str, Tensor]] = {}
+    for m in tqdm(contexts, desc=desc, disable=not progress):
+        generator = torch.Generator().manual_seed(derived_seed(seed, noise_tag, m))
+        parts: dict[str, list[Tensor]] = {}
+        kwargs = {} if chunk is None else {"chunk": chunk}
+        for batch in sampler.evaluation_batches(m, episodes, seed, **kwargs):
+            for name, values in score(batch, generator).items():
+                parts.setdefault(name, []).append(values)
+        swept[m] = {name: torch.cat(values) for name, values in parts.items()}
+    return swept

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from npalign.data.episodes import EpisodeSampler, derived_seed
+from npalign.data.episodes import EpisodeSampler, context_sweep
 from npalign.data.synthetic import BayesOracle, closed_form_ceiling
 from npalign.models.reward import PreferenceModel
 from npalign.types import EpisodeBatch, PreferenceSet
@@ -71,21 +70,24 @@ def score_episodes(
         with accuracies in percent.
     """
     sampler = evaluation_sampler(data, contexts, targets)
+
+    def score(batch: EpisodeBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        probs = predict(batch, generator)
+        return {
+            "accuracy": episode_accuracy(probs, batch.target_mask),
+            "nll": episode_nll(probs, batch.target_mask),
+            "user_type": batch.user_type,
+            "probs": probs,
+            "mask": batch.target_mask,
+        }
+
     result: dict[str, Any] = {"accuracy": {}, "nll": {}, "ece": {}}
-    for m in tqdm(contexts, desc=desc, disable=not progress):
-        generator = torch.Generator().manual_seed(derived_seed(seed, "eval-noise", m))
-        accuracy, nll, types, probs_all, masks = [], [], [], [], []
-        for batch in sampler.evaluation_batches(m, episodes, seed):
-            probs = predict(batch, generator)
-            accuracy.append(episode_accuracy(probs, batch.target_mask))
-            nll.append(episode_nll(probs, batch.target_mask))
-            types.append(batch.user_type)
-            probs_all.append(probs)
-            masks.append(batch.target_mask)
-        type_index = torch.cat(types)
-        result["accuracy"][str(m)] = type_weighted(torch.cat(accuracy), type_index, sampler.type_names)
-        result["nll"][str(m)] = type_weighted(torch.cat(nll), type_index, sampler.type_names, scale=1.0)
-        result["ece"][str(m)] = expected_calibration_error(torch.cat(probs_all), torch.cat(masks))
+    swept = context_sweep(sampler, contexts, episodes, seed, score, progress=progress, desc=desc)
+    for m, scores in swept.items():
+        types = scores["user_type"]
+        result["accuracy"][str(m)] = type_weighted(scores["accuracy"], types, sampler.type_names)
+        result["nll"][str(m)] = type_weighted(scores["nll"], types, sampler.type_names, scale=1.0)
+        result["ece"][str(m)] = expected_calibration_error(scores["probs"], scores["mask"])
     return result
 
 

@@ -56,7 +56,7 @@ class RewardPredictor:
         self.embed_dim: int = int(record["embed_dim"])
         self.latent_dim: int = model.z_dim if model.conditional else 0
         self.type_names: list[str] = list(record.get("type_names", []))
-        self.embedder: str = record.get("embedder", "")
+        self.embedder: str = (record.get("embedder") or {}).get("name", "")
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod

@@ -21,10 +21,9 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
-from npalign.dpo_config import POLICY_DIR, RUN_FILE
 from npalign.models.embedders import Embedder, build_embedder
 from npalign.models.policy import ConditionalPolicy, load_base
-from npalign.utils.io import read_json
+from npalign.utils.rundir import POLICY_DIR, RUN_FILE, read_run
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +68,7 @@ class PolicyRunner:
         self.conditional = run["mode"] == "conditional"
         self.latent_dim = policy.latent_dim
         self._embedder = embedder
+        self.directory: Path | None = None  # the run directory, when loaded from one
 
     @property
     def device(self) -> torch.device:
@@ -229,7 +229,7 @@ def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") ->
     the encoder are loaded strictly, so a checkpoint missing any part is an error.
     """
     run_dir, policy_dir = _run_directory(Path(directory))
-    run = read_json(run_dir / RUN_FILE)
+    run = read_run(run_dir, "policy")
     base, tokenizer, revision = load_base(run["base"]["name"])
     if revision != run["base"]["revision"]:
         raise ValueError(
@@ -238,4 +238,6 @@ def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") ->
         )
     policy = ConditionalPolicy.from_pretrained(policy_dir, base_model=base)
     policy.to(torch.device(device))
-    return PolicyRunner(policy, tokenizer, run)
+    runner = PolicyRunner(policy, tokenizer, run)
+    runner.directory = run_dir
+    return runner

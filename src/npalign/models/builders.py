@@ -7,7 +7,8 @@ from typing import Any
 
 from npalign.config import ModelConfig, from_dict
 from npalign.models.reward import PreferenceModel
-from npalign.utils.io import load_state_strict, load_tensors, read_json
+from npalign.utils.io import load_state_strict, load_tensors
+from npalign.utils.rundir import REWARD_WEIGHTS, read_run
 
 
 def build_reward_model(cfg: ModelConfig, embed_dim: int) -> PreferenceModel:
@@ -36,15 +37,10 @@ def load_reward_model(path: str | Path) -> tuple[PreferenceModel, dict[str, Any]
     """Rebuild a trained reward model from its run directory and load its weights strictly.
 
     Returns:
-        The model in eval mode and the `model_config.json` record (kind, embed_dim, embedder, types).
+        The model in eval mode and the run.json record (model settings, embed_dim, embedder, types).
     """
     path = Path(path)
-    record_path = path / "model_config.json"
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} is missing; {path} is not an npalign reward-model directory.")
-    record = read_json(record_path)
-    if record.get("format_version") != 1:
-        raise ValueError(f"{record_path}: unsupported format_version {record.get('format_version')!r}.")
+    record = read_run(path, "reward")
     model = build_reward_model(from_dict(ModelConfig, record["model"]), int(record["embed_dim"]))
-    load_state_strict(model, load_tensors(path / "model.safetensors"), f"reward model {path}")
+    load_state_strict(model, load_tensors(path / REWARD_WEIGHTS), f"reward model {path}")
     return model.eval(), record

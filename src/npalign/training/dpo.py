@@ -1,4 +1,4 @@
-"""The NP-DPO training loop on accelerate, in one readable function (L2, training).
+"""The NP-DPO training loop on accelerate, one readable step (L2, training).
 
 Per optimizer step, `grad_accumulation` micro-batches of B users; each user has m ~ U[min, max] context
 pairs and T disjoint target pairs. z = encoder(frozen embeddings of the user's context pairs), one per
@@ -6,17 +6,9 @@ user and repeated over that user's 2T target sequences; the loss is DPO (METHOD.
 reference, which is the same weights with LoRA and FiLM off (`policy.reference()`), either run per step or
 precomputed once per dataset. `mode: unconditional` trains plain DPO on the same target pairs with no z.
 
-Run directory:
-    config.yaml                   the resolved DPOTrainConfig (rerun with --config)
-    run.json                      what `inference.policy.load_policy` needs besides the policy: base and
-                                  embedder names and revisions, mode, beta, lengths, user types, data
-    policy/                       the best policy on validation (the last without validation):
-                                  trainable.safetensors (LoRA + FiLM + encoder) + policy_config.json
-    checkpoint/                   the last state for --resume: policy/, optimizer.safetensors,
-                                  optimizer.json (hyperparameters, scheduler), trainer_state.json
-    reference_logps.safetensors   with dpo.precompute_reference: log pi_ref of every pair, per split
-    metrics.jsonl                 TRL-named training averages every log_every steps, eval_* at validation
-    summary.json                  wall time, tokens per second, best step
+The run directory is `utils/rundir.py`'s: `policy/` holds the policy kept at the best validation step
+(the last without validation), and with dpo.precompute_reference `reference_logps.safetensors` holds
+log pi_ref of every pair, per split, reused when the pairs are the same.
 """
 
 from __future__ import annotations
@@ -36,35 +28,36 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from npalign.config import to_dict
+from npalign.config import PolicyTrainConfig
 from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_types, pair_texts
 from npalign.data.dpo_tokenize import tokenize_preference_pairs
 from npalign.data.episodes import derived_seed
-from npalign.data.loaders import load_preferences
-from npalign.dpo_config import POLICY_DIR, RUN_FILE, DPOTrainConfig
 from npalign.models import hub
 from npalign.models.dpo import dpo_loss, dpo_metrics, sequence_logprobs
 from npalign.models.embedders import Embedder, build_embedder
 from npalign.models.embedding_cache import EmbeddingCache
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
-from npalign.training.loop import load_optimizer_tensors, optimizer_tensors, warmup_cosine
-from npalign.types import PreferenceSet
-from npalign.utils.io import (
-    append_jsonl,
-    atomic_dir,
-    load_tensors,
-    read_json,
-    read_yaml,
-    save_tensors,
-    truncate_jsonl,
-    write_json,
-    write_yaml,
+from npalign.training.loop import (
+    MetricsLog,
+    RunningMeans,
+    build_optimizer,
+    due,
+    keep_best,
+    load_checkpoint,
+    make_accelerator,
+    open_run,
+    progress_bar,
+    save_checkpoint,
+    seeded_step,
+    write_run_files,
+    write_summary,
 )
+from npalign.types import PreferenceSet
+from npalign.utils.io import load_tensors, save_tensors
+from npalign.utils.rundir import POLICY_DIR, relative_to_run, run_record
 
 logger = logging.getLogger(__name__)
 
-RUN_FORMAT_VERSION = 1
-CHECKPOINT_DIR = "checkpoint"
 REFERENCE_FILE = "reference_logps.safetensors"
 # The encoder of an unconditional policy is never called; it only keeps the checkpoint format uniform.
 UNCONDITIONAL_EMBED_DIM = 1
@@ -81,19 +74,6 @@ class DPOTrainResult:
 
 
 # ----- data ----------------------------------------------------------------------------------------------
-
-
-def load_dpo_data(cfg: DPOTrainConfig) -> tuple[PreferenceSet, PreferenceSet | None]:
-    """The training and validation pairs named by `cfg.data` (validation None when val_split is null)."""
-    if not cfg.data.train:
-        raise ValueError("data.train is empty; name a user-grouped preference file, e.g. data.train=FILE.")
-    train, _ = load_preferences(cfg.data.train, split=cfg.data.train_split, labels=cfg.data.labels)
-    if cfg.data.val_split is None:
-        return train, None
-    val, _ = load_preferences(
-        cfg.data.val or cfg.data.train, split=cfg.data.val_split, labels=cfg.data.labels
-    )
-    return train, val
 
 
 def embedding_cache_root(cache: str | None) -> Path:
@@ -259,7 +239,7 @@ def validate(
     policy: ConditionalPolicy,
     tokenizer: PreTrainedTokenizerBase,
     sampler: DPOEpisodeSampler,
-    cfg: DPOTrainConfig,
+    cfg: PolicyTrainConfig,
     reference_table: Tensor | None,
 ) -> dict[str, float]:
     """eval_* metrics: implicit-reward accuracy (percent) and DPO loss per m and averaged over m."""
@@ -347,7 +327,7 @@ def _reference_tables(
     policy: ConditionalPolicy,
     tokenizer: PreTrainedTokenizerBase,
     splits: dict[str, PreferenceSet],
-    cfg: DPOTrainConfig,
+    cfg: PolicyTrainConfig,
     base_revision: str,
     path: Path,
     is_main: bool,
@@ -375,7 +355,7 @@ def _reference_tables(
             max_prompt_length=cfg.data.max_prompt_length,
             max_response_length=cfg.data.max_response_length,
             batch_pairs=cfg.eval.batch_pairs,
-            progress=cfg.progress and is_main,
+            progress=cfg.run.progress and is_main,
         )
         for name, data in splits.items()
     }
@@ -389,61 +369,11 @@ def _reference_tables(
     return tables
 
 
-# ----- checkpoints ------------------------------------------------------------------------------------------
-
-
-def save_policy_checkpoint(
-    path: Path,
-    policy: ConditionalPolicy,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    trainer_state: dict[str, Any],
-) -> None:
-    """Policy (LoRA + FiLM + encoder + config) + optimizer + scheduler + loop state, atomically, no pickle."""
-    with atomic_dir(path) as tmp:
-        policy.save_pretrained(tmp / POLICY_DIR)
-        tensors, extra = optimizer_tensors(optimizer)
-        save_tensors(tensors, tmp / "optimizer.safetensors")
-        extra["scheduler"] = scheduler.state_dict()
-        write_json(extra, tmp / "optimizer.json")
-        write_json(trainer_state, tmp / "trainer_state.json")
-
-
-def load_policy_checkpoint(
-    path: Path,
-    policy: ConditionalPolicy,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> dict[str, Any]:
-    """Restore what `save_policy_checkpoint` wrote (the policy strictly) and return the loop state."""
-    policy.load_trainable_state_dict(load_tensors(path / POLICY_DIR / TRAINABLE_FILE))
-    extra = read_json(path / "optimizer.json")
-    load_optimizer_tensors(optimizer, load_tensors(path / "optimizer.safetensors"), extra)
-    scheduler.load_state_dict(extra["scheduler"])
-    return dict(read_json(path / "trainer_state.json"))
-
-
-def _check_same_config(out_dir: Path, cfg: DPOTrainConfig) -> None:
-    """A resumed run must continue the run it resumes: same config except the progress bar."""
-    recorded_path = out_dir / "config.yaml"
-    if not recorded_path.is_file():
-        return
-    recorded, current = read_yaml(recorded_path), to_dict(cfg)
-    recorded.pop("progress", None)
-    current.pop("progress", None)
-    if recorded != current:
-        changed = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
-        raise ValueError(
-            f"--resume: the config differs from {recorded_path} in section(s) {changed}; resume with the "
-            "same config (see that file) or start a new run with another --out."
-        )
-
-
 # ----- the loop ---------------------------------------------------------------------------------------------
 
 
 def build_policy(
-    cfg: DPOTrainConfig, embed_dim: int
+    cfg: PolicyTrainConfig, embed_dim: int
 ) -> tuple[ConditionalPolicy, PreTrainedTokenizerBase, str]:
     """The policy over `cfg.model.base` (LoRA + FiLM + encoder at their init), its tokenizer, base revision."""
     base, tokenizer, revision = load_base(cfg.model.base)
@@ -469,8 +399,53 @@ def build_policy(
     return policy, tokenizer, revision
 
 
+def _embed_splits(
+    cfg: PolicyTrainConfig, splits: dict[str, PreferenceSet], accelerator: Accelerator
+) -> tuple[dict[str, PreferenceSet], dict[str, Any] | None, int]:
+    """Each split with its items' frozen context features attached, the embedder's record, and D."""
+    if not cfg.conditional:
+        return splits, None, UNCONDITIONAL_EMBED_DIM
+    embedder = build_embedder(cfg.embedder.name, max_length=cfg.embedder.max_length, device=accelerator.device)
+    cache = EmbeddingCache.for_embedder(embedding_cache_root(cfg.embedder.cache), embedder)
+    show = cfg.run.progress and accelerator.is_main_process
+    embedded = {
+        name: embed_items(data, embedder, cache, batch_size=cfg.embedder.batch_size, progress=show)
+        for name, data in splits.items()
+    }
+    record = {
+        "name": embedder.name,
+        "revision": embedder.revision,
+        "dim": embedder.dim,
+        "max_length": cfg.embedder.max_length,
+        "features": "raw",
+    }
+    return embedded, record, embedder.dim
+
+
+def policy_run_record(
+    cfg: PolicyTrainConfig, embedder: dict[str, Any] | None, base_revision: str, type_names: list[str], out_dir: Path
+) -> dict[str, Any]:
+    """run.json of a policy run: what `inference.policy.load_policy` needs besides the policy folder."""
+    return run_record(
+        "policy",
+        embedder=embedder,
+        base={"name": cfg.model.base, "revision": base_revision},
+        type_names=type_names,
+        mode=cfg.mode,
+        beta=cfg.dpo.beta,
+        max_prompt_length=cfg.data.max_prompt_length,
+        max_response_length=cfg.data.max_response_length,
+        data={
+            "train": relative_to_run(cfg.data.train, out_dir),
+            "train_split": cfg.data.train_split,
+            "labels": cfg.data.labels,
+            "user_types": cfg.data.user_types,
+        },
+    )
+
+
 def train_policy(
-    cfg: DPOTrainConfig,
+    cfg: PolicyTrainConfig,
     train_data: PreferenceSet,
     val_data: PreferenceSet | None,
     out_dir: str | Path,
@@ -483,228 +458,156 @@ def train_policy(
         cfg: the run config.
         train_data / val_data: text preference pairs (validation None: no validation, the last policy is
             kept). Both are filtered to `cfg.data.user_types` here.
-        out_dir: the run directory (see the module docstring).
+        out_dir: the run directory (see `utils/rundir.py`).
         resume: continue from `out_dir/checkpoint` (the config must be the recorded one).
     """
     out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / CHECKPOINT_DIR
-    if (out_dir / POLICY_DIR).exists() and not resume:
-        raise FileExistsError(
-            f"{out_dir} already holds a trained policy; pass --resume or choose another --out."
-        )
-    if resume:
-        if not checkpoint_dir.exists():
-            logger.warning("--resume: no checkpoint in %s, starting from scratch", out_dir)
-        _check_same_config(out_dir, cfg)
-    train_data = filter_user_types(train_data, cfg.data.user_types)
-    val_data = None if val_data is None else filter_user_types(val_data, cfg.data.user_types)
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    is_main = accelerator.is_main_process
-
-    # Frozen embeddings of every item, once per dataset, through the on-disk cache.
-    embedder_record: dict[str, Any] | None = None
-    if cfg.conditional:
-        embedder = build_embedder(
-            cfg.embedder.name, max_length=cfg.embedder.max_length, device=accelerator.device
-        )
-        cache = EmbeddingCache.for_embedder(embedding_cache_root(cfg.embedder.cache), embedder)
-        batch_size, show = cfg.embedder.batch_size, cfg.progress and is_main
-        train_data = embed_items(train_data, embedder, cache, batch_size=batch_size, progress=show)
+    accelerator = make_accelerator(cfg.run, out_dir)
+    with open_run(out_dir, "policy", cfg, accelerator, resume=resume) as resumable:
+        splits = {"train": filter_user_types(train_data, cfg.data.user_types)}
         if val_data is not None:
-            val_data = embed_items(val_data, embedder, cache, batch_size=batch_size, progress=show)
-        embedder_record = {
-            "name": embedder.name,
-            "revision": embedder.revision,
-            "dim": embedder.dim,
-            "max_length": cfg.embedder.max_length,
-        }
-        embed_dim = embedder.dim
-        del embedder, cache
-    else:
-        embed_dim = UNCONDITIONAL_EMBED_DIM
+            splits["validation"] = filter_user_types(val_data, cfg.data.user_types)
+        # Frozen embeddings of every item, once per dataset, through the on-disk cache.
+        splits, embedder_record, embed_dim = _embed_splits(cfg, splits, accelerator)
+        torch.manual_seed(cfg.run.seed)  # the initial LoRA A and encoder weights
+        policy, tokenizer, base_revision = build_policy(cfg, embed_dim)
+        if accelerator.is_main_process:
+            record = policy_run_record(cfg, embedder_record, base_revision, splits["train"].type_names, out_dir)
+            write_run_files(out_dir, cfg, record)
+        return _train(cfg, splits, policy, tokenizer, base_revision, out_dir, accelerator, resumable)
 
-    torch.manual_seed(cfg.seed)  # the initial LoRA A and encoder weights
-    policy, tokenizer, base_revision = build_policy(cfg, embed_dim)
-    episodes = cfg.episodes
+
+def _step(
+    cfg: PolicyTrainConfig,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    raw_policy: ConditionalPolicy,
+    tokenizer: PreTrainedTokenizerBase,
+    sampler: DPOEpisodeSampler,
+    reference_table: Tensor | None,
+    step: int,
+) -> tuple[dict[str, float], int]:
+    """One optimizer step's forward and backward passes (grad_accumulation micro-batches of B users).
+
+    Returns the step's statistics averaged over the micro-batches and the tokens it read.
+    """
+    accumulation, stats, tokens_seen = cfg.optim.grad_accumulation, RunningMeans(), 0
+    lengths = {"max_prompt_length": cfg.data.max_prompt_length, "max_response_length": cfg.data.max_response_length}
+    for micro in range(accumulation):
+        batch = sampler.batch_at(step * accumulation + micro)
+        tokens = {
+            key: value.to(accelerator.device) for key, value in batch.tokenize_targets(tokenizer, **lengths).items()
+        }  # (2BT, L) each: chosen rows, then rejected rows
+        # Reference first, without gradients: its activations are gone before the policy's are kept.
+        reference = _reference_of_batch(raw_policy, tokens, batch, reference_table)  # (2BT,)
+        last = micro == accumulation - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            z = _batch_z(raw_policy, batch, cfg.conditional, accelerator.device)  # (B, Z) or None
+            logits = model(
+                tokens["input_ids"], tokens["attention_mask"], _sequence_z(z, batch.num_targets)
+            )  # (2BT, L, V)
+            logps = sequence_logprobs(logits, tokens["input_ids"], tokens["completion_mask"])  # (2BT,)
+            del logits
+            policy_chosen, policy_rejected = logps.chunk(2)  # (BT,) each
+            reference_chosen, reference_rejected = reference.chunk(2)
+            losses, chosen_rewards, rejected_rewards = dpo_loss(
+                policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=cfg.dpo.beta
+            )
+            loss = losses.mean()
+            accelerator.backward(loss / accumulation)
+        stats.add(
+            {"loss": float(loss.detach()), **dpo_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected)},
+            1 / accumulation,
+        )
+        tokens_seen += int(tokens["attention_mask"].sum())
+    return stats.sums, tokens_seen
+
+
+def _train(
+    cfg: PolicyTrainConfig,
+    splits: dict[str, PreferenceSet],
+    policy: ConditionalPolicy,
+    tokenizer: PreTrainedTokenizerBase,
+    base_revision: str,
+    out_dir: Path,
+    accelerator: Accelerator,
+    resumable: bool,
+) -> DPOTrainResult:
+    episodes, is_main = cfg.episodes, accelerator.is_main_process
     sampler = DPOEpisodeSampler(
-        train_data,
+        splits["train"],
         targets=episodes.targets,
         max_context=episodes.max_context,
         min_context=episodes.min_context,
         batch_users=episodes.batch_users,
-        seed=derived_seed(cfg.seed, "rank", accelerator.process_index),
+        seed=derived_seed(cfg.run.seed, "rank", accelerator.process_index),
     )
     val_sampler = None
-    if val_data is not None:
-        val_sampler = DPOEpisodeSampler(
-            val_data, targets=cfg.eval.targets, max_context=max(cfg.eval.contexts)
-        )
-    optimizer = torch.optim.AdamW(
-        policy.trainable_parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.optim.warmup_steps, cfg.optim.steps, cfg.optim.min_lr_ratio)
-    )
+    if "validation" in splits:
+        val_sampler = DPOEpisodeSampler(splits["validation"], targets=cfg.eval.targets, max_context=max(cfg.eval.contexts))
+    optimizer, scheduler = build_optimizer(policy.trainable_parameters(), cfg.optim)
     model, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     raw_policy: ConditionalPolicy = accelerator.unwrap_model(model)
-
     reference_tables: dict[str, Tensor] = {}
     if cfg.dpo.precompute_reference:
-        splits = {"train": train_data, **({"validation": val_data} if val_data is not None else {})}
         reference_tables = _reference_tables(
             raw_policy, tokenizer, splits, cfg, base_revision, out_dir / REFERENCE_FILE, is_main
         )
 
-    state: dict[str, Any] = {
-        "step": 0,
-        "best_val_accuracy": -math.inf,
-        "best_val_loss": math.inf,
-        "best_step": -1,
-    }
-    metrics_path = out_dir / "metrics.jsonl"
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(to_dict(cfg), out_dir / "config.yaml")
-        run_record = {
-            "format_version": RUN_FORMAT_VERSION,
-            "mode": cfg.mode,
-            "base": {"name": cfg.model.base, "revision": base_revision},
-            "embedder": embedder_record,
-            "type_names": train_data.type_names,
-            "beta": cfg.dpo.beta,
-            "max_prompt_length": cfg.data.max_prompt_length,
-            "max_response_length": cfg.data.max_response_length,
-            "data": {
-                "train": cfg.data.train,
-                "train_split": cfg.data.train_split,
-                "labels": cfg.data.labels,
-                "user_types": cfg.data.user_types,
-            },
-        }
-        write_json(run_record, out_dir / RUN_FILE)
-    if resume and checkpoint_dir.exists():
-        state = load_policy_checkpoint(checkpoint_dir, raw_policy, optimizer, scheduler)
-        # Records written after the checkpoint belong to steps that will be replayed.
-        truncate_jsonl(metrics_path, lambda record: record["step"] <= state["step"])
-        logger.info("resumed from step %d", state["step"])
-    elif is_main and metrics_path.exists():
-        metrics_path.unlink()
+    state: dict[str, Any] = {"step": 0, "best_val_accuracy": -math.inf, "best_step": -1}
+    if resumable:
 
-    total, accumulation = cfg.optim.steps, cfg.grad_accumulation
-    lengths = {
-        "max_prompt_length": cfg.data.max_prompt_length,
-        "max_response_length": cfg.data.max_response_length,
-    }
-    progress = tqdm(
-        total=total,
-        initial=state["step"],
-        desc=f"train-dpo {cfg.mode}",
-        disable=not (cfg.progress and is_main),
-        dynamic_ncols=True,
-    )
-    sums: dict[str, float] = {}
-    tokens_seen = 0
-    started = time.perf_counter()
-    first_step = state["step"]
+        def read_weights(folder: Path) -> None:
+            raw_policy.load_trainable_state_dict(load_tensors(folder / POLICY_DIR / TRAINABLE_FILE))
+
+        state = load_checkpoint(out_dir, read_weights, optimizer, scheduler)
+        logger.info("resumed from step %d", state["step"])
+    metrics = MetricsLog(out_dir, accelerator, resumed_step=state["step"] if resumable else None)
+
+    total, first_step = cfg.optim.steps, state["step"]
+    progress = progress_bar(total, first_step, f"train-dpo {cfg.mode}", cfg.run.progress and is_main)
+    means, tokens_seen, started = RunningMeans(), 0, time.perf_counter()
     model.train()
-    for step in range(state["step"], total):
-        # LoRA dropout: seeded per rank and step, so that a resumed run replays the same masks and the
-        # ranks of a multi-process run do not all draw the same ones.
-        torch.manual_seed(derived_seed(cfg.seed, "dropout", accelerator.process_index, step))
-        for micro in range(accumulation):
-            batch = sampler.batch_at(step * accumulation + micro)
-            tokens = {
-                key: value.to(accelerator.device)
-                for key, value in batch.tokenize_targets(tokenizer, **lengths).items()
-            }  # (2BT, L) each: chosen rows, then rejected rows
-            # Reference first, without gradients: its activations are gone before the policy's are kept.
-            reference = _reference_of_batch(
-                raw_policy, tokens, batch, reference_tables.get("train")
-            )  # (2BT,)
-            last = micro == accumulation - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                z = _batch_z(raw_policy, batch, cfg.conditional, accelerator.device)  # (B, Z) or None
-                logits = model(
-                    tokens["input_ids"], tokens["attention_mask"], _sequence_z(z, batch.num_targets)
-                )  # (2BT, L, V)
-                logps = sequence_logprobs(logits, tokens["input_ids"], tokens["completion_mask"])  # (2BT,)
-                del logits
-                policy_chosen, policy_rejected = logps.chunk(2)  # (BT,) each
-                reference_chosen, reference_rejected = reference.chunk(2)
-                losses, chosen_rewards, rejected_rewards = dpo_loss(
-                    policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=cfg.dpo.beta
-                )
-                loss = losses.mean()
-                accelerator.backward(loss / accumulation)
-            stats = {
-                "loss": float(loss.detach()),
-                **dpo_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected),
-            }
-            for name, value in stats.items():
-                sums[name] = sums.get(name, 0.0) + value / accumulation
-            tokens_seen += int(tokens["attention_mask"].sum())
+    for step in range(first_step, total):
+        with seeded_step(cfg.run.seed, accelerator, step):
+            stats, tokens = _step(cfg, accelerator, model, raw_policy, tokenizer, sampler, reference_tables.get("train"), step)
+        tokens_seen += tokens
         grad_norm = accelerator.clip_grad_norm_(
             raw_policy.trainable_parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         )
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
-
+        means.add({**stats, "grad_norm": float(grad_norm)})
         done = step + 1
-        if done % cfg.log_every == 0 or done == total:
-            count = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
-            record = {
-                "step": done,
-                "learning_rate": scheduler.get_last_lr()[0],
-                **{name: value / count for name, value in sums.items()},
-            }
-            sums = {}
+        if due(done, cfg.run.log_every, total):
+            record = means.record(done, cfg.run.log_every, learning_rate=scheduler.get_last_lr()[0])
             progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
-            if is_main:
-                append_jsonl(record, metrics_path)
-        if val_sampler is not None and (done % cfg.eval.val_every == 0 or done == total):
-            record = {
-                "step": done,
-                **validate(raw_policy, tokenizer, val_sampler, cfg, reference_tables.get("validation")),
-            }
-            if is_main:
-                append_jsonl(record, metrics_path)
-                accuracy, loss_value = record["eval_rewards/accuracies"], record["eval_loss"]
-                better = accuracy > state["best_val_accuracy"] or (
-                    accuracy == state["best_val_accuracy"] and loss_value < state["best_val_loss"]
-                )
-                if better:
-                    state.update(best_val_accuracy=accuracy, best_val_loss=loss_value, best_step=done)
-                    raw_policy.save_pretrained(out_dir / POLICY_DIR)
-        if is_main and (done % cfg.save_every == 0 or done == total):
+            metrics.write(record)
+        if val_sampler is not None and due(done, cfg.eval.val_every, total):
+            record = {"step": done, **validate(raw_policy, tokenizer, val_sampler, cfg, reference_tables.get("validation"))}
+            metrics.write(record)
+            # Kept: the best validation accuracy, ties broken by the lower DPO loss.
+            score = (-record["eval_rewards/accuracies"], record["eval_loss"])
+            if is_main and keep_best(state, "policy", score, done):
+                state.update(best_val_accuracy=record["eval_rewards/accuracies"], best_step=done)
+                raw_policy.save_pretrained(out_dir / POLICY_DIR)
+        if is_main and due(done, cfg.run.save_every, total):
             state["step"] = done
-            save_policy_checkpoint(checkpoint_dir, raw_policy, optimizer, scheduler, state)
+            save_checkpoint(out_dir, lambda folder: raw_policy.save_pretrained(folder / POLICY_DIR), optimizer, scheduler, state)
         progress.update(1)
     progress.close()
     seconds = time.perf_counter() - started
-    steps_run = max(1, total - first_step)
     if is_main:
         if val_sampler is None:
             raw_policy.save_pretrained(out_dir / POLICY_DIR)
             state["best_step"] = total
-        summary = {
-            "steps": total,
-            "steps_this_run": total - first_step,
-            "seconds_this_run": seconds,
-            "ms_per_step": 1000 * seconds / steps_run,
-            "tokens_per_second": tokens_seen / seconds if seconds > 0 else None,
-            "best_step": state["best_step"],
-            "best_val_accuracy": state["best_val_accuracy"] if val_sampler is not None else None,
-        }
-        write_json(summary, out_dir / "summary.json")
+        write_summary(
+            out_dir, total, first_step, seconds,
+            tokens_per_second=tokens_seen / seconds if seconds > 0 else None,
+            best_step=state["best_step"],
+            best_val_accuracy=state["best_val_accuracy"] if val_sampler is not None else None,
+        )
     accelerator.wait_for_everyone()
-    return DPOTrainResult(
-        out_dir,
-        total,
-        int(state["best_step"]),
-        float(state["best_val_accuracy"]),
-        seconds,
-        1000 * seconds / steps_run,
-    )
+    steps_run = max(1, total - first_step)
+    return DPOTrainResult(out_dir, total, int(state["best_step"]), float(state["best_val_accuracy"]), seconds, 1000 * seconds / steps_run)

@@ -1,17 +1,63 @@
-"""Small helpers for training loops: schedule, pickle-free optimizer checkpoints (L2, training)."""
+"""Pieces both training loops share: optimizer and schedule, checkpoints, metrics, keep-the-best (L2, training).
+
+Small helpers, not a framework: each loop (`training/reward.py`, `training/dpo.py`) keeps its own step
+and its own validation, and calls these for everything around them.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from npalign.utils.io import atomic_dir, load_state_strict, load_tensors, read_json, save_tensors, write_json
+from npalign.config import DataConfig, OptimConfig, RunConfig, to_dict
+from npalign.data.episodes import derived_seed
+from npalign.data.loaders import LoadReport, load_preferences
+from npalign.types import PreferenceSet
+from npalign.utils.io import (
+    append_jsonl,
+    atomic_dir,
+    load_tensors,
+    read_json,
+    save_tensors,
+    truncate_jsonl,
+    write_json,
+    write_yaml,
+)
+from npalign.utils.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    check_run_directory,
+    run_lock,
+)
+
+
+def load_run_data(
+    data: DataConfig,
+) -> tuple[PreferenceSet, PreferenceSet | None, dict[str, LoadReport]]:
+    """The training and validation pairs that `data` names, and what loading dropped from each.
+
+    Validation is `data.val` (or the training file when only `data.val_split` is set), rows of
+    `data.val_split`; None when neither is set.
+    """
+    if not data.train:
+        raise ValueError("data.train is empty; name a preference file, e.g. --data FILE or data.train=FILE.")
+    train, train_report = load_preferences(data.train, split=data.train_split, labels=data.labels)
+    reports = {"train": train_report}
+    if data.val is None and data.val_split is None:
+        return train, None, reports
+    val, reports["validation"] = load_preferences(data.val or data.train, split=data.val_split, labels=data.labels)
+    return train, val, reports
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -24,6 +70,151 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Call
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def build_optimizer(
+    parameters: Iterable[nn.Parameter], optim: OptimConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `parameters` and its warm-up + cosine schedule, stepped once per optimizer step."""
+    optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(optim.warmup, optim.steps, optim.min_lr_ratio)
+    )
+    return optimizer, scheduler
+
+
+def make_accelerator(run: RunConfig, out_dir: Path) -> Accelerator:
+    """The run's accelerator: CPU unless CUDA is there, its mixed precision, its trackers (run.report_to)."""
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=run.mixed_precision,
+        log_with=list(run.report_to) or None,
+        project_dir=str(out_dir),
+    )
+
+
+@contextlib.contextmanager
+def open_run(
+    out_dir: Path, kind: str, config: Any, accelerator: Accelerator, *, resume: bool
+) -> Iterator[bool]:
+    """Check the request against `out_dir`, lock it, and start the trackers; yields "resume from a checkpoint".
+
+    The check runs on every process (it only reads) before anything is written; the lock and the writes
+    are the main process's. Trackers named by `config.run.report_to` are started and ended here.
+    """
+    resumable = check_run_directory(out_dir, kind, to_dict(config), resume=resume)
+    lock = run_lock(out_dir) if accelerator.is_main_process else contextlib.nullcontext()
+    with lock:
+        if config.run.report_to:
+            accelerator.init_trackers(out_dir.name, config=_flat(to_dict(config)))
+        try:
+            yield resumable
+        finally:
+            if config.run.report_to:
+                accelerator.end_training()
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"optim.lr": ...}; lists as strings (trackers take scalars only)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def write_run_files(out_dir: Path, config: Any, record: dict[str, Any]) -> None:
+    """config.yaml and run.json, atomically (main process only)."""
+    write_yaml(to_dict(config), out_dir / CONFIG_FILE)
+    write_json(record, out_dir / RUN_FILE)
+
+
+class MetricsLog:
+    """metrics.jsonl of a run (flushed per record) and the trackers of `run.report_to`.
+
+    On resume, records after the checkpoint's step are dropped: those steps are replayed. A fresh run
+    starts an empty log.
+    """
+
+    def __init__(self, out_dir: Path, accelerator: Accelerator, *, resumed_step: int | None) -> None:
+        self.path = out_dir / METRICS_FILE
+        self.accelerator = accelerator
+        self.is_main = accelerator.is_main_process
+        if not self.is_main:
+            return
+        if resumed_step is not None:
+            truncate_jsonl(self.path, lambda record: record["step"] <= resumed_step)
+        elif self.path.exists():
+            self.path.unlink()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            append_jsonl(record, self.path)
+            if self.accelerator.trackers:
+                self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+
+class RunningMeans:
+    """Sums of per-step statistics, averaged over the steps since the last record."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+
+    def add(self, stats: dict[str, float], weight: float = 1.0) -> None:
+        for name, value in stats.items():
+            self.sums[name] = self.sums.get(name, 0.0) + weight * float(value)
+
+    def record(self, done: int, log_every: int, **extra: float) -> dict[str, Any]:
+        """{"step": done, **extra, **means}; the means cover the steps since the last multiple of log_every."""
+        count = log_every if done % log_every == 0 else done % log_every
+        record = {"step": done, **extra, **{name: value / count for name, value in self.sums.items()}}
+        self.sums = {}
+        return record
+
+
+def due(done: int, every: int, total: int) -> bool:
+    """True at every `every`-th step and at the last one."""
+    return done % every == 0 or done == total
+
+
+def keep_best(state: dict[str, Any], part: str, score: tuple[float, ...], step: int) -> bool:
+    """Record `score` (lower is better, compared in order) for `part` if it beats the best so far.
+
+    The best score and its step live in `state` (saved with every checkpoint) as `best_<part>_score`
+    and `best_<part>_step`.
+    """
+    best = state.get(f"best_{part}_score")
+    if best is not None and tuple(score) >= tuple(best):
+        return False
+    state[f"best_{part}_score"] = list(score)
+    state[f"best_{part}_step"] = step
+    return True
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def seeded_step(seed: int, accelerator: Accelerator, *parts: int | str) -> contextlib.AbstractContextManager[Any]:
+    """Seed torch's global generators for one step's dropout, per rank, inside a fork of the RNG state.
+
+    A resumed run then draws the same masks, the ranks of a multi-process run draw different ones, and the
+    caller's random state is left as it was.
+    """
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+
+    @contextlib.contextmanager
+    def block() -> Iterator[None]:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derived_seed(seed, "dropout", accelerator.process_index, *parts))
+            yield
+
+    return block()
+
+
+# ----- checkpoints: weights + optimizer + scheduler + loop state, pickle-free --------------------------------
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -53,15 +244,16 @@ def load_optimizer_tensors(
 
 
 def save_checkpoint(
-    path: Path,
-    model: nn.Module,
+    out_dir: Path,
+    write_weights: Callable[[Path], None],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     trainer_state: dict[str, Any],
 ) -> None:
-    """Write model + optimizer + scheduler + loop state as one directory, atomically."""
-    with atomic_dir(path) as tmp:
-        save_tensors(model.state_dict(), tmp / "model.safetensors")
+    """Write `out_dir/checkpoint` as one directory, atomically: `write_weights(folder)` writes the trainable
+    weights into it, then the optimizer, scheduler and loop state are added."""
+    with atomic_dir(out_dir / CHECKPOINT_DIR) as tmp:
+        write_weights(tmp)
         tensors, extra = optimizer_tensors(optimizer)
         save_tensors(tensors, tmp / "optimizer.safetensors")
         extra["scheduler"] = scheduler.state_dict()
@@ -70,14 +262,31 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path,
-    model: nn.Module,
+    out_dir: Path,
+    read_weights: Callable[[Path], None],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict[str, Any]:
-    """Restore what `save_checkpoint` wrote (strictly) and return the loop state."""
-    load_state_strict(model, load_tensors(path / "model.safetensors"), f"checkpoint {path}")
-    extra = read_json(path / "optimizer.json")
-    load_optimizer_tensors(optimizer, load_tensors(path / "optimizer.safetensors"), extra)
+    """Restore what `save_checkpoint` wrote (`read_weights(folder)` loads the weights strictly) and return
+    the loop state."""
+    folder = out_dir / CHECKPOINT_DIR
+    read_weights(folder)
+    extra = read_json(folder / "optimizer.json")
+    load_optimizer_tensors(optimizer, load_tensors(folder / "optimizer.safetensors"), extra)
     scheduler.load_state_dict(extra["scheduler"])
-    return json.loads((path / "trainer_state.json").read_text())
+    return dict(read_json(folder / "trainer_state.json"))
+
+
+def write_summary(out_dir: Path, total: int, first_step: int, seconds: float, **fields: Any) -> None:
+    """summary.json: steps, this run's wall time and ms per step, plus the job's own fields."""
+    steps_run = max(1, total - first_step)
+    write_json(
+        {
+            "steps": total,
+            "steps_this_run": total - first_step,
+            "seconds_this_run": seconds,
+            "ms_per_step": 1000 * seconds / steps_run,
+            **fields,
+        },
+        out_dir / SUMMARY_FILE,
+    )
