@@ -104,7 +104,7 @@ def _build_base(args: argparse.Namespace) -> PreTrainedModel:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
     else:
-        from npalign.models import hub
+        from npalign.embedding import hub
 
         model = hub.load_causal_lm(args.model)
     return model.eval()
@@ -250,7 +250,7 @@ def main() -> None:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--model", default="smollm2", help="base by name (npalign.models.hub); default smollm2"
+        "--model", default="smollm2", help="base by name (npalign.embedding.hub); default smollm2"
     )
     source.add_argument("--model-shape", choices=sorted(MODEL_SHAPES), default=None, help="random init")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -104,7 +104,7 @@ class DPOEmbedderConfig:
     """The frozen text embedder whose features of the context pairs the encoder reads.
 
     Attributes:
-        name: "minilm", "smollm2", "smollm2-mean", "smollm2-mean64", or a local model folder (see models.embedders).
+        name: "minilm", "smollm2", "smollm2-mean", "smollm2-mean64", or a local model folder (see embedding.embedders).
         max_length: token budget per (prompt, response); null = the embedder's default.
         batch_size: pairs per embedding forward pass.
         cache: embedding cache root; null = `<npalign cache>/embeddings`.

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
 from npalign.dpo_config import POLICY_DIR, RUN_FILE
-from npalign.models.embedders import Embedder, build_embedder
+from npalign.embedding.embedders import Embedder, build_embedder
 from npalign.models.policy import ConditionalPolicy, load_base
 from npalign.utils.io import read_json
 

@@ -24,7 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from npalign.models import hub
+from npalign.embedding import hub
 from npalign.models.dpo import sequence_logprobs
 from npalign.models.encoder import ContextEncoder
 from npalign.models.film import FiLM, attach_film
@@ -543,7 +543,7 @@ def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]
     """The float32 base LM, its tokenizer (with a pad token and a chat template) and its revision.
 
     Args:
-        name: a random base of `RANDOM_BASES` (e.g. "tiny-random-llama"), a default of `npalign.models.hub`
+        name: a random base of `RANDOM_BASES` (e.g. "tiny-random-llama"), a default of `npalign.embedding.hub`
             (e.g. "smollm2"), a local model folder, or a hub id.
     Returns:
         (model in eval mode, tokenizer, revision); the revision changes whenever the weights would.

@@ -42,10 +42,10 @@ from npalign.data.dpo_tokenize import tokenize_preference_pairs
 from npalign.data.episodes import derived_seed
 from npalign.data.loaders import load_preferences
 from npalign.dpo_config import POLICY_DIR, RUN_FILE, DPOTrainConfig
-from npalign.models import hub
+from npalign.embedding.cache import EmbeddingCache
+from npalign.embedding.embedders import build_embedder
+from npalign.embedding.features import embed_items, embedding_cache_root
 from npalign.models.dpo import dpo_loss, dpo_metrics, sequence_logprobs
-from npalign.models.embedders import Embedder, build_embedder
-from npalign.models.embedding_cache import EmbeddingCache
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training.loop import load_optimizer_tensors, optimizer_tensors, warmup_cosine
 from npalign.types import PreferenceSet
@@ -94,22 +94,6 @@ def load_dpo_data(cfg: DPOTrainConfig) -> tuple[PreferenceSet, PreferenceSet | N
         cfg.data.val or cfg.data.train, split=cfg.data.val_split, labels=cfg.data.labels
     )
     return train, val
-
-
-def embedding_cache_root(cache: str | None) -> Path:
-    """Where embeddings are cached: `cache`, else `<npalign cache>/embeddings`."""
-    return Path(cache) if cache else hub.cache_root() / "embeddings"
-
-
-def embed_items(
-    data: PreferenceSet, embedder: Embedder, cache: EmbeddingCache, *, batch_size: int, progress: bool
-) -> PreferenceSet:
-    """`data` with its items' frozen embeddings attached as features, (N, D), through the cache."""
-    assert data.item_prompts is not None and data.item_responses is not None
-    features = cache.get_or_compute(
-        embedder, data.item_prompts, data.item_responses, batch_size=batch_size, progress=progress
-    )  # (N, D)
-    return data.with_features(features)
 
 
 # ----- scoring target pairs --------------------------------------------------------------------------------

