@@ -117,7 +117,7 @@ def _sync(device: torch.device) -> None:
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One variant: build, run warm-up + timed steps, report times and peak memory."""
-    from npalign.models.dpo import dpo_loss, sequence_logprobs
+    from npalign.models.losses import dpo_loss, sequence_logprobs
     from npalign.models.policy import ConditionalPolicy
 
     device = torch.device(args.device)

@@ -11,7 +11,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from npalign.data.dpo_tokenize import tokenize_preference_pairs, tokenize_prompts_for_generation
-from npalign.models.dpo import dpo_loss, sequence_logprobs
+from npalign.models.losses import dpo_loss, sequence_logprobs
 from npalign.models.policy import CONFIG_FILE, TRAINABLE_FILE, ConditionalPolicy, positions_from_mask
 from npalign.utils.io import load_tensors, read_json, save_tensors
 

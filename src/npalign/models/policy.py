@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from npalign.embedding import hub
-from npalign.models.dpo import sequence_logprobs
 from npalign.models.encoder import ContextEncoder
 from npalign.models.film import FiLM, attach_film
+from npalign.models.losses import sequence_logprobs
 from npalign.utils.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 
 logger = logging.getLogger(__name__)

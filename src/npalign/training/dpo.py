@@ -45,7 +45,7 @@ from npalign.dpo_config import POLICY_DIR, RUN_FILE, DPOTrainConfig
 from npalign.embedding.cache import EmbeddingCache
 from npalign.embedding.embedders import build_embedder
 from npalign.embedding.features import embed_items, embedding_cache_root
-from npalign.models.dpo import dpo_loss, dpo_metrics, sequence_logprobs
+from npalign.models.losses import dpo_loss, dpo_metrics, sequence_logprobs
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training.loop import load_optimizer_tensors, optimizer_tensors, warmup_cosine
 from npalign.types import PreferenceSet
