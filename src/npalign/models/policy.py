@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from npalign.embedding import hub
 from npalign.models.encoder import ContextEncoder
 from npalign.models.film import FiLM, attach_film
-from npalign.models.losses import sequence_logprobs
+from npalign.models.losses import dpo_loss, sequence_logprobs
 from npalign.models.random_bases import RANDOM_BASE_SEED, RANDOM_BASES, build_random_base, weights_digest
 from npalign.utils.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 
@@ -267,6 +267,46 @@ class ConditionalPolicy(nn.Module):
             (N,) float32.
         """
         return sequence_logprobs(self(input_ids, attention_mask, z), input_ids, completion_mask)
+
+    def implicit_rewards(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        completion_mask: Tensor,
+        z: Tensor | None,
+        reference_logps: Tensor,
+        *,
+        beta: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """DPO implicit rewards and per-pair losses of N preference pairs under z.
+
+        r(y) = beta * (log pi_theta(y | x, z) - log pi_ref(y | x)); loss = -log sigma(r(y_w) - r(y_l))
+        (Rafailov et al. 2023, eq. 7; computed by `losses.dpo_loss`).
+
+        Args:
+            input_ids / attention_mask / completion_mask: (2N, L), the N chosen sequences, then the N
+                rejected ones: pair i is rows i and N + i.
+            z: (2N, Z), one row per sequence (`film.sequence_latents(z, T, pairs=True)` for B users with T
+                pairs each, N = BT), or None to run without FiLM.
+            reference_logps: (2N,) log pi_ref of the same rows (e.g. from `reference_logprobs`).
+            beta: the KL strength.
+        Returns:
+            chosen_rewards (N,), rejected_rewards (N,), both detached, and losses (N,), with gradients
+            when they are enabled.
+        """
+        rows = input_ids.shape[0]
+        if rows % 2 or tuple(reference_logps.shape) != (rows,):
+            raise ValueError(
+                f"input_ids has {rows} rows and reference_logps shape {tuple(reference_logps.shape)}; pass "
+                "2N rows (N chosen, then N rejected) and one reference log-prob per row."
+            )
+        logps = self.sequence_logprobs(input_ids, attention_mask, completion_mask, z)  # (2N,)
+        policy_chosen, policy_rejected = logps.chunk(2)  # (N,) each
+        reference_chosen, reference_rejected = reference_logps.chunk(2)  # (N,) each
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=beta
+        )
+        return chosen_rewards, rejected_rewards, losses
 
     @contextmanager
     def reference(self) -> Iterator[None]:
