@@ -104,7 +104,7 @@ def _build_base(args: argparse.Namespace) -> PreTrainedModel:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
     else:
-        from npalign.models import hub
+        from npalign.embedding import hub
 
         model = hub.load_causal_lm(args.model)
     return model.eval()
@@ -117,7 +117,8 @@ def _sync(device: torch.device) -> None:
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One variant: build, run warm-up + timed steps, report times and peak memory."""
-    from npalign.models.dpo import dpo_loss, sequence_logprobs
+    from npalign.models.film import sequence_latents
+    from npalign.models.losses import dpo_loss, sequence_logprobs
     from npalign.models.policy import ConditionalPolicy
 
     device = torch.device(args.device)
@@ -184,7 +185,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         started, cpu_started = time.perf_counter(), time.process_time()
         reference = precomputed if precomputed is not None else reference_logps()  # (2BT,)
         z = policy.encode_context(context[:, :, 0], context[:, :, 1], context_mask)  # (B, Z)
-        z_rows = z.repeat_interleave(targets, 0).repeat(2, 1)  # (2BT, Z)
+        z_rows = sequence_latents(z, targets, pairs=True)  # (2BT, Z)
         logps = policy.sequence_logprobs(input_ids, attention_mask, completion_mask, z_rows)
         policy_chosen, policy_rejected = logps.chunk(2)
         reference_chosen, reference_rejected = reference.chunk(2)
@@ -250,7 +251,7 @@ def main() -> None:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--model", default="smollm2", help="base by name (npalign.models.hub); default smollm2"
+        "--model", default="smollm2", help="base by name (npalign.embedding.hub); default smollm2"
     )
     source.add_argument("--model-shape", choices=sorted(MODEL_SHAPES), default=None, help="random init")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

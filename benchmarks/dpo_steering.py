@@ -45,15 +45,14 @@ from npalign.config import PolicyTrainConfig, RewardTrainConfig, load_config
 from npalign.data.builders import DSP_DOMAINS, build_dataset
 from npalign.data.dpo_episodes import filter_user_types, user_context
 from npalign.data.loaders import load_preferences
+from npalign.embedding.cache import EmbeddingCache
+from npalign.embedding.embedders import build_embedder
+from npalign.embedding.features import embed_items, embedding_cache_root
+from npalign.embedding.hub import load_tokenizer
 from npalign.evaluation.dpo import evaluate_policy
 from npalign.inference.api import RewardPredictor
 from npalign.inference.policy import PolicyRunner, load_policy
-from npalign.models.embedders import build_embedder
-from npalign.models.embedding_cache import EmbeddingCache
-from npalign.models.hub import load_tokenizer
 from npalign.training.dpo import (
-    embed_items,
-    embedding_cache_root,
     load_dpo_data,
     precompute_reference,
     train_policy,

@@ -50,9 +50,9 @@ import yaml
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.builders import build_dataset
 from npalign.data.loaders import load_preferences
+from npalign.embedding.features import embed_preferences, resolve_embedder
 from npalign.evaluation.report import markdown_table, write_report
 from npalign.evaluation.reward import evaluate_reward_model, score_episodes
-from npalign.inference.embedding import embed_preferences, resolve_embedder
 from npalign.models.builders import load_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.training.reward import train_reward_model

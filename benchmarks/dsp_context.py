@@ -28,10 +28,10 @@ from seed_table import load, spread
 
 from npalign.config import RewardTrainConfig
 from npalign.data.loaders import load_preferences
+from npalign.embedding.embedders import Embedder
+from npalign.embedding.features import embed_preferences, resolve_embedder
 from npalign.evaluation.reward import evaluate_reward_model
-from npalign.inference.embedding import embed_preferences, resolve_embedder
 from npalign.models.builders import load_reward_model
-from npalign.models.embedders import Embedder
 from npalign.utils.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -41,8 +41,8 @@ from dsp import (
 
 from npalign.config import RewardTrainConfig
 from npalign.data.loaders import load_preferences
+from npalign.embedding.features import embed_preferences, resolve_embedder
 from npalign.evaluation.reward import score_episodes
-from npalign.inference.embedding import embed_preferences, resolve_embedder
 from npalign.models.builders import load_reward_model
 from npalign.types import EpisodeBatch, PreferenceSet
 from npalign.utils.io import atomic_path, write_json

@@ -52,9 +52,9 @@ from dsp_identify import fit_style_classifier, style_evidence
 from tqdm import tqdm
 
 from npalign.data.loaders import load_preferences
+from npalign.embedding.embedders import build_embedder
+from npalign.embedding.features import to_features
 from npalign.evaluation.reward import score_episodes
-from npalign.inference.embedding import to_features
-from npalign.models.embedders import build_embedder
 from npalign.types import PreferenceSet
 from npalign.utils.io import atomic_path, load_tensors, save_tensors, write_json
 

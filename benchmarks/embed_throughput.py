@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import transformers
 
-from npalign.models import hub
-from npalign.models.embedders import build_embedder
+from npalign.embedding import hub
+from npalign.embedding.embedders import build_embedder
 from npalign.utils.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]

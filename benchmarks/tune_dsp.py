@@ -23,8 +23,8 @@ import torch
 from dsp import CONTEXTS, MODELS, ORACLE_OVERRIDES, TARGETS, _config, _train, train_oracles, type_subset
 
 from npalign.data.loaders import load_preferences
+from npalign.embedding.features import embed_preferences, resolve_embedder
 from npalign.evaluation.reward import evaluate_reward_model
-from npalign.inference.embedding import embed_preferences, resolve_embedder
 from npalign.models.builders import load_reward_model
 from npalign.types import PreferenceSet
 

@@ -19,7 +19,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from npalign.models import hub
+from npalign.embedding import hub
 
 # Words the LM tests write prompts and responses with; anything else maps to <unk>.
 # fmt: off

@@ -14,7 +14,7 @@ from npalign.data.dpo_tokenize import (
     tokenize_preference_pairs,
     tokenize_prompts_for_generation,
 )
-from npalign.models.dpo import dpo_loss, dpo_metrics, sequence_logprobs
+from npalign.models.losses import dpo_loss, dpo_metrics, sequence_logprobs
 
 # ----- sequence_logprobs ----------------------------------------------------------------------------------
 

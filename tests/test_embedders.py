@@ -21,9 +21,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from npalign.models import hub
-from npalign.models.embedders import CausalLMEmbedder, EncoderEmbedder, TextInputError, build_embedder
-from npalign.models.embedding_cache import INDEX_FILE, EmbeddingCache
+from npalign.embedding import hub
+from npalign.embedding.cache import INDEX_FILE, EmbeddingCache
+from npalign.embedding.embedders import CausalLMEmbedder, EncoderEmbedder, TextInputError, build_embedder
 
 # A chat template over tokens the minilm WordPiece vocabulary already has as specials.
 TINY_CHAT_TEMPLATE = (
@@ -377,7 +377,7 @@ def test_a_model_without_a_key_value_cache_embeds_every_text_whole(
 
     handle = embedder.model.base_model.register_forward_hook(drop_cache)
     try:
-        with caplog.at_level("WARNING", logger="npalign.models.embedders"):
+        with caplog.at_level("WARNING", logger="npalign.embedding.embedders"):
             got = embedder.embed(prompts, responses, batch_size=5)
     finally:
         handle.remove()
@@ -432,13 +432,13 @@ def test_too_long_pairs_are_counted_or_refused(
         with pytest.raises(TextInputError, match=r"pair\[1\] .* is \d+ tokens, longer than max_length=48"):
             strict.embed(prompts, responses)
         lenient = build_embedder(str(folder), max_length=48)
-        with caplog.at_level(logging.WARNING, logger="npalign.models.embedders"):
+        with caplog.at_level(logging.WARNING, logger="npalign.embedding.embedders"):
             vectors = lenient.embed(prompts, responses)
         assert vectors.shape == (4, lenient.dim) and torch.isfinite(vectors).all()
         assert lenient.truncated_count == 2
         assert "truncated 2 of 4 text pairs to max_length=48" in caplog.text
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="npalign.models.embedders"):
+        with caplog.at_level(logging.INFO, logger="npalign.embedding.embedders"):
             lenient.embed(prompts[1:2], responses[1:2])
         assert lenient.truncated_count == 3  # counted since the embedder was built
         # A long job embeds in many calls: it warns once, then keeps count at info level.

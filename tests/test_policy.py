@@ -11,7 +11,8 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from npalign.data.dpo_tokenize import tokenize_preference_pairs, tokenize_prompts_for_generation
-from npalign.models.dpo import dpo_loss, sequence_logprobs
+from npalign.models.film import sequence_latents
+from npalign.models.losses import dpo_loss, sequence_logprobs
 from npalign.models.policy import CONFIG_FILE, TRAINABLE_FILE, ConditionalPolicy, positions_from_mask
 from npalign.utils.io import load_tensors, read_json, save_tensors
 
@@ -226,6 +227,56 @@ def test_generate_repeats_z_over_returned_sequences(
     assert torch.equal(expanded_by_policy, expanded_by_hand)
     with pytest.raises(ValueError, match="one z per prompt"):
         policy.generate(prompts["input_ids"], prompts["attention_mask"], z[:1], max_new_tokens=2)
+
+
+def test_sequence_latents_puts_each_users_z_on_their_rows() -> None:
+    """Row b*k + t is user b's; with pairs, the chosen block (B*k rows) comes first, then the rejected."""
+    users, per_user = 3, 2
+    z = torch.randn(users, LATENT_DIM)
+    rows = sequence_latents(z, per_user)
+    assert rows.shape == (users * per_user, LATENT_DIM)
+    for b in range(users):
+        for t in range(per_user):
+            assert torch.equal(rows[b * per_user + t], z[b])
+    pair_rows = sequence_latents(z, per_user, pairs=True)
+    assert pair_rows.shape == (2 * users * per_user, LATENT_DIM)
+    for side in range(2):
+        for b in range(users):
+            for t in range(per_user):
+                assert torch.equal(pair_rows[side * users * per_user + b * per_user + t], z[b])
+    with pytest.raises(ValueError, match="shape"):
+        sequence_latents(z[0], per_user)
+
+
+def test_implicit_rewards_are_beta_times_the_logprob_gap(
+    tiny_llama: PreTrainedModel, pair_batch: dict[str, Tensor]
+) -> None:
+    """r = beta * (log pi(y | x, z) - log pi_ref(y | x)) per row, loss = -log sigma(r_chosen - r_rejected).
+
+    Computed by hand from the policy's logits and `sequence_logprobs` for 2 users x 2 pairs.
+    """
+    policy = make_policy(tiny_llama).eval()
+    perturb_trainable(policy)
+    beta = 0.5
+    ids, attention, completion = (
+        pair_batch["input_ids"],
+        pair_batch["attention_mask"],
+        pair_batch["completion_mask"],
+    )
+    z = sequence_latents(policy.encode_context(*contexts()), 2, pairs=True).detach()  # (8, Z)
+    reference = policy.reference_logprobs(ids, attention, completion)  # (8,)
+    chosen_rewards, rejected_rewards, losses = policy.implicit_rewards(
+        ids, attention, completion, z, reference, beta=beta
+    )
+    logps = sequence_logprobs(policy(ids, attention, z), ids, completion)  # (8,)
+    rewards = beta * (logps - reference)  # (8,): chosen rows 0-3, rejected rows 4-7
+    torch.testing.assert_close(chosen_rewards, rewards[:4].detach())
+    torch.testing.assert_close(rejected_rewards, rewards[4:].detach())
+    torch.testing.assert_close(losses, -torch.nn.functional.logsigmoid(rewards[:4] - rewards[4:]))
+    assert losses.requires_grad and not chosen_rewards.requires_grad and not rejected_rewards.requires_grad
+    assert bool((chosen_rewards != rejected_rewards).any())  # the check is not vacuous
+    with pytest.raises(ValueError, match="reference_logps"):
+        policy.implicit_rewards(ids, attention, completion, z, reference[:4], beta=beta)
 
 
 def test_interpolation_endpoints_are_the_users() -> None:

@@ -21,10 +21,10 @@ from npalign.cli.main import build_parser
 from npalign.cli.main import main as cli_main
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.loaders import load_preferences
+from npalign.embedding.embedders import Embedder
+from npalign.embedding.features import embed_preferences, resolve_embedder, to_features
 from npalign.inference.api import RewardPredictor
-from npalign.inference.embedding import embed_preferences, resolve_embedder, to_features
 from npalign.inference.text import TextRewardPredictor
-from npalign.models.embedders import Embedder
 from npalign.training.reward import train_reward_model
 from npalign.types import PreferenceSet
 

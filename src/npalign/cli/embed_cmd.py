@@ -7,7 +7,7 @@ Usage:
 Writes into DIR:
     features.safetensors   tensor "features" (N, D), float32 (float16 with --float16), row i = item i:
                            the model features, i.e. the embedder's vectors at unit RMS
-                           (`inference.embedding.to_features`); the embedder, revision and source
+                           (`embedding.features.to_features`); the embedder, revision and source
                            file in the header metadata
     items.jsonl            line i: {"index": i, "prompt": ..., "response": ...}, the texts of item i
     embedding.json         the report: embedder, revision, dim, dtype, items, embedded now, from the
@@ -65,8 +65,8 @@ def run_embed(args: argparse.Namespace) -> int:
     Returns 0 on success, 2 when the input or options are invalid (the reason goes to stderr).
     """
     from npalign.data.loaders import load_preferences
-    from npalign.inference.embedding import embed_preferences
-    from npalign.models.embedding_cache import StorageDtype
+    from npalign.embedding.cache import StorageDtype
+    from npalign.embedding.features import embed_preferences
     from npalign.utils.io import atomic_path, save_tensors, write_json
 
     try:

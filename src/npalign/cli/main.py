@@ -90,7 +90,7 @@ def _features(data, embedder: str, cache: str | None):  # noqa: ANN001, ANN202 -
         return data
     if not embedder:
         raise ValueError("the data holds texts; choose an embedder with --embedder (e.g. minilm or smollm2).")
-    from npalign.inference.embedding import embed_preferences
+    from npalign.embedding.features import embed_preferences
 
     return embed_preferences(data, embedder, cache_dir=cache, progress=True)
 

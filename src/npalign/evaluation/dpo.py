@@ -21,10 +21,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from npalign.data.dpo_episodes import DPOEpisodeSampler
+from npalign.embedding.cache import EmbeddingCache
+from npalign.embedding.features import embed_items, embedding_cache_root
 from npalign.evaluation.reward import type_weighted
 from npalign.inference.policy import PolicyRunner
-from npalign.models.embedding_cache import EmbeddingCache
-from npalign.training.dpo import embed_items, embedding_cache_root, episode_scores
+from npalign.training.dpo import episode_scores
 from npalign.types import PreferenceSet
 
 logger = logging.getLogger(__name__)

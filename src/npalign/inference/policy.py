@@ -21,7 +21,8 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
-from npalign.models.embedders import Embedder, build_embedder
+from npalign.embedding.embedders import Embedder, build_embedder
+from npalign.models.film import sequence_latents
 from npalign.models.policy import ConditionalPolicy, load_base
 from npalign.utils.rundir import POLICY_DIR, RUN_FILE, read_run
 
@@ -151,7 +152,7 @@ class PolicyRunner:
             z = self.infer_z([])  # the population prior
         z = torch.as_tensor(z, dtype=torch.float32).to(self.device)
         if z.dim() == 1:
-            z = z[None].expand(num_prompts, -1)
+            z = sequence_latents(z[None], num_prompts)  # (N, Z): the one user's z on every prompt
         if z.dim() != 2 or z.shape != (num_prompts, self.latent_dim):
             raise ValueError(
                 f"z must have shape ({self.latent_dim},) or ({num_prompts}, {self.latent_dim}); got "

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from torch import Tensor
 
+from npalign.embedding.cache import StorageDtype
+from npalign.embedding.embedders import Embedder, build_embedder
+from npalign.embedding.features import embed_texts, to_features
 from npalign.inference.api import RewardPredictor
-from npalign.inference.embedding import embed_texts, to_features
-from npalign.models.embedders import Embedder, build_embedder
-from npalign.models.embedding_cache import StorageDtype
 from npalign.types import UserLatent
 
 

@@ -53,6 +53,29 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     )
 
 
+def sequence_latents(z: Tensor, per_user: int, *, pairs: bool = False) -> Tensor:
+    """User latents -> one row per LM sequence, in the row order FiLM reads (the one place z is expanded).
+
+    Each user's sequences are adjacent. Without `pairs`, row b*k + t carries z[b] (k = `per_user`,
+    t < k): the layout HF `generate` uses for num_return_sequences and beams. With `pairs`, the B*k pairs
+    have a chosen and a rejected sequence each, laid out as `DPOBatch.tokenize_targets` does: chosen rows
+    b*k .. b*k + k - 1 for user b, then the rejected rows in the same order (row B*k + b*k + t).
+
+    Args:
+        z: (B, Z) user latents.
+        per_user: k >= 0, sequences (or pairs, with `pairs`) per user.
+        pairs: lay out chosen rows, then rejected rows.
+    Returns:
+        (B*k, Z), or (2*B*k, Z) with `pairs`.
+    """
+    if z.dim() != 2:
+        raise ValueError(f"z must have shape (B, Z); got {tuple(z.shape)}.")
+    if per_user < 0:
+        raise ValueError(f"per_user must be >= 0; got {per_user}.")
+    rows = z.repeat_interleave(per_user, dim=0)  # (B*k, Z): user b's z on rows b*k .. b*k + k - 1
+    return torch.cat([rows, rows]) if pairs else rows  # chosen rows, then rejected rows
+
+
 class FiLM(nn.Module):
     """Per-block feature-wise affine maps of z, applied through forward hooks.
 
@@ -121,11 +144,12 @@ class FiLM(nn.Module):
         """Bind z for every forward pass inside the block.
 
         The LM batch must line up with z row by row: sequence i is modulated by z[i]. When each user has
-        several consecutive sequences, either expand z yourself or pass `repeat=k`, which applies
-        z.repeat_interleave(k, 0) -- user b's z then steers sequences b*k .. b*k + k - 1 (the layout HF
-        `generate` uses for num_return_sequences and beams). Any other batch size raises ValueError in
-        the forward pass rather than silently broadcasting. `z=None` binds nothing (the hooks do nothing),
-        which lets callers write `with film.conditioned_on(maybe_z):`. Bindings nest; the inner one wins.
+        several consecutive sequences, either expand z yourself with `sequence_latents` or pass `repeat=k`,
+        which applies `sequence_latents(z, k)` -- user b's z then steers sequences b*k .. b*k + k - 1 (the
+        layout HF `generate` uses for num_return_sequences and beams). Any other batch size raises
+        ValueError in the forward pass rather than silently broadcasting. `z=None` binds nothing (the hooks
+        do nothing), which lets callers write `with film.conditioned_on(maybe_z):`. Bindings nest; the
+        inner one wins.
 
         Args:
             z: (N, Z) user latents, or None.
@@ -137,7 +161,7 @@ class FiLM(nn.Module):
             if repeat < 1:
                 raise ValueError(f"repeat must be >= 1; got {repeat}.")
             if repeat > 1:
-                z = z.repeat_interleave(repeat, dim=0)  # (N * repeat, Z)
+                z = sequence_latents(z, repeat)  # (N * repeat, Z)
         previous = self._z
         self._z = z
         try:

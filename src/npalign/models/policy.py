@@ -11,7 +11,6 @@ revision in `policy_config.json`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from collections.abc import Iterator
@@ -24,10 +23,11 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from npalign.models import hub
-from npalign.models.dpo import sequence_logprobs
+from npalign.embedding import hub
 from npalign.models.encoder import ContextEncoder
 from npalign.models.film import FiLM, attach_film
+from npalign.models.losses import dpo_loss, sequence_logprobs
+from npalign.models.random_bases import RANDOM_BASE_SEED, RANDOM_BASES, build_random_base, weights_digest
 from npalign.utils.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 
 logger = logging.getLogger(__name__)
@@ -268,6 +268,46 @@ class ConditionalPolicy(nn.Module):
         """
         return sequence_logprobs(self(input_ids, attention_mask, z), input_ids, completion_mask)
 
+    def implicit_rewards(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        completion_mask: Tensor,
+        z: Tensor | None,
+        reference_logps: Tensor,
+        *,
+        beta: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """DPO implicit rewards and per-pair losses of N preference pairs under z.
+
+        r(y) = beta * (log pi_theta(y | x, z) - log pi_ref(y | x)); loss = -log sigma(r(y_w) - r(y_l))
+        (Rafailov et al. 2023, eq. 7; computed by `losses.dpo_loss`).
+
+        Args:
+            input_ids / attention_mask / completion_mask: (2N, L), the N chosen sequences, then the N
+                rejected ones: pair i is rows i and N + i.
+            z: (2N, Z), one row per sequence (`film.sequence_latents(z, T, pairs=True)` for B users with T
+                pairs each, N = BT), or None to run without FiLM.
+            reference_logps: (2N,) log pi_ref of the same rows (e.g. from `reference_logprobs`).
+            beta: the KL strength.
+        Returns:
+            chosen_rewards (N,), rejected_rewards (N,), both detached, and losses (N,), with gradients
+            when they are enabled.
+        """
+        rows = input_ids.shape[0]
+        if rows % 2 or tuple(reference_logps.shape) != (rows,):
+            raise ValueError(
+                f"input_ids has {rows} rows and reference_logps shape {tuple(reference_logps.shape)}; pass "
+                "2N rows (N chosen, then N rejected) and one reference log-prob per row."
+            )
+        logps = self.sequence_logprobs(input_ids, attention_mask, completion_mask, z)  # (2N,)
+        policy_chosen, policy_rejected = logps.chunk(2)  # (N,) each
+        reference_chosen, reference_rejected = reference_logps.chunk(2)  # (N,) each
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=beta
+        )
+        return chosen_rewards, rejected_rewards, losses
+
     @contextmanager
     def reference(self) -> Iterator[None]:
         """Inside the block the policy *is* pi_ref: LoRA disabled by peft and FiLM off, whatever z is bound."""
@@ -455,96 +495,13 @@ class ConditionalPolicy(nn.Module):
 
 # ----- base models by name (shared by training and inference) ------------------------------------------------
 
-# Randomly initialised bases that are built from a config offline, for tests and cost benchmarks. Their
-# weights are a pure function of (shape, seed); the revision records a digest of them so that a run
-# trained on one never silently reloads onto other weights (e.g. after transformers changes its init).
-RANDOM_BASES: dict[str, dict[str, Any]] = {
-    "tiny-random-llama": {
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 1024,
-    },
-}
-RANDOM_BASE_SEED = 0
-_CHATML_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
-def byte_chat_tokenizer() -> PreTrainedTokenizerBase:
-    """A byte-level ChatML tokenizer built offline: one token per UTF-8 byte plus pad and two specials.
-
-    Ids: 0 `<pad>`, 1 `<|im_start|>`, 2 `<|im_end|>` (also eos), then the 256 bytes; 259 in all. Any text
-    round-trips through encode/decode, and the chat template's prefix property holds token for token.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: index for index, token in enumerate([*specials, *alphabet])}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tokenizer.chat_template = _CHATML_TEMPLATE
-    return tokenizer
-
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 (16 hex) over every tensor of `model.state_dict()`, by name; identifies exact weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def build_random_base(
-    name: str, seed: int = RANDOM_BASE_SEED
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A randomly initialised base of a shape in `RANDOM_BASES`, with the byte-level ChatML tokenizer.
-
-    The global RNG is left untouched (the init runs under a forked RNG seeded with `seed`).
-    """
-    if name not in RANDOM_BASES:
-        raise ValueError(f"unknown random base {name!r}; choose one of {sorted(RANDOM_BASES)}.")
-    from transformers import AutoConfig
-
-    tokenizer = byte_chat_tokenizer()
-    shape = dict(RANDOM_BASES[name])
-    config = AutoConfig.for_model(
-        shape.pop("model_type"),
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        **shape,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.eval(), tokenizer
-
 
 def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """The float32 base LM, its tokenizer (with a pad token and a chat template) and its revision.
 
     Args:
-        name: a random base of `RANDOM_BASES` (e.g. "tiny-random-llama"), a default of `npalign.models.hub`
-            (e.g. "smollm2"), a local model folder, or a hub id.
+        name: a random base of `random_bases.RANDOM_BASES` (e.g. "tiny-random-llama"), a default of
+            `npalign.embedding.hub` (e.g. "smollm2"), a local model folder, or a hub id.
     Returns:
         (model in eval mode, tokenizer, revision); the revision changes whenever the weights would.
     """

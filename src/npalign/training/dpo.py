@@ -32,10 +32,11 @@ from npalign.config import PolicyTrainConfig
 from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_types, pair_texts
 from npalign.data.dpo_tokenize import tokenize_preference_pairs
 from npalign.data.episodes import derived_seed
-from npalign.models import hub
-from npalign.models.dpo import dpo_loss, dpo_metrics, sequence_logprobs
-from npalign.models.embedders import Embedder, build_embedder
-from npalign.models.embedding_cache import EmbeddingCache
+from npalign.embedding.cache import EmbeddingCache
+from npalign.embedding.embedders import build_embedder
+from npalign.embedding.features import embed_items, embedding_cache_root
+from npalign.models.film import sequence_latents
+from npalign.models.losses import dpo_loss, dpo_metrics, sequence_logprobs
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training.loop import (
     MetricsLog,
@@ -73,48 +74,26 @@ class DPOTrainResult:
     ms_per_step: float
 
 
-# ----- data ----------------------------------------------------------------------------------------------
-
-
-def embedding_cache_root(cache: str | None) -> Path:
-    """Where embeddings are cached: `cache`, else `<npalign cache>/embeddings`."""
-    return Path(cache) if cache else hub.cache_root() / "embeddings"
-
-
-def embed_items(
-    data: PreferenceSet, embedder: Embedder, cache: EmbeddingCache, *, batch_size: int, progress: bool
-) -> PreferenceSet:
-    """`data` with its items' frozen embeddings attached as features, (N, D), through the cache."""
-    assert data.item_prompts is not None and data.item_responses is not None
-    features = cache.get_or_compute(
-        embedder, data.item_prompts, data.item_responses, batch_size=batch_size, progress=progress
-    )  # (N, D)
-    return data.with_features(features)
-
-
 # ----- scoring target pairs --------------------------------------------------------------------------------
 
 
-def _sequence_z(z: Tensor | None, targets: int) -> Tensor | None:
-    """(B, Z) user latents -> (2 * B * T, Z), one row per sequence of `DPOBatch.tokenize_targets`."""
-    if z is None:
-        return None
-    z_pairs = z.repeat_interleave(targets, dim=0)  # (BT, Z): user b's z on rows b*T .. b*T + T - 1
-    return torch.cat([z_pairs, z_pairs])  # chosen rows, then rejected rows
-
-
-def _batch_z(
+def _sequence_z(
     policy: ConditionalPolicy, batch: DPOBatch, conditional: bool, device: torch.device
 ) -> Tensor | None:
-    """z (B, Z) of the batch's users from their context features, or None when unconditional."""
+    """z of the batch's users, one row per sequence of `DPOBatch.tokenize_targets`: (2BT, Z), or None.
+
+    z (B, Z) comes from the encoder over each user's context features; `sequence_latents` spreads it over
+    the user's chosen rows, then rejected rows. None when unconditional.
+    """
     if not conditional:
         return None
     episodes = batch.episodes
-    return policy.encode_context(
+    z = policy.encode_context(
         episodes.context_chosen.to(device),
         episodes.context_rejected.to(device),
         episodes.context_mask.to(device),
-    )
+    )  # (B, Z)
+    return sequence_latents(z, batch.num_targets, pairs=True)  # (2BT, Z)
 
 
 def _reference_of_batch(
@@ -163,19 +142,14 @@ def score_batch(
                 tokenizer, max_prompt_length=max_prompt_length, max_response_length=max_response_length
             ).items()
         }  # (2BT, L) each
-        z = _batch_z(policy, batch, conditional, device)  # (B, Z) or None
-        logps = policy.sequence_logprobs(
+        chosen_rewards, rejected_rewards, losses = policy.implicit_rewards(
             tokens["input_ids"],
             tokens["attention_mask"],
             tokens["completion_mask"],
-            _sequence_z(z, batch.num_targets),
-        )  # (2BT,)
-        reference = _reference_of_batch(policy, tokens, batch, reference_table)  # (2BT,)
-        policy_chosen, policy_rejected = logps.chunk(2)  # (BT,) each
-        reference_chosen, reference_rejected = reference.chunk(2)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=beta
-        )
+            _sequence_z(policy, batch, conditional, device),  # (2BT, Z) or None
+            _reference_of_batch(policy, tokens, batch, reference_table),  # (2BT,)
+            beta=beta,
+        )  # (BT,) each
     finally:
         policy.train(was_training)
     shape = (batch.num_users, batch.num_targets)
@@ -502,10 +476,8 @@ def _step(
         reference = _reference_of_batch(raw_policy, tokens, batch, reference_table)  # (2BT,)
         last = micro == accumulation - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            z = _batch_z(raw_policy, batch, cfg.conditional, accelerator.device)  # (B, Z) or None
-            logits = model(
-                tokens["input_ids"], tokens["attention_mask"], _sequence_z(z, batch.num_targets)
-            )  # (2BT, L, V)
+            z = _sequence_z(raw_policy, batch, cfg.conditional, accelerator.device)  # (2BT, Z) or None
+            logits = model(tokens["input_ids"], tokens["attention_mask"], z)  # (2BT, L, V)
             logps = sequence_logprobs(logits, tokens["input_ids"], tokens["completion_mask"])  # (2BT,)
             del logits
             policy_chosen, policy_rejected = logps.chunk(2)  # (BT,) each

@@ -1,4 +1,4 @@
-"""Embedding stage: the texts of a PreferenceSet -> item features, through the disk cache (L2, inference).
+"""Item features: the texts of a PreferenceSet -> frozen embeddings, through the disk cache (L1, embedding).
 
     data = embed_preferences(data, "minilm")            # (N, D) features attached, texts kept
     data.meta["embedding"]                              # what was embedded now, read from cache, truncated
@@ -7,12 +7,17 @@ Every (prompt, response) item goes through `EmbeddingCache.get_or_compute`, keye
 revision and text hash, so no text is embedded twice across splits, runs or commands, and a killed job
 resumes where its last shard ended. The default cache lives under `hub.cache_root() / "embeddings"`.
 
-Item features are the embedder's vectors rescaled to unit RMS, `v * sqrt(D) / ||v||` (`to_features`);
-the cache keeps the raw vectors. Sentence embedders L2-normalise (minilm's coordinates are ~0.05), and
-at that scale NP-BTL's z pathway, which acts through products of small first-layer activations, never
-leaves its saddle: on DSP with minilm it used no context after 2,000 steps, and learnt to within 200
-once the inputs were rescaled. Unit-RMS inputs are what the models' default initialisation expects.
-Training, `npalign evaluate` and the text-level API all take features from here, so they agree.
+Two conventions live here, one function each, until the two stacks share one:
+
+- reward models (`embed_texts`, `embed_preferences`): the embedder's vectors rescaled to unit RMS,
+  `v * sqrt(D) / ||v||` (`to_features`, `FEATURE_CONVENTION`). Sentence embedders L2-normalise
+  (minilm's coordinates are ~0.05), and at that scale NP-BTL's z pathway, which acts through products of
+  small first-layer activations, never leaves its saddle: on DSP with minilm it used no context after
+  2,000 steps, and learnt to within 200 once the inputs were rescaled. Unit-RMS inputs are what the
+  models' default initialisation expects.
+- policies (`embed_items`): the raw vectors, as the NP-DPO encoder has always been trained on.
+
+The cache keeps the raw vectors either way.
 """
 
 from __future__ import annotations
@@ -25,19 +30,26 @@ from typing import Any
 
 from torch import Tensor
 
-from npalign.models.embedders import Embedder, build_embedder
-from npalign.models.embedding_cache import EmbeddingCache, StorageDtype
-from npalign.models.hub import cache_root
+from npalign.embedding.cache import EmbeddingCache, StorageDtype
+from npalign.embedding.embedders import Embedder, build_embedder
+from npalign.embedding.hub import cache_root
 from npalign.types import PreferenceSet
 
 logger = logging.getLogger(__name__)
 
 EMBEDDINGS_DIR = "embeddings"
+# The reward stack's item features (`to_features`); the policy stack still takes raw vectors (`embed_items`).
+FEATURE_CONVENTION = "unit-rms"
 
 
 def default_cache_dir() -> Path:
     """Where embeddings are cached when no directory is given: `<npalign cache>/embeddings`."""
     return cache_root() / EMBEDDINGS_DIR
+
+
+def embedding_cache_root(cache: str | None) -> Path:
+    """Where embeddings are cached: `cache`, else `<npalign cache>/embeddings` (`default_cache_dir()`)."""
+    return Path(cache) if cache else default_cache_dir()
 
 
 @dataclass
@@ -75,7 +87,7 @@ class EmbeddingReport:
 
 
 def to_features(vectors: Tensor) -> Tensor:
-    """Embedder vectors -> model features: each row rescaled to unit RMS, (N, D) -> (N, D) float32.
+    """Embedder vectors -> reward-model features: each row rescaled to unit RMS, (N, D) -> (N, D) float32.
 
     Raises:
         ValueError: a zero vector (its direction, and so its feature, is undefined).
@@ -212,3 +224,18 @@ def embed_preferences(
     )
     # A fresh meta dict: `with_features` shares the caller's, which must not change under it.
     return replace(data.with_features(features), meta={**data.meta, "embedding": report.to_dict()})
+
+
+def embed_items(
+    data: PreferenceSet, embedder: Embedder, cache: EmbeddingCache, *, batch_size: int, progress: bool
+) -> PreferenceSet:
+    """`data` with its items' frozen embeddings attached as features, (N, D), through the cache.
+
+    The policy stack's convention: the embedder's RAW vectors, not `to_features` (unit RMS) as the reward
+    stack uses; NP-DPO runs so far were trained on raw vectors, so changing this changes their inputs.
+    """
+    assert data.item_prompts is not None and data.item_responses is not None
+    features = cache.get_or_compute(
+        embedder, data.item_prompts, data.item_responses, batch_size=batch_size, progress=progress
+    )  # (N, D)
+    return data.with_features(features)

