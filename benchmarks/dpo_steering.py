@@ -42,9 +42,9 @@ from typing import Any
 import torch
 
 from npalign.config import TrainConfig, load_config
-from npalign.data.builders import DSP_DOMAINS, build_dataset
 from npalign.data.dpo_episodes import filter_user_types, user_context
 from npalign.data.loaders import load_preferences
+from npalign.data.sources import DSP_DOMAINS, build_dataset
 from npalign.dpo_config import DPOTrainConfig
 from npalign.evaluation.dpo import evaluate_policy
 from npalign.inference.api import RewardPredictor

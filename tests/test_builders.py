@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from npalign.cli.data_cmd import register
-from npalign.data.builders import (
+from npalign.data.sources import (
     SPLIT_NAMES,
     BuildReport,
     build_dataset,
@@ -482,7 +482,7 @@ def test_bad_values_are_errors(tmp_path: Path) -> None:
         build_dataset("hh-relabeled", input=str(bad), out=tmp_path / "o.jsonl")
     dsp = [{"query": "q", "responses": {"academy": "a", "business": "b"}}]
     (tmp_path / "dsp.json").write_text(json.dumps(dsp))
-    with pytest.raises(ValueError, match=r"dsp.json row 0, responses: field 'entertainment' is missing"):
+    with pytest.raises(ValueError, match=r"dsp.json row 1, responses: field 'entertainment' is missing"):
         build_dataset("dsp", input=str(tmp_path / "dsp.json"), out=tmp_path / "o.jsonl")
 
 

@@ -1,0 +1,83 @@
+"""Any user-grouped table (PRISM-like) -> user-grouped rows, columns named by options (L1, data)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from npalign.data.records import Record
+from npalign.data.sources._common import (
+    USER_GROUPED,
+    BuildReport,
+    Source,
+    user_row,
+)
+
+
+def build(
+    records: Sequence[Record], report: BuildReport, subset: str | None, options: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Any user-grouped table: options name the user, prompt, chosen, rejected and (optional) type columns.
+
+    User ids and types may be strings or integers (written as strings); texts must be strings.
+    Without `type_column` every user_type is "".
+    """
+    columns = {
+        role: options[f"{role}_column"]
+        for role in ("user", "prompt", "chosen", "rejected", "type")
+        if options[f"{role}_column"] is not None
+    }
+    first_where, first_row = records[0]
+    for role, column in columns.items():
+        if column not in first_row:
+            raise ValueError(
+                f"column {column!r} ({role}_column) is not in {first_where}; the rows have columns "
+                f"{sorted(first_row)}. Name the right one with --column {role}=<column>."
+            )
+    rows: list[dict[str, Any]] = []
+    for where, row in records:
+        values: dict[str, str] = {}
+        for role, column in columns.items():
+            if column not in row:
+                raise ValueError(
+                    f"{where}: no column {column!r} ({role}_column); this row has {sorted(row)}. "
+                    "Fix the row or remove it."
+                )
+            value = row[column]
+            is_id = role in ("user", "type")
+            if isinstance(value, str) or (is_id and isinstance(value, int) and not isinstance(value, bool)):
+                values[role] = str(value)
+            else:
+                expected = "a string or an integer" if is_id else "a string"
+                raise ValueError(
+                    f"{where}, column {column!r} ({role}_column): expected {expected}, got {value!r:.60}. "
+                    "Fix the value or remove the row."
+                )
+        if not values["chosen"].strip() or not values["rejected"].strip():
+            report.drop("pairs_empty_response", where)
+            continue
+        if values["chosen"] == values["rejected"] and not options["keep_identical"]:
+            report.drop("pairs_identical_responses", where)
+            continue
+        rows.append(
+            user_row(
+                values["user"], values["prompt"], values["chosen"], values["rejected"], values.get("type", "")
+            )
+        )
+    report.user_types = sorted({row["user_type"] for row in rows})
+    return rows
+
+
+SOURCE = Source(
+    name="generic",
+    build=build,
+    format=USER_GROUPED,
+    options={
+        "user_column": "user_id",
+        "prompt_column": "prompt",
+        "chosen_column": "chosen",
+        "rejected_column": "rejected",
+        "type_column": None,
+        "keep_identical": False,
+    },
+)
