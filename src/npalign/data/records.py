@@ -54,6 +54,9 @@ class DatasetRecords(Sequence[Record]):
         import datasets
 
         parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(None, loaded)]
+        self.split_names: list[str] | None = (
+            list(loaded) if isinstance(loaded, datasets.DatasetDict) else None
+        )
         self.parts: list[tuple[str, Any]] = [
             (f"{source} [{split}]" if split is not None else source, dataset) for split, dataset in parts
         ]

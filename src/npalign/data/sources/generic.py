@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from npalign.data.conversation import conversation_texts, is_conversation
 from npalign.data.records import Record
 from npalign.data.sources._common import (
     USER_GROUPED,
@@ -19,8 +20,10 @@ def build(
 ) -> list[dict[str, Any]]:
     """Any user-grouped table: options name the user, prompt, chosen, rejected and (optional) type columns.
 
-    User ids and types may be strings or integers (written as strings); texts must be strings.
-    Without `type_column` every user_type is "".
+    User ids and types may be strings or integers (written as strings); texts must be strings, or
+    TRL conversational message lists (`npalign.data.conversation`): then a table without the prompt
+    column takes the prompt from the messages that chosen and rejected share. Without `type_column`
+    every user_type is "".
     """
     columns = {
         role: options[f"{role}_column"]
@@ -28,6 +31,8 @@ def build(
         if options[f"{role}_column"] is not None
     }
     first_where, first_row = records[0]
+    if columns.get("prompt") not in first_row and is_conversation(first_row.get(columns["chosen"])):
+        columns.pop("prompt", None)  # TRL's implicit prompt: the shared start of chosen and rejected
     for role, column in columns.items():
         if column not in first_row:
             raise ValueError(
@@ -37,7 +42,20 @@ def build(
     rows: list[dict[str, Any]] = []
     for where, row in records:
         values: dict[str, str] = {}
+        if is_conversation(row.get(columns["chosen"])) or is_conversation(row.get(columns.get("prompt", ""))):
+            prompt = row.get(columns["prompt"]) if "prompt" in columns else None
+            chosen, rejected = row.get(columns["chosen"]), row.get(columns["rejected"])
+            values["prompt"], values["chosen"], values["rejected"] = conversation_texts(
+                prompt, chosen, rejected, where
+            )
+        elif "prompt" not in columns:
+            raise ValueError(
+                f"{where}: no prompt column (prompt_column is unset); name it with --column prompt=<column>, "
+                "or give TRL conversational rows whose chosen and rejected start with the prompt."
+            )
         for role, column in columns.items():
+            if role in values:
+                continue
             if column not in row:
                 raise ValueError(
                     f"{where}: no column {column!r} ({role}_column); this row has {sorted(row)}. "
