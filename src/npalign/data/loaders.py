@@ -3,7 +3,8 @@
 Two row shapes are accepted:
 
 * user-grouped: {"user_id", "prompt"?, "chosen", "rejected", "user_type"?, "split"?}, items being
-  strings (texts) or lists of floats (feature vectors); TRL's column names plus a user.
+  strings (texts) or lists of floats (feature vectors); TRL's column names plus a user. TRL's
+  conversational rows (message lists, explicit or implicit prompt) are read as their single-turn texts.
 * multi-label: {"prompt"?, "response_a", "response_b", "choice_<label>": 0 | 1 | 0.5, ..., "split"?}.
   Each label acts as one user type (and one user). A choice of 0 means response_a is preferred, 1
   means response_b is, 0.5 is a tie: ties are dropped and counted in the report.
