@@ -42,9 +42,9 @@ from typing import Any
 import torch
 
 from npalign.config import PolicyTrainConfig, RewardTrainConfig, load_config
-from npalign.data.builders import DSP_DOMAINS, build_dataset
 from npalign.data.dpo_episodes import filter_user_types, user_context
 from npalign.data.loaders import load_preferences
+from npalign.data.sources import DSP_DOMAINS, build_dataset
 from npalign.embedding.cache import EmbeddingCache
 from npalign.embedding.embedders import build_embedder
 from npalign.embedding.features import embed_items, embedding_cache_root

@@ -48,8 +48,8 @@ import torch
 import yaml
 
 from npalign.config import RewardTrainConfig, load_config
-from npalign.data.builders import build_dataset
 from npalign.data.loaders import load_preferences
+from npalign.data.sources import build_dataset
 from npalign.embedding.features import embed_preferences, resolve_embedder
 from npalign.evaluation.report import markdown_table, write_report
 from npalign.evaluation.reward import evaluate_reward_model, score_episodes

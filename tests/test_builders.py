@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from npalign.cli.data_cmd import register
-from npalign.data.builders import (
+from npalign.data.sources import (
     SPLIT_NAMES,
     BuildReport,
     build_dataset,
@@ -482,7 +482,7 @@ def test_bad_values_are_errors(tmp_path: Path) -> None:
         build_dataset("hh-relabeled", input=str(bad), out=tmp_path / "o.jsonl")
     dsp = [{"query": "q", "responses": {"academy": "a", "business": "b"}}]
     (tmp_path / "dsp.json").write_text(json.dumps(dsp))
-    with pytest.raises(ValueError, match=r"dsp.json row 0, responses: field 'entertainment' is missing"):
+    with pytest.raises(ValueError, match=r"dsp.json row 1, responses: field 'entertainment' is missing"):
         build_dataset("dsp", input=str(tmp_path / "dsp.json"), out=tmp_path / "o.jsonl")
 
 
@@ -596,3 +596,43 @@ def test_cli_column_mapping_and_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert "column 'prompt' (prompt_column)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["data", "build", "ultrafeedback", "--subset", "xyz"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# TRL conversational rows in the generic builder; bad files name the file and line
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_generic_accepts_trl_conversational_rows(tmp_path: Path) -> None:
+    """Explicit-prompt and implicit-prompt message lists build the file the text columns build."""
+    options = {"type_column": "user_type"}
+    _, expected = build("generic", tmp_path, FIXTURES / "trl_standard.jsonl", **options)
+    assert len(expected) == 5
+    for name in ("trl_conversational.jsonl", "trl_implicit.jsonl"):
+        _, rows = build("generic", tmp_path, FIXTURES / name, **options)
+        assert rows == expected
+
+
+def test_generic_multi_turn_conversation_is_an_error(tmp_path: Path) -> None:
+    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    row = {
+        "user_id": "u",
+        "chosen": [*turn, *turn],
+        "rejected": [*turn, turn[0], {"role": "assistant", "content": "b"}],
+    }
+    bad = write_lines(tmp_path / "conv.jsonl", [json.dumps(row)])
+    with pytest.raises(ValueError, match=r"conv\.jsonl line 1, column 'chosen': the prompt has 3 messages"):
+        build_dataset("generic", input=str(bad), out=tmp_path / "o.jsonl")
+
+
+def test_non_utf8_input_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "hh.jsonl"
+    path.write_bytes(b'{"prompt": "p"}\n{"prompt": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"hh\.jsonl, line 2: not UTF-8 text \(byte 0xff at column 13\)"):
+        build_dataset("hh-relabeled", input=str(path), out=tmp_path / "o.jsonl")
+
+
+def test_missing_relative_input_is_no_such_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"input data/nofile: no such file .*hf:<owner>/<name>"):
+        build_dataset("generic", input="data/nofile", out=tmp_path / "o.jsonl")

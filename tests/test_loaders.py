@@ -15,6 +15,7 @@ from npalign.data.loaders import (
     split_by_prompt,
     split_by_user,
 )
+from npalign.data.splits import SPLIT_NAMES, prompt_split
 from npalign.data.synthetic import generate, task_spec
 
 
@@ -89,33 +90,33 @@ def test_parquet_and_saved_dataset_load_like_jsonl(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([{"user_id": "u", "chosen": [1.0]}], r"row 0: missing column\(s\) \['rejected'\]"),
+        ([{"user_id": "u", "chosen": [1.0]}], r"row 1: missing column\(s\) \['rejected'\]"),
         (
             [
                 {"user_id": "u", "chosen": [1.0, 2.0], "rejected": [1.0, 2.0]},
                 {"user_id": "u", "chosen": [1.0], "rejected": [2.0]},
             ],
-            r"row 1, column 'chosen': 1 features, but earlier items have 2",
+            r"row 2, column 'chosen': 1 features, but earlier items have 2",
         ),
         (
             [{"user_id": "u", "chosen": [float("nan")], "rejected": [1.0]}],
-            r"row 0, column 'chosen': features contain NaN or inf",
+            r"row 1, column 'chosen': features contain NaN or inf",
         ),
         (
             [{"user_id": "u", "chosen": [1.0], "rejected": [float("inf")]}],
-            r"row 0, column 'rejected': features contain NaN or inf",
+            r"row 1, column 'rejected': features contain NaN or inf",
         ),
         (
             [{"user_id": "u", "chosen": "text", "rejected": [1.0]}],
-            r"row 0, column 'rejected': a features item in a file whose items so far are text",
+            r"row 1, column 'rejected': a features item in a file whose items so far are text",
         ),
-        ([{"user_id": "u", "chosen": "", "rejected": "b"}], r"row 0, column 'chosen': empty text"),
+        ([{"user_id": "u", "chosen": "", "rejected": "b"}], r"row 1, column 'chosen': empty text"),
         (
             [
                 {"user_id": "u", "chosen": "a", "rejected": "b", "user_type": "x"},
                 {"user_id": "u", "chosen": "a", "rejected": "b", "user_type": "y"},
             ],
-            r"row 1: user 'u' has user_type 'y'",
+            r"row 2: user 'u' has user_type 'y'",
         ),
         ([{"response_a": "a", "response_b": "b", "choice_x": 2}], r"column 'choice_x': value 2; use 0"),
         ([{"prompt": "q", "chosen": "a"}], r"cannot tell the format"),
@@ -182,3 +183,162 @@ def test_rows_round_trip() -> None:
     assert again.features is not None and data.features is not None
     torch.testing.assert_close(again.features[again.chosen], data.features[data.chosen])
     assert again.user_types == data.user_types
+
+
+# ---------------------------------------------------------------------------------------------------
+# TRL conversational rows, min_pairs, one prompt hash, and bad files (each error names file and line)
+# ---------------------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["trl_conversational.jsonl", "trl_implicit.jsonl"])
+def test_trl_conversational_rows_load_like_standard_rows(name: str) -> None:
+    """Both conversational forms (explicit prompt, implicit shared prefix) give the PreferenceSet of
+    the same pairs written as TRL's standard text columns: prompt = the user message, items = replies."""
+    expected, _ = load_preferences(FIXTURES / "trl_standard.jsonl")
+    data, report = load_preferences(FIXTURES / name)
+    assert report.pairs == 5 and report.users == 2
+    for field in ("chosen", "rejected", "user", "prompt"):
+        assert torch.equal(getattr(data, field), getattr(expected, field))
+    assert (
+        data.prompt_ids
+        == expected.prompt_ids
+        == ["Name a prime.", "Capital of France?", "Why is the sky blue?"]
+    )
+    assert data.item_prompts == expected.item_prompts
+    assert data.item_responses == expected.item_responses
+
+
+def _msg(role: str, text: str) -> dict[str, str]:
+    return {"role": role, "content": text}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (  # two user turns in the prompt
+            {
+                "prompt": [_msg("user", "a"), _msg("assistant", "b"), _msg("user", "c")],
+                "chosen": [_msg("assistant", "x")],
+                "rejected": [_msg("assistant", "y")],
+            },
+            r"line 3, column 'prompt': the prompt has 3 messages .*single-turn",
+        ),
+        (  # a system message
+            {
+                "prompt": [_msg("system", "be terse"), _msg("user", "q")],
+                "chosen": [_msg("assistant", "x")],
+                "rejected": [_msg("assistant", "y")],
+            },
+            r"line 3, column 'prompt': the prompt starts with a system message.*fold it into the user message",
+        ),
+        (  # the chosen completion has two assistant turns
+            {
+                "prompt": [_msg("user", "q")],
+                "chosen": [_msg("assistant", "x"), _msg("assistant", "z")],
+                "rejected": [_msg("assistant", "y")],
+            },
+            r"line 3, column 'chosen': the chosen completion has 2 messages .*single-turn",
+        ),
+        (  # implicit prompts that differ
+            {
+                "chosen": [_msg("user", "q1"), _msg("assistant", "x")],
+                "rejected": [_msg("user", "q2"), _msg("assistant", "y")],
+            },
+            r"line 3: implicit-prompt row, but 'chosen' and 'rejected' do not start with the same",
+        ),
+    ],
+)
+def test_unrepresentable_conversations_name_file_and_line(tmp_path: Path, row: dict, message: str) -> None:
+    """The bad row is on line 3 (line 2 is blank): the error gives the editor's line, never truncates."""
+    good = {
+        "user_id": "u",
+        "prompt": [_msg("user", "p")],
+        "chosen": [_msg("assistant", "x")],
+        "rejected": [_msg("assistant", "y")],
+    }
+    path = tmp_path / "conv.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps({"user_id": "u", **row}) + "\n")
+    with pytest.raises(ValueError, match=r"conv\.jsonl " + message):
+        load_preferences(path)
+
+
+def test_min_pairs_drops_and_counts_small_users(tmp_path: Path) -> None:
+    """trl_standard.jsonl: alice has 2 pairs, bob 3. min_pairs=3 drops alice (1 user, 2 pairs);
+    min_pairs=0 (the default) and 2 keep both; 4 leaves no user, which is an error."""
+    path = FIXTURES / "trl_standard.jsonl"
+    data, report = load_preferences(path)
+    assert (data.num_users, report.users_dropped_min_pairs, report.pairs_dropped_min_pairs) == (2, 0, 0)
+    data, report = load_preferences(path, min_pairs=2)
+    assert (data.num_users, data.num_pairs, report.users_dropped_min_pairs) == (2, 5, 0)
+    data, report = load_preferences(path, min_pairs=3)
+    assert data.user_ids == ["bob"] and data.num_pairs == 3 and report.pairs == 3
+    assert (report.users_dropped_min_pairs, report.pairs_dropped_min_pairs) == (1, 2)
+    with pytest.raises(
+        ValueError, match=r"trl_standard\.jsonl: no user has min_pairs=4 pairs \(the most is 3\)"
+    ):
+        load_preferences(path, min_pairs=4)
+
+
+def test_split_by_prompt_uses_the_builders_prompt_hash() -> None:
+    """One hash: the part split_by_prompt gives each prompt is the split the builders write for it."""
+    data, _ = rows_to_preferences(
+        [{"user_id": "u", "prompt": f"prompt {i}", "chosen": [1.0], "rejected": [0.0]} for i in range(200)]
+    )
+    fractions = (0.6, 0.25, 0.15)
+    parts = split_by_prompt(data, fractions, seed=5)
+    for name, part in zip(SPLIT_NAMES, parts, strict=True):
+        assert part.num_pairs > 0
+        assert all(prompt_split(p, seed=5, fractions=fractions) == name for p in part.prompt_ids)
+
+
+def test_non_utf8_file_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps({"user_id": "u", "chosen": "a", "rejected": "b"}).encode()
+    path.write_bytes(good + b"\n" + b'{"user_id": "u", "chosen": "caf\xe9", "rejected": "b"}\n')
+    with pytest.raises(
+        ValueError, match=r"latin1\.jsonl, line 2: not UTF-8 text \(byte 0xe9 at column 32\); re-save"
+    ):
+        load_preferences(path)
+
+
+def test_missing_relative_path_fails_at_once_and_is_not_a_hub_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`data/nofile` looks like "owner/name" but is a missing file: no hub lookup, no retries."""
+    import datasets
+
+    def no_hub(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a missing local path must not reach the hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"input data/nofile: no such file.*hf:<owner>/<name>"):
+        load_preferences("data/nofile")
+
+
+def test_hub_needs_the_hf_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name: str, split: str) -> datasets.Dataset:
+        calls.append((name, split))
+        return datasets.Dataset.from_list([{"user_id": "u", "chosen": "a", "rejected": "b"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data, report = load_preferences("hf:org/prefs")
+    assert calls == [("org/prefs", "train")] and report.source == "org/prefs" and data.num_pairs == 1
+
+
+def test_unknown_split_lists_the_splits_of_the_file(tmp_path: Path) -> None:
+    rows = [
+        {**r, "split": s} for r, s in zip(_feature_rows(6), ["train", "validation", "test"] * 2, strict=True)
+    ]
+    path = _write(tmp_path / "splits.jsonl", rows)
+    with pytest.raises(
+        ValueError,
+        match=r"splits\.jsonl: no rows with split 'tset'; the file has splits \['test', 'train', 'validation'\]",
+    ):
+        load_preferences(path, split="tset")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from npalign.data.builders import BUILDERS, ULTRAFEEDBACK_SUBSETS, build_dataset
+from npalign.data.sources import SOURCES, ULTRAFEEDBACK_SUBSETS, build_dataset
 
 COLUMN_ROLES = ("user", "prompt", "chosen", "rejected", "type")
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Convert a preference dataset into npalign's user-grouped or multi-label JSONL; "
         "splits go by prompt. Prints a JSON report of rows written and pairs dropped.",
     )
-    build.add_argument("name", choices=sorted(BUILDERS), help="which dataset builder to run")
+    build.add_argument("name", choices=sorted(SOURCES), help="which dataset builder to run")
     build.add_argument(
         "--input",
         default=None,

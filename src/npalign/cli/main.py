@@ -120,6 +120,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, report in reports.items():
         if any(report.ties_dropped.values()):
             print(f"{report.source} ({name}): dropped ties per label {report.ties_dropped}", file=sys.stderr)
+        if report.users_dropped_min_pairs:
+            print(
+                f"{report.source} ({name}): dropped {report.users_dropped_min_pairs} users with fewer than "
+                f"data.min_pairs={cfg.data.min_pairs} pairs ({report.pairs_dropped_min_pairs} pairs)",
+                file=sys.stderr,
+            )
     train = _features(train, cfg.embedder.name, cfg.embedder.cache)
     val = None if val is None else _features(val, cfg.embedder.name, cfg.embedder.cache)
     result = train_reward_model(cfg, train, val, args.out, resume=args.resume)

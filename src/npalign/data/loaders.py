@@ -3,7 +3,8 @@
 Two row shapes are accepted:
 
 * user-grouped: {"user_id", "prompt"?, "chosen", "rejected", "user_type"?, "split"?}, items being
-  strings (texts) or lists of floats (feature vectors); TRL's column names plus a user.
+  strings (texts) or lists of floats (feature vectors); TRL's column names plus a user. TRL's
+  conversational rows (message lists, explicit or implicit prompt) are read as their single-turn texts.
 * multi-label: {"prompt"?, "response_a", "response_b", "choice_<label>": 0 | 1 | 0.5, ..., "split"?}.
   Each label acts as one user type (and one user). A choice of 0 means response_a is preferred, 1
   means response_b is, 0.5 is a tie: ties are dropped and counted in the report.
@@ -14,7 +15,6 @@ dropped silently.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
@@ -25,6 +25,16 @@ from typing import Any
 
 import torch
 
+from npalign.data.conversation import conversation_texts, is_conversation
+from npalign.data.records import (
+    HUB_PREFIX,
+    DatasetRecords,
+    Record,
+    missing_input_message,
+    read_hub,
+    read_local,
+)
+from npalign.data.splits import prompt_part
 from npalign.types import PreferenceSet
 
 logger = logging.getLogger(__name__)
@@ -45,62 +55,46 @@ class LoadReport:
     users: int = 0
     ties_dropped: dict[str, int] = field(default_factory=dict)
     rows_outside_split: int = 0
+    users_dropped_min_pairs: int = 0
+    pairs_dropped_min_pairs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def read_rows(source: str | Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl(.gz), .json(.gz) array, .parquet file, a `save_to_disk` folder or a hub id."""
+def read_records(source: str | Path) -> tuple[str, Sequence[Record]]:
+    """(source, records) of a .jsonl(.gz), .json(.gz) array, .parquet file, a `save_to_disk` folder of one
+    split, or "hf:<owner>/<name>" (the hub dataset's train split; needs network access).
+
+    Each record is (where, row), where naming the file and 1-based line (JSONL) or row for messages.
+    A local path that does not exist is a FileNotFoundError at once; it is never tried as a hub id.
+    """
+    text = str(source)
+    if text.startswith(HUB_PREFIX):
+        dataset_id = text[len(HUB_PREFIX) :]
+        return dataset_id, read_hub(dataset_id, split="train")
     path = Path(source)
-    name = path.name.lower()
-    if path.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            raise ValueError(
-                f"{path} holds a DatasetDict with splits {list(loaded)}; pass the folder of one split."
-            )
-        return [dict(row) for row in loaded]
-    if path.is_file():
-        if name.endswith(".parquet"):
-            import datasets
-
-            return [dict(row) for row in datasets.Dataset.from_parquet(str(path))]
-        opener: Any = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            text = handle.read()
-        if not text.strip():
-            raise ValueError(f"{path} is empty; expected preference rows (JSONL or a JSON array).")
-        if name.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = []
-            for number, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(
-                        f"{path}, line {number}: not valid JSON ({error.msg}); fix or remove the line."
-                    ) from None
-        for index, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, row {index}: expected a JSON object, got {type(row).__name__}.")
-        return rows
-    if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
-        import datasets  # a hub id such as "org/name"; needs network access
-
-        return [dict(row) for row in datasets.load_dataset(str(source), split="train")]
-    raise FileNotFoundError(f"{source} is neither a file, a dataset folder nor a hub id.")
+    if not path.exists():
+        raise FileNotFoundError(missing_input_message(path))
+    records = read_local(path)
+    if isinstance(records, DatasetRecords) and records.split_names is not None:
+        raise ValueError(
+            f"{path} holds a DatasetDict with splits {records.split_names}; pass the folder of one split."
+        )
+    if len(records) == 0:
+        raise ValueError(f"{path} is empty; expected preference rows (JSONL or a JSON array).")
+    return text, records
 
 
-def _item(value: Any, row: int, column: str) -> str | list[float]:
+def read_rows(source: str | Path) -> list[dict[str, Any]]:
+    """The rows of `read_records(source)`, without their locations."""
+    return [row for _, row in read_records(source)[1]]
+
+
+def _item(value: Any, where: str, column: str) -> str | list[float]:
     if isinstance(value, str):
         if not value.strip():
-            raise ValueError(f"row {row}, column {column!r}: empty text; remove the row or fill the text.")
+            raise ValueError(f"{where}, column {column!r}: empty text; remove the row or fill the text.")
         return value
     if (
         isinstance(value, list | tuple)
@@ -110,11 +104,11 @@ def _item(value: Any, row: int, column: str) -> str | list[float]:
         floats = [float(v) for v in value]
         if not all(math.isfinite(v) for v in floats):
             raise ValueError(
-                f"row {row}, column {column!r}: features contain NaN or inf; clean the data first."
+                f"{where}, column {column!r}: features contain NaN or inf; clean the data first."
             )
         return floats
     raise ValueError(
-        f"row {row}, column {column!r}: expected a string or a non-empty list of numbers, got {str(value)[:60]!r}."
+        f"{where}, column {column!r}: expected a string, a non-empty list of numbers or a TRL message list, got {str(value)[:60]!r}."
     )
 
 
@@ -134,13 +128,13 @@ class _Builder:
         self.kind: str | None = None
         self.width: int | None = None
 
-    def _add_item(self, prompt: str, value: str | list[float], row: int, column: str) -> int:
+    def _add_item(self, prompt: str, value: str | list[float], where: str, column: str) -> int:
         kind = "text" if isinstance(value, str) else "features"
         if self.kind is None:
             self.kind = kind
         elif kind != self.kind:
             raise ValueError(
-                f"row {row}, column {column!r}: a {kind} item in a file whose items so far are {self.kind}; "
+                f"{where}, column {column!r}: a {kind} item in a file whose items so far are {self.kind}; "
                 "use either texts or feature vectors throughout."
             )
         if isinstance(value, str):
@@ -149,7 +143,7 @@ class _Builder:
             self.width = len(value)
         elif len(value) != self.width:
             raise ValueError(
-                f"row {row}, column {column!r}: {len(value)} features, but earlier items have {self.width}; "
+                f"{where}, column {column!r}: {len(value)} features, but earlier items have {self.width}; "
                 "all items must have the same feature width."
             )
         self.features.append(value)
@@ -157,7 +151,7 @@ class _Builder:
 
     def add(
         self,
-        row: int,
+        where: str,
         user: str,
         user_type: str,
         prompt: tuple[str, str],
@@ -166,21 +160,21 @@ class _Builder:
         columns: tuple[str, str],
     ) -> None:
         """Add one pair; `prompt` is (key that identifies it, text that items are embedded with)."""
-        chosen_item = _item(chosen, row, columns[0])
-        rejected_item = _item(rejected, row, columns[1])
+        chosen_item = _item(chosen, where, columns[0])
+        rejected_item = _item(rejected, where, columns[1])
         if user not in self.users:
             self.users[user] = len(self.users)
             self.user_types.append(user_type)
         elif self.user_types[self.users[user]] != user_type:
             raise ValueError(
-                f"row {row}: user {user!r} has user_type {user_type!r} here but "
+                f"{where}: user {user!r} has user_type {user_type!r} here but "
                 f"{self.user_types[self.users[user]]!r} earlier; a user has one type."
             )
         self.user.append(self.users[user])
         prompt_key, prompt_text = prompt
         self.prompt.append(self.prompts.setdefault(prompt_key, len(self.prompts)))
-        self.chosen.append(self._add_item(prompt_text, chosen_item, row, columns[0]))
-        self.rejected.append(self._add_item(prompt_text, rejected_item, row, columns[1]))
+        self.chosen.append(self._add_item(prompt_text, chosen_item, where, columns[0]))
+        self.rejected.append(self._add_item(prompt_text, rejected_item, where, columns[1]))
 
     def build(self, meta: dict[str, Any]) -> PreferenceSet:
         long = torch.long
@@ -221,17 +215,25 @@ def rows_to_preferences(
     labels: Sequence[str] | None = None,
     split: str | None = None,
     meta: dict[str, Any] | None = None,
+    where: Sequence[str] | None = None,
+    min_pairs: int = 0,
 ) -> tuple[PreferenceSet, LoadReport]:
     """Validate rows and build a PreferenceSet.
 
     Args:
-        rows: dicts in the user-grouped or multi-label shape (the first row decides which).
+        rows: dicts in the user-grouped or multi-label shape (the first row decides which). User-grouped
+            rows may be TRL conversational rows (message lists; see `npalign.data.conversation`).
         labels: multi-label only: which choice_<label> columns act as user types (default: all).
         split: keep only rows whose "split" column equals this (rows without the column are an error).
+        where: each row's location for messages ("file.jsonl line 3"); default "<source> row <i>", 1-based.
+        min_pairs: drop users with fewer pairs than this (after the split filter), counted in the report.
     """
     report = LoadReport(source=source)
     if not rows:
         raise ValueError(f"{source} has no rows; expected preference pairs.")
+    if isinstance(min_pairs, bool) or not isinstance(min_pairs, int) or min_pairs < 0:
+        raise ValueError(f"min_pairs={min_pairs!r} must be a non-negative integer (0 keeps every user).")
+    places = list(where) if where is not None else [f"{source} row {i + 1}" for i in range(len(rows))]
     fmt = detect_format(rows[0])
     report.format = fmt
     builder = _Builder()
@@ -252,14 +254,16 @@ def rows_to_preferences(
         raise ValueError(
             f"{source}: labels={list(labels)} apply to multi-label files only; this one is user-grouped."
         )
+    if split is not None and all("split" in row for row in rows):
+        present = sorted({str(row["split"]) for row in rows})
+        if split not in present:
+            raise ValueError(f"{source}: no rows with split {split!r}; the file has splits {present}.")
 
-    for index, row in enumerate(rows):
+    for place, row in zip(places, rows, strict=True):
         report.rows += 1
         if split is not None:
             if "split" not in row:
-                raise ValueError(
-                    f"{source}, row {index}: no 'split' column, but split={split!r} was requested."
-                )
+                raise ValueError(f"{place}: no 'split' column, but split={split!r} was requested.")
             if row["split"] != split:
                 report.rows_outside_split += 1
                 continue
@@ -270,21 +274,22 @@ def rows_to_preferences(
         )
         missing = [c for c in required if c not in row or row[c] is None]
         if missing:
-            raise ValueError(
-                f"{source}, row {index}: missing column(s) {missing}; every row needs {list(required)}."
-            )
+            raise ValueError(f"{place}: missing column(s) {missing}; every row needs {list(required)}.")
         prompt = row.get("prompt")
-        prompt_key = str(prompt) if prompt is not None else f"__row{index}"
+        chosen, rejected = (row["chosen"], row["rejected"]) if fmt == "user-grouped" else (None, None)
+        if fmt == "user-grouped" and (is_conversation(chosen) or is_conversation(prompt)):
+            prompt, chosen, rejected = conversation_texts(prompt, chosen, rejected, place)
+        prompt_key = str(prompt) if prompt is not None else f"__row{report.rows - 1}"
         prompt_text = str(prompt) if prompt is not None else ""
         if fmt == "user-grouped":
             user_type = row.get("user_type")
             builder.add(
-                index,
+                place,
                 str(row["user_id"]),
                 "" if user_type is None else str(user_type),
                 (prompt_key, prompt_text),
-                row["chosen"],
-                row["rejected"],
+                chosen,
+                rejected,
                 ("chosen", "rejected"),
             )
             continue
@@ -292,7 +297,7 @@ def rows_to_preferences(
             choice = row[CHOICE_PREFIX + label]
             if choice not in (0, 1, 0.5) or isinstance(choice, bool):
                 raise ValueError(
-                    f"{source}, row {index}, column {CHOICE_PREFIX + label!r}: value {choice!r}; use 0 "
+                    f"{place}, column {CHOICE_PREFIX + label!r}: value {choice!r}; use 0 "
                     "(response_a preferred), 1 (response_b preferred) or 0.5 (tie)."
                 )
             if choice == 0.5:
@@ -302,7 +307,7 @@ def rows_to_preferences(
                 ("response_a", "response_b") if choice == 0 else ("response_b", "response_a")
             )
             builder.add(
-                index,
+                place,
                 label,
                 label,
                 (prompt_key, prompt_text),
@@ -316,10 +321,35 @@ def rows_to_preferences(
             f"ties dropped {report.ties_dropped})."
         )
     data = builder.build(meta)
+    if min_pairs > 0:
+        data = _drop_small_users(data, min_pairs, report)
     report.pairs, report.users = data.num_pairs, data.num_users
     if any(report.ties_dropped.values()):
         logger.info("%s: dropped ties per label %s", source, report.ties_dropped)
     return data, report
+
+
+def _drop_small_users(data: PreferenceSet, min_pairs: int, report: LoadReport) -> PreferenceSet:
+    """`data` without the users that have fewer than `min_pairs` pairs; the drop is counted in `report`."""
+    pairs_per_user = torch.bincount(data.user, minlength=data.num_users)  # (users,)
+    keep_pair = pairs_per_user[data.user] >= min_pairs  # (P,)
+    report.users_dropped_min_pairs = int((pairs_per_user < min_pairs).sum())
+    report.pairs_dropped_min_pairs = int((~keep_pair).sum())
+    if not bool(keep_pair.any()):
+        raise ValueError(
+            f"{report.source}: no user has min_pairs={min_pairs} pairs (the most is "
+            f"{int(pairs_per_user.max())}); lower min_pairs."
+        )
+    if report.users_dropped_min_pairs:
+        logger.info(
+            "%s: dropped %d users (%d pairs) with fewer than %d pairs",
+            report.source,
+            report.users_dropped_min_pairs,
+            report.pairs_dropped_min_pairs,
+            min_pairs,
+        )
+        return data.subset(keep_pair)
+    return data
 
 
 def load_preferences(
@@ -327,14 +357,27 @@ def load_preferences(
     *,
     labels: Sequence[str] | None = None,
     split: str | None = None,
+    min_pairs: int = 0,
 ) -> tuple[PreferenceSet, LoadReport]:
-    """Load a preference file; a synthetic task's sidecar `<file>.task.json` is attached as meta["task"]."""
-    rows = read_rows(source)
+    """Load a preference file (see `read_records` for what `source` may be) into a PreferenceSet.
+
+    A synthetic task's sidecar `<file>.task.json` is attached as meta["task"]. `labels`, `split` and
+    `min_pairs` are those of `rows_to_preferences`.
+    """
+    name, records = read_records(source)
     meta: dict[str, Any] = {"source": str(source)}
     sidecar = Path(f"{source}.task.json")
-    if sidecar.is_file():
-        meta["task"] = json.loads(sidecar.read_text())
-    return rows_to_preferences(rows, source=str(source), labels=labels, split=split, meta=meta)
+    if not str(source).startswith(HUB_PREFIX) and sidecar.is_file():
+        meta["task"] = json.loads(sidecar.read_text(encoding="utf-8"))
+    return rows_to_preferences(
+        [row for _, row in records],
+        source=name,
+        labels=labels,
+        split=split,
+        meta=meta,
+        where=[place for place, _ in records],
+        min_pairs=min_pairs,
+    )
 
 
 def preferences_to_rows(data: PreferenceSet) -> list[dict[str, Any]]:
@@ -357,20 +400,14 @@ def preferences_to_rows(data: PreferenceSet) -> list[dict[str, Any]]:
     return rows
 
 
-def _stable_fraction(key: str, seed: int) -> float:
-    import hashlib
-
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def split_by_prompt(data: PreferenceSet, fractions: Sequence[float], seed: int = 0) -> list[PreferenceSet]:
-    """Split pairs so that every prompt lands in exactly one part (a stable hash of prompt id + seed)."""
-    bounds = torch.tensor(fractions, dtype=torch.float64).cumsum(0)
-    if abs(float(bounds[-1]) - 1.0) > 1e-6:
+    """Split pairs so that every prompt lands in exactly one part (`npalign.data.splits.prompt_part` of prompt id + seed)."""
+    if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split fractions {list(fractions)} must sum to 1.")
-    position = torch.tensor([_stable_fraction(p, seed) for p in data.prompt_ids], dtype=torch.float64)
-    part_of_prompt = torch.searchsorted(bounds, position, right=True).clamp(max=len(fractions) - 1)
+    # The builders' hash (npalign.data.splits), so a built file's split column and this split agree.
+    part_of_prompt = torch.tensor(
+        [prompt_part(p, seed, fractions) for p in data.prompt_ids], dtype=torch.long
+    )
     part_of_pair = part_of_prompt[data.prompt]
     return [data.subset(part_of_pair == k) for k in range(len(fractions))]
 

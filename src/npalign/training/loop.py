@@ -52,11 +52,12 @@ def load_run_data(
     """
     if not data.train:
         raise ValueError("data.train is empty; name a preference file, e.g. --data FILE or data.train=FILE.")
-    train, train_report = load_preferences(data.train, split=data.train_split, labels=data.labels)
+    options = {"labels": data.labels, "min_pairs": data.min_pairs}
+    train, train_report = load_preferences(data.train, split=data.train_split, **options)
     reports = {"train": train_report}
     if data.val is None and data.val_split is None:
         return train, None, reports
-    val, reports["validation"] = load_preferences(data.val or data.train, split=data.val_split, labels=data.labels)
+    val, reports["validation"] = load_preferences(data.val or data.train, split=data.val_split, **options)
     return train, val, reports
 
 
