@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -80,4 +79,4 @@ def load_checkpoint(
     extra = read_json(path / "optimizer.json")
     load_optimizer_tensors(optimizer, load_tensors(path / "optimizer.safetensors"), extra)
     scheduler.load_state_dict(extra["scheduler"])
-    return json.loads((path / "trainer_state.json").read_text())
+    return dict(read_json(path / "trainer_state.json"))
