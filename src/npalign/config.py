@@ -237,7 +237,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4).")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {item!r}: the value is not valid YAML; quote it or fix it.") from error
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -257,16 +260,39 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path`; errors name the file and the line (counted from 1, as editors do)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        loaded = yaml.safe_load(text) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte offset {error.start}); save it as UTF-8.") from error
+    except yaml.MarkedYAMLError as error:
+        where = (
+            f"line {error.problem_mark.line + 1}, column {error.problem_mark.column + 1}"
+            if error.problem_mark
+            else "?"
+        )
+        raise ValueError(
+            f"{path}, {where}: not valid YAML ({error.problem}); fix that line (YAML indents with spaces, "
+            "not tabs)."
+        ) from error
+    if not isinstance(loaded, dict):
+        lines = text.splitlines()
+        first = next((n for n, line in enumerate(lines, 1) if line.strip() and line[0] not in "#%"), 1)
+        raise ValueError(
+            f"{path}, line {first}: a config file must be a YAML mapping of sections such as `optim:`, "
+            f"not a {type(loaded).__name__}."
+        )
+    return loaded
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults < YAML file < key=value overrides, validated into `cls`."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist.")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping.")
-        data = loaded
+        data = _read_config_file(Path(path))
     data = merge(data, parse_overrides(overrides or []))
     return from_dict(cls, data)
