@@ -11,16 +11,9 @@ from pathlib import Path
 
 from npalign import __version__
 from npalign.cli import data_cmd, dpo_cmd, embed_cmd
+from npalign.cli.common import USER_ERRORS, describe, parse_contexts, user_error
 
-
-def _contexts(values: list[str]) -> list[int]:
-    out = []
-    for value in values:
-        for part in value.replace(",", " ").split():
-            if not part.isdigit():
-                raise argparse.ArgumentTypeError(f"context sizes must be integers >= 0, got {part!r}")
-            out.append(int(part))
-    return out
+logger = logging.getLogger("npalign.cli")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -280,12 +273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if hasattr(args, "contexts"):
-        args.contexts = _contexts(args.contexts)
     try:
+        if hasattr(args, "contexts"):
+            args.contexts = parse_contexts(args.contexts)
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        print(f"npalign {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        if not user_error(error):  # e.g. an OSError without a file: not the user's input
+            raise
+        if args.verbose:
+            logger.info("traceback of the error below", exc_info=True)
+        print(f"npalign {args.command}: error: {describe(error)}", file=sys.stderr)
         return 2
 
 
