@@ -40,8 +40,18 @@ def load_reward_model(path: str | Path) -> tuple[PreferenceModel, dict[str, Any]
     """
     path = Path(path)
     record_path = path / "model_config.json"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist; pass the --out directory of `npalign train`.")
     if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} is missing; {path} is not an npalign reward-model directory.")
+        policy = (
+            " (it holds an NP-DPO policy: use evaluate-dpo or generate)"
+            if (path / "run.json").is_file()
+            else ""
+        )
+        raise FileNotFoundError(
+            f"{record_path} is missing; {path} is not an npalign reward-model directory{policy}. Pass the --out "
+            "directory of `npalign train`."
+        )
     record = read_json(record_path)
     if record.get("format_version") != 1:
         raise ValueError(f"{record_path}: unsupported format_version {record.get('format_version')!r}.")
