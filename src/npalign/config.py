@@ -240,7 +240,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as error:
-            raise ValueError(f"override {item!r}: the value is not valid YAML; quote it or fix it.") from error
+            raise ValueError(
+                f"override {item!r}: the value is not valid YAML; quote it or fix it."
+            ) from error
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -268,7 +270,9 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         loaded = yaml.safe_load(text) or {}
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (byte offset {error.start}); save it as UTF-8.") from error
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte offset {error.start}); save it as UTF-8."
+        ) from error
     except yaml.MarkedYAMLError as error:
         where = (
             f"line {error.problem_mark.line + 1}, column {error.problem_mark.column + 1}"

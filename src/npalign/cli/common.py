@@ -59,7 +59,7 @@ def describe(error: BaseException) -> str:
             IsADirectoryError: "pass a file, not a directory",
             NotADirectoryError: "a parent of this path is a file, not a directory",
             PermissionError: "check the file's permissions",
-            FileExistsError: "remove it or choose another path",
+            FileExistsError: "choose another path",
         }.get(type(error), "check the file and the disk")
         message = f"{error.filename}: {error.strerror}; {remedy}."
     elif isinstance(error, UnicodeDecodeError):

@@ -137,7 +137,7 @@ def read_json(path: str | Path) -> Any:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(
-            f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); the file is "
+            f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg.removesuffix(' at')}); the file is "
             "truncated or was edited by hand: restore it or retrain."
         ) from error
 
@@ -195,7 +195,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except json.JSONDecodeError as error:
             raise ValueError(
-                f"{path}, line {number}, column {error.colno}: not valid JSON ({error.msg}); "
+                f"{path}, line {number}, column {error.colno}: not valid JSON ({error.msg.removesuffix(' at')}); "
                 "delete or repair that line."
             ) from error
     return records
