@@ -60,7 +60,7 @@ def test_train_missing_relative_path_is_no_such_file(
     monkeypatch.chdir(tmp_path)
     assert _train("data/nofile", tmp_path / "run") == 2
     line = _error_line(capsys, "train")
-    assert "input data/nofile: no such file" in line and "hf:<owner>/<name>" in line
+    assert "data/nofile: no such file" in line and "hf:<owner>/<name>" in line
 
 
 def test_train_unknown_split_lists_the_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -562,7 +562,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4).")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as error:
+            raise ValueError(
+                f"override {item!r}: the value is not valid YAML; quote it or fix it."
+            ) from error
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -605,6 +610,37 @@ def _expand_shorthands(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path`; errors name the file and the line (counted from 1, as editors do)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        loaded = yaml.safe_load(text) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte offset {error.start}); save it as UTF-8."
+        ) from error
+    except yaml.MarkedYAMLError as error:
+        where = (
+            f"line {error.problem_mark.line + 1}, column {error.problem_mark.column + 1}"
+            if error.problem_mark
+            else "?"
+        )
+        raise ValueError(
+            f"{path}, {where}: not valid YAML ({error.problem}); fix that line (YAML indents with spaces, "
+            "not tabs)."
+        ) from error
+    if not isinstance(loaded, dict):
+        lines = text.splitlines()
+        first = next((n for n, line in enumerate(lines, 1) if line.strip() and line[0] not in "#%"), 1)
+        raise ValueError(
+            f"{path}, line {first}: a config file must be a YAML mapping of sections such as `optim:`, "
+            f"not a {type(loaded).__name__}."
+        )
+    return loaded
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults < YAML file < key=value overrides, validated into `cls`.
 
@@ -615,19 +651,6 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist.")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or "not valid YAML"
-            raise ValueError(f"{path}{where}: {problem}; fix the YAML.") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not UTF-8 text; save the config as UTF-8.") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping.")
-        data = _resolve_paths(_expand_shorthands(loaded), path.parent)
+        data = _resolve_paths(_expand_shorthands(_read_config_file(path)), path.parent)
     update = _resolve_paths(_expand_shorthands(parse_overrides(overrides or [])), Path.cwd())
     return from_dict(cls, merge(data, update))

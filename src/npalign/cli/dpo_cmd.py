@@ -14,16 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _context_sizes(values: list[Any]) -> list[int]:
-    """Context sizes from ints or strings such as "0", "1,3" (main may have parsed them already)."""
-    sizes = []
-    for value in values:
-        for part in str(value).replace(",", " ").split():
-            if not part.isdigit():
-                raise ValueError(f"--contexts: context sizes must be integers >= 0, got {part!r}.")
-            sizes.append(int(part))
-    return sizes
+from npalign.cli.common import parse_contexts
 
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
@@ -120,7 +111,7 @@ def cmd_evaluate_dpo(args: argparse.Namespace) -> int:
     evaluation = evaluate_policy(
         runner,
         data,
-        contexts=_context_sizes(args.contexts),
+        contexts=parse_contexts(args.contexts),
         episodes=args.episodes,
         targets=args.targets,
         seed=args.seed,

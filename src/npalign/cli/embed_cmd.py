@@ -15,7 +15,7 @@ Writes into DIR:
 
 Items are the distinct (prompt, response) texts of the file (of one split with --split), in the
 order the loader first meets them. Everything goes through the embedding cache (--cache, default
-under the npalign cache folder), so `npalign train` / `evaluate` later reuse the vectors, and a killed
+under the npalign cache folder), so `npalign train-reward` / `evaluate-reward` later reuse the vectors, and a killed
 run resumes. The counts are printed as one line of JSON.
 """
 

@@ -1,4 +1,4 @@
-"""`npalign` command line: demo, synth, train, evaluate, data build (L4, cli)."""
+"""`npalign` command line: demo, synth, data build, embed, train-reward, evaluate-reward, train-dpo, evaluate-dpo, generate (L4, cli)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,9 @@ from pathlib import Path
 
 from npalign import __version__
 from npalign.cli import data_cmd, dpo_cmd, embed_cmd
+from npalign.cli.common import USER_ERRORS, describe, parse_contexts, user_error
 
-
-def _contexts(values: list[str]) -> list[int]:
-    out = []
-    for value in values:
-        for part in value.replace(",", " ").split():
-            if not part.isdigit():
-                raise argparse.ArgumentTypeError(f"context sizes must be integers >= 0, got {part!r}")
-            out.append(int(part))
-    return out
+logger = logging.getLogger("npalign.cli")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -239,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_synth)
 
     train = commands.add_parser(
-        "train",
-        help="train a reward model (btl, dpl, np-btl, np-btl-latent)",
+        "train-reward",
+        aliases=["train"],
+        help="train a reward model (btl, dpl, np-btl, np-btl-latent); alias: train",
         description="Meta-train a reward model over users. key=value arguments override the "
         "config, e.g. optim.lr=3e-4 episodes.max_context=10.",
     )
@@ -265,13 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(
-        "evaluate",
-        help="accuracy against context size on unseen targets",
+        "evaluate-reward",
+        aliases=["evaluate"],
+        help="accuracy of a reward model against context size on unseen targets; alias: evaluate",
         description="Score a trained reward model at each context size m on fixed episodes "
         "(targets disjoint from the context), per user type, with the Bayes ceiling when "
         "the data is synthetic. Writes results.json (one model), results.md, accuracy.png.",
     )
-    evaluate.add_argument("--model", required=True, help="run directory written by npalign train")
+    evaluate.add_argument("--model", required=True, help="run directory written by npalign train-reward")
     evaluate.add_argument("--data", required=True, help="evaluation preference file")
     evaluate.add_argument("--contexts", nargs="+", default=["0", "1", "3", "5", "10"], help="context sizes m")
     evaluate.add_argument("--out", required=True, help="results JSON file")
@@ -298,12 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if hasattr(args, "contexts"):
-        args.contexts = _contexts(args.contexts)
     try:
+        if hasattr(args, "contexts"):
+            args.contexts = parse_contexts(args.contexts)
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        print(f"npalign {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        if not user_error(error):  # e.g. an OSError without a file: not the user's input
+            raise
+        if args.verbose:
+            logger.info("traceback of the error below", exc_info=True)
+        print(f"npalign {args.command}: error: {describe(error)}", file=sys.stderr)
         return 2
 
 

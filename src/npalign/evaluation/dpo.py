@@ -61,6 +61,11 @@ def evaluate_policy(
         raise ValueError(f"contexts={contexts} must be a non-empty list of sizes >= 0.")
     if episodes < 1 or targets < 1:
         raise ValueError(f"episodes={episodes} and targets={targets} must be >= 1.")
+    if not data.is_text:
+        raise ValueError(
+            f"{data.meta.get('source', 'the data')} holds feature vectors, but a policy scores text pairs; pass "
+            "a file with prompt, chosen and rejected text columns."
+        )
     if runner.conditional:
         embedder = runner.embedder
         cache = EmbeddingCache.for_embedder(embedding_cache_root(embedding_cache), embedder)

@@ -136,7 +136,7 @@ class RewardPredictor:
 def load(
     path: str | Path, *, seed: int = 0, cache_dir: str | Path | None = None
 ) -> RewardPredictor | TextRewardPredictor:
-    """Load a reward-model run directory written by `npalign train` (strictly; no pickle).
+    """Load a reward-model run directory written by `npalign train-reward` (strictly; no pickle).
 
     A model trained on texts (its record names an embedder) comes back as a `TextRewardPredictor`,
     which takes texts and embeds them on the fly (through the disk cache under `cache_dir` if given);

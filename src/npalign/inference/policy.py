@@ -34,6 +34,8 @@ ContextTriple = tuple[str, str, str]
 
 def _run_directory(path: Path) -> tuple[Path, Path]:
     """(run directory, policy folder) for a run directory or a policy folder inside one."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist; pass the --out directory of `npalign train-dpo`.")
     if (path / RUN_FILE).is_file():
         return path, path / POLICY_DIR
     for parent in (path.parent, path.parent.parent):  # run/policy or run/checkpoint/policy

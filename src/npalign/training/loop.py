@@ -52,12 +52,15 @@ def load_run_data(
     """
     if not data.train:
         raise ValueError("data.train is empty; name a preference file, e.g. --data FILE or data.train=FILE.")
-    options = {"labels": data.labels, "min_pairs": data.min_pairs}
-    train, train_report = load_preferences(data.train, split=data.train_split, **options)
+    train, train_report = load_preferences(
+        data.train, split=data.train_split, labels=data.labels, min_pairs=data.min_pairs
+    )
     reports = {"train": train_report}
     if data.val is None and data.val_split is None:
         return train, None, reports
-    val, reports["validation"] = load_preferences(data.val or data.train, split=data.val_split, **options)
+    val, reports["validation"] = load_preferences(
+        data.val or data.train, split=data.val_split, labels=data.labels, min_pairs=data.min_pairs
+    )
     return train, val, reports
 
 

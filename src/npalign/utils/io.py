@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -66,11 +67,23 @@ def save_tensors(
 
 
 def load_tensors(path: str | Path) -> dict[str, Tensor]:
-    """Read a safetensors file; a clear error if it is missing."""
+    """Read a safetensors file.
+
+    Raises:
+        FileNotFoundError: `path` is missing.
+        ValueError: naming `path`, when it is truncated or not a safetensors file at all.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; expected a safetensors file written by npalign.")
-    return load_file(str(path))
+        raise FileNotFoundError(
+            f"{path} does not exist; expected a safetensors file written by npalign: restore it or retrain."
+        )
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path} is truncated or not a safetensors file ({error}); restore it or retrain."
+        ) from error
 
 
 def load_state_strict(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
@@ -101,8 +114,32 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of `path`; a ValueError naming the file and the offset if it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte offset {error.start}: {error.reason}); "
+            "restore the file or save it as UTF-8."
+        ) from error
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file.
+
+    Raises:
+        FileNotFoundError: `path` is missing.
+        ValueError: naming `path`, the line and the column (counted from 1), when it is not valid JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg.removesuffix(' at')}); the file is "
+            "truncated or was edited by hand: restore it or retrain."
+        ) from error
 
 
 def write_yaml(obj: Any, path: str | Path) -> None:
@@ -111,10 +148,31 @@ def write_yaml(obj: Any, path: str | Path) -> None:
 
 
 def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; an empty file gives {}.
+
+    Raises:
+        FileNotFoundError: `path` is missing.
+        ValueError: naming `path`, the line and the column (counted from 1), when it is not valid YAML.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist.")
-    return yaml.safe_load(path.read_text()) or {}
+    text = _read_text(path)
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(yaml_error_message(path, text, error)) from error
+
+
+def yaml_error_message(path: str | Path, text: str, error: yaml.YAMLError) -> str:
+    """One line naming `path` and the line and column (counted from 1) where YAML parsing failed."""
+    mark = getattr(error, "problem_mark", None)
+    what = " ".join(str(p) for p in (getattr(error, "context", None), getattr(error, "problem", None)) if p)
+    if mark is None:
+        return f"{path}: not valid YAML ({what or error}); fix the file."
+    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+    hint = "YAML indents with spaces, not tabs" if "\t" in line else "fix that line"
+    return f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({what}); {hint}."
 
 
 def append_jsonl(record: Mapping[str, Any], path: str | Path) -> None:
@@ -129,7 +187,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}, line {number}, column {error.colno}: not valid JSON ({error.msg.removesuffix(' at')}); "
+                "delete or repair that line."
+            ) from error
+    return records
 
 
 def truncate_jsonl(path: str | Path, keep: Any) -> None:

@@ -80,10 +80,12 @@ def read_run(directory: str | Path, kind: str | None = None) -> dict[str, Any]:
     """
     directory = Path(directory)
     path = directory / RUN_FILE
+    what = {"reward": "npalign train-reward", "policy": "npalign train-dpo"}.get(kind or "", "npalign")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} does not exist; pass the --out directory of `{what}`.")
     if not path.is_file():
         if (directory / LEGACY_REWARD_FILE).is_file():
             raise ValueError(_legacy_remedy(directory))
-        what = {"reward": "npalign train-reward", "policy": "npalign train-dpo"}.get(kind or "", "npalign")
         raise FileNotFoundError(
             f"{directory} is not an npalign run directory (no {RUN_FILE}); pass the --out folder of `{what}`."
         )
@@ -98,8 +100,11 @@ def read_run(directory: str | Path, kind: str | None = None) -> dict[str, Any]:
     if kind is not None and record["kind"] != kind:
         raise ValueError(
             f"{directory} holds a {record['kind']} run, not a {kind} run; "
-            + ("use the npalign commands for policies (generate, evaluate-dpo)." if record["kind"] == "policy"
-               else "use the npalign commands for reward models (evaluate-reward).")
+            + (
+                f"use `npalign evaluate-dpo --policy {directory}` or `npalign generate --policy {directory}`."
+                if record["kind"] == "policy"
+                else f"use `npalign evaluate-reward --model {directory}`."
+            )
         )
     return record
 

@@ -1,0 +1,81 @@
+"""Pieces every command shares: the --contexts parser and the one-line error report (L4, cli)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import yaml
+from safetensors import SafetensorError
+
+# What a command may raise for a bad input: reported as one line, exit code 2. AssertionError is not here
+# on purpose (an assert that fires is a bug, and its traceback is what a bug report needs), nor is
+# KeyboardInterrupt. OSError counts only with a file name or as one of these subclasses; see `user_error`.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,  # includes json.JSONDecodeError and UnicodeDecodeError
+    TypeError,
+    OSError,
+    yaml.YAMLError,
+    SafetensorError,
+)
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def parse_contexts(values: Sequence[int | str]) -> list[int]:
+    """Context sizes m from `--contexts 0 1 3`, `--contexts 0,1,3` or ints already parsed.
+
+    Raises:
+        ValueError: naming the bad part, for anything but an integer >= 0 (e.g. -1 or a).
+    """
+    sizes = []
+    for value in values:
+        for part in str(value).replace(",", " ").split():
+            if not part.isdigit():
+                raise ValueError(
+                    f"--contexts: context sizes must be integers >= 0, got {part!r}; "
+                    "pass e.g. --contexts 0 1 3 5."
+                )
+            sizes.append(int(part))
+    if not sizes:
+        raise ValueError("--contexts: no context size given; pass e.g. --contexts 0 1 3 5.")
+    return sizes
+
+
+def user_error(error: BaseException) -> bool:
+    """Whether `error` is a bad input to report in one line, not a bug to show with its traceback."""
+    if not isinstance(error, USER_ERRORS):
+        return False
+    if isinstance(error, OSError) and not isinstance(error, _FILE_ERRORS):
+        return error.filename is not None  # e.g. a network error without a file is not the user's input
+    return True
+
+
+def describe(error: BaseException) -> str:
+    """A one-line message for `error` that names the file when the exception knows it."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        # Raised by the OS ("[Errno 13] Permission denied: 'x'"): put the file first, then what to do.
+        remedy = {
+            FileNotFoundError: "check the path",
+            IsADirectoryError: "pass a file, not a directory",
+            NotADirectoryError: "a parent of this path is a file, not a directory",
+            PermissionError: "check the file's permissions",
+            FileExistsError: "choose another path",
+        }.get(type(error), "check the file and the disk")
+        message = f"{error.filename}: {error.strerror}; {remedy}."
+    elif isinstance(error, UnicodeDecodeError):
+        message = (
+            f"cannot read the input as UTF-8 (byte {error.object[error.start : error.start + 1]!r} at offset "
+            f"{error.start}: {error.reason}); save the file as UTF-8."
+        )
+    elif isinstance(error, json.JSONDecodeError):
+        message = f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
+    elif isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark  # 0-based; editors count from 1
+        where = "" if mark.name.startswith("<") else f"{mark.name}, "
+        what = " ".join(part for part in (error.context, error.problem) if part)
+        message = f"{where}line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({what})."
+    elif isinstance(error, SafetensorError):
+        message = f"a safetensors file is truncated or corrupt ({error}); restore it or retrain."
+    else:
+        message = str(error) or type(error).__name__
+    return " ".join(message.split())  # one line, whatever the exception put in it
