@@ -63,9 +63,13 @@ class ModelConfig:
         if self.pooling not in ("mean", "mean+max"):
             raise ValueError(f"model.pooling={self.pooling!r}: use 'mean' or 'mean+max'.")
         if self.encoder_depth < 2:
-            raise ValueError(f"model.encoder_depth={self.encoder_depth} must be >= 2 (linear layers per pair).")
+            raise ValueError(
+                f"model.encoder_depth={self.encoder_depth} must be >= 2 (linear layers per pair)."
+            )
         if self.decoder_depth < 1:
-            raise ValueError(f"model.decoder_depth={self.decoder_depth} must be >= 1 (hidden layers after z joins).")
+            raise ValueError(
+                f"model.decoder_depth={self.decoder_depth} must be >= 1 (hidden layers after z joins)."
+            )
         if not 0 <= self.item_dropout < 1:
             raise ValueError(f"model.item_dropout={self.item_dropout} must lie in [0, 1).")
         if self.hidden_dim <= 0 or self.latent_dim <= 0:
@@ -476,7 +480,9 @@ class PolicyTrainConfig:
         if self.mode not in DPO_MODES:
             raise ValueError(f"mode={self.mode!r} is not one of {DPO_MODES}.")
         if self.conditional and not self.embedder.name:
-            raise ValueError("embedder.name is empty; a conditional policy reads its context through one, e.g. minilm.")
+            raise ValueError(
+                "embedder.name is empty; a conditional policy reads its context through one, e.g. minilm."
+            )
 
     @property
     def conditional(self) -> bool:

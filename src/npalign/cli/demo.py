@@ -93,7 +93,12 @@ def run_synthetic_benchmark(
     for name, overrides in models.items():
         cfg = load_config(
             RewardTrainConfig,
-            overrides=[f"run.seed={seed}", f"run.progress={progress}", f"eval.contexts={contexts}", *overrides],
+            overrides=[
+                f"run.seed={seed}",
+                f"run.progress={progress}",
+                f"eval.contexts={contexts}",
+                *overrides,
+            ],
         )
         run_dir = out_dir / "runs" / name
         trained = train_reward_model(cfg, train, val, run_dir, resume=(run_dir / RUN_FILE).exists())

@@ -152,6 +152,39 @@ class DPOBatch:
             for key in ("input_ids", "attention_mask", "completion_mask")
         }
 
+    def model_inputs(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_prompt_length: int,
+        max_response_length: int,
+        device: torch.device,
+        reference_table: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """What `ConditionalPolicy.score_targets` reads, on `device`.
+
+        Args:
+            reference_table: (P, 2) precomputed log pi_ref (chosen, rejected) of the sampler's source
+                pairs, or None (the policy then runs its reference).
+        Returns:
+            input_ids / attention_mask / completion_mask: (2BT, L), as `tokenize_targets`;
+            context_chosen / context_rejected: (B, C, D) context features, context_mask: (B, C);
+            reference_logps: (2BT,) looked up in `reference_table` (only when one is given).
+        """
+        inputs = self.tokenize_targets(
+            tokenizer, max_prompt_length=max_prompt_length, max_response_length=max_response_length
+        )
+        episodes = self.episodes
+        inputs.update(
+            context_chosen=episodes.context_chosen,
+            context_rejected=episodes.context_rejected,
+            context_mask=episodes.context_mask,
+        )
+        if reference_table is not None:
+            pairs = reference_table[episodes.target_pairs.flatten()]  # (BT, 2): chosen, rejected
+            inputs["reference_logps"] = torch.cat([pairs[:, 0], pairs[:, 1]])  # (2BT,)
+        return {key: value.to(device) for key, value in inputs.items()}
+
 
 class DPOEpisodeSampler:
     """Draws NP-DPO episodes from a text PreferenceSet.

@@ -181,7 +181,9 @@ class EpisodeSampler:
 
 
 class _EvaluationEpisodes(Protocol):
-    def evaluation_batches(self, context_size: int, episodes: int, seed: int, chunk: int = ...) -> Iterator[Any]: ...
+    def evaluation_batches(
+        self, context_size: int, episodes: int, seed: int, chunk: int = ...
+    ) -> Iterator[Any]: ...
 
 
 def context_sweep(

@@ -18,14 +18,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+import torch
 
-from npalign.data.dpo_episodes import DPOEpisodeSampler
+from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler
+from npalign.data.episodes import context_sweep
 from npalign.embedding.cache import EmbeddingCache
 from npalign.embedding.features import embed_items, embedding_cache_root
 from npalign.evaluation.reward import type_weighted
 from npalign.inference.policy import PolicyRunner
-from npalign.training.dpo import episode_scores
+from npalign.models.losses import dpo_episode_figures
 from npalign.types import PreferenceSet
 
 logger = logging.getLogger(__name__)
@@ -71,21 +72,28 @@ def evaluate_policy(
         cache = EmbeddingCache.for_embedder(embedding_cache_root(embedding_cache), embedder)
         data = embed_items(data, embedder, cache, batch_size=32, progress=progress)
     sampler = DPOEpisodeSampler(data, targets=targets, max_context=max(contexts))
-    result: dict[str, Any] = {"accuracy": {}, "margin": {}, "loss": {}}
-    for m in tqdm(contexts, desc="evaluate-dpo", disable=not progress):
-        scores = episode_scores(
-            runner.policy,
+    prompt_length, response_length = (
+        int(runner.run["max_prompt_length"]),
+        int(runner.run["max_response_length"]),
+    )
+    beta = float(runner.run["beta"])
+
+    def score(batch: DPOBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        inputs = batch.model_inputs(
             runner.tokenizer,
-            sampler,
-            m,
-            episodes=episodes,
-            seed=seed,
-            conditional=runner.conditional,
-            beta=float(runner.run["beta"]),
-            max_prompt_length=int(runner.run["max_prompt_length"]),
-            max_response_length=int(runner.run["max_response_length"]),
-            batch_pairs=batch_pairs,
+            max_prompt_length=prompt_length,
+            max_response_length=response_length,
+            device=runner.device,
         )
+        scores = runner.policy.score_targets(inputs, conditional=runner.conditional, beta=beta)
+        return {**dpo_episode_figures(**scores), "user_type": batch.episodes.user_type}
+
+    chunk = max(1, batch_pairs // targets)
+    swept = context_sweep(
+        sampler, contexts, episodes, seed, score, chunk=chunk, progress=progress, desc="evaluate-dpo"
+    )
+    result: dict[str, Any] = {"accuracy": {}, "margin": {}, "loss": {}}
+    for m, scores in swept.items():
         types, names = scores["user_type"], sampler.type_names
         result["accuracy"][str(m)] = type_weighted(scores["accuracy"], types, names)
         result["margin"][str(m)] = type_weighted(scores["margin"], types, names, scale=1.0)

@@ -191,3 +191,19 @@ def dpo_metrics(
         "logps/chosen": policy_chosen_logps.detach().float().mean().item(),
         "logps/rejected": policy_rejected_logps.detach().float().mean().item(),
     }
+
+
+def dpo_episode_figures(chosen_rewards: Tensor, rejected_rewards: Tensor, losses: Tensor) -> dict[str, Tensor]:
+    """Per-episode implicit-reward accuracy, margin and DPO loss of B users' T target pairs.
+
+    Args:
+        chosen_rewards / rejected_rewards / losses: (B, T).
+    Returns:
+        accuracy (B,) fraction of targets with chosen reward > rejected reward; margin (B,) mean reward
+        margin; loss (B,) mean DPO loss.
+    """
+    return {
+        "accuracy": (chosen_rewards > rejected_rewards).float().mean(1),
+        "margin": (chosen_rewards - rejected_rewards).mean(1),
+        "loss": losses.mean(1),
+    }

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from npalign.embedding import hub
 from npalign.models.encoder import ContextEncoder
-from npalign.models.film import FiLM, attach_film
+from npalign.models.film import FiLM, attach_film, sequence_latents
 from npalign.models.losses import dpo_loss, sequence_logprobs
 from npalign.models.random_bases import RANDOM_BASE_SEED, RANDOM_BASES, build_random_base, weights_digest
 from npalign.utils.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
@@ -307,6 +307,54 @@ class ConditionalPolicy(nn.Module):
             policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=beta
         )
         return chosen_rewards, rejected_rewards, losses
+
+    def sequence_z(self, inputs: dict[str, Tensor]) -> Tensor:
+        """z of B users from their context features, one row per target sequence: (2BT, Z).
+
+        Args:
+            inputs: `DPOBatch.model_inputs`: context_chosen / context_rejected (B, C, D), context_mask
+                (B, C), and input_ids (2BT, L) for T.
+        """
+        users = inputs["context_mask"].shape[0]
+        z = self.encode_context(inputs["context_chosen"], inputs["context_rejected"], inputs["context_mask"])
+        return sequence_latents(z, inputs["input_ids"].shape[0] // (2 * users), pairs=True)  # (2BT, Z)
+
+    def reference_of(self, inputs: dict[str, Tensor]) -> Tensor:
+        """log pi_ref of the 2BT target sequences: the precomputed `reference_logps`, else the reference run."""
+        if "reference_logps" in inputs:
+            return inputs["reference_logps"]
+        return self.reference_logprobs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+
+    @torch.no_grad()
+    def score_targets(self, inputs: dict[str, Tensor], *, conditional: bool, beta: float) -> dict[str, Tensor]:
+        """Implicit rewards and DPO losses of B users' T target pairs under each user's z, in eval mode.
+
+        Args:
+            inputs: `DPOBatch.model_inputs` of the batch.
+            conditional: False scores the policy without z (unconditional runs).
+        Returns:
+            chosen_rewards, rejected_rewards, losses: (B, T) each, float32 on the CPU;
+            implicit reward = beta * (log pi(y | x, z) - log pi_ref(y | x)).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            chosen_rewards, rejected_rewards, losses = self.implicit_rewards(
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs["completion_mask"],
+                self.sequence_z(inputs) if conditional else None,  # (2BT, Z) or None
+                self.reference_of(inputs),  # (2BT,)
+                beta=beta,
+            )  # (BT,) each
+        finally:
+            self.train(was_training)
+        shape = (inputs["context_mask"].shape[0], -1)
+        return {
+            "chosen_rewards": chosen_rewards.float().cpu().view(shape),
+            "rejected_rewards": rejected_rewards.float().cpu().view(shape),
+            "losses": losses.float().cpu().view(shape),
+        }
 
     @contextmanager
     def reference(self) -> Iterator[None]:

@@ -31,12 +31,11 @@ from transformers import PreTrainedTokenizerBase
 from npalign.config import PolicyTrainConfig
 from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_types, pair_texts
 from npalign.data.dpo_tokenize import tokenize_preference_pairs
-from npalign.data.episodes import derived_seed
+from npalign.data.episodes import context_sweep, derived_seed
 from npalign.embedding.cache import EmbeddingCache
 from npalign.embedding.embedders import build_embedder
 from npalign.embedding.features import embed_items, embedding_cache_root
-from npalign.models.film import sequence_latents
-from npalign.models.losses import dpo_loss, dpo_metrics, sequence_logprobs
+from npalign.models.losses import dpo_episode_figures, dpo_loss, dpo_metrics, sequence_logprobs
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training.loop import (
     MetricsLog,
@@ -74,139 +73,7 @@ class DPOTrainResult:
     ms_per_step: float
 
 
-# ----- scoring target pairs --------------------------------------------------------------------------------
-
-
-def _sequence_z(
-    policy: ConditionalPolicy, batch: DPOBatch, conditional: bool, device: torch.device
-) -> Tensor | None:
-    """z of the batch's users, one row per sequence of `DPOBatch.tokenize_targets`: (2BT, Z), or None.
-
-    z (B, Z) comes from the encoder over each user's context features; `sequence_latents` spreads it over
-    the user's chosen rows, then rejected rows. None when unconditional.
-    """
-    if not conditional:
-        return None
-    episodes = batch.episodes
-    z = policy.encode_context(
-        episodes.context_chosen.to(device),
-        episodes.context_rejected.to(device),
-        episodes.context_mask.to(device),
-    )  # (B, Z)
-    return sequence_latents(z, batch.num_targets, pairs=True)  # (2BT, Z)
-
-
-def _reference_of_batch(
-    policy: ConditionalPolicy, tokens: dict[str, Tensor], batch: DPOBatch, table: Tensor | None
-) -> Tensor:
-    """log pi_ref of the batch's 2BT sequences: looked up in the precomputed (P, 2) table, or computed."""
-    if table is not None:
-        pairs = table[batch.episodes.target_pairs.flatten()]  # (BT, 2): chosen, rejected
-        return torch.cat([pairs[:, 0], pairs[:, 1]]).to(tokens["input_ids"].device)  # (2BT,)
-    return policy.reference_logprobs(
-        tokens["input_ids"], tokens["attention_mask"], tokens["completion_mask"]
-    )  # (2BT,)
-
-
-@torch.no_grad()
-def score_batch(
-    policy: ConditionalPolicy,
-    tokenizer: PreTrainedTokenizerBase,
-    batch: DPOBatch,
-    *,
-    conditional: bool,
-    beta: float,
-    max_prompt_length: int,
-    max_response_length: int,
-    reference_table: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """Implicit rewards and DPO losses of a batch's target pairs under each user's z, in eval mode.
-
-    Args:
-        policy: the policy; z comes from its encoder over the batch's context features.
-        batch: B users with T target pairs each.
-        conditional: False scores the policy without z (unconditional runs).
-        reference_table: (P, 2) precomputed log pi_ref (chosen, rejected) of the batch's source pairs, or
-            None to run the reference.
-    Returns:
-        chosen_rewards, rejected_rewards, losses: (B, T) each, float32 on the CPU;
-        implicit reward = beta * (log pi(y | x, z) - log pi_ref(y | x)).
-    """
-    was_training = policy.training
-    policy.eval()
-    try:
-        device = policy.encoder.empty_context.device
-        tokens = {
-            key: value.to(device)
-            for key, value in batch.tokenize_targets(
-                tokenizer, max_prompt_length=max_prompt_length, max_response_length=max_response_length
-            ).items()
-        }  # (2BT, L) each
-        chosen_rewards, rejected_rewards, losses = policy.implicit_rewards(
-            tokens["input_ids"],
-            tokens["attention_mask"],
-            tokens["completion_mask"],
-            _sequence_z(policy, batch, conditional, device),  # (2BT, Z) or None
-            _reference_of_batch(policy, tokens, batch, reference_table),  # (2BT,)
-            beta=beta,
-        )  # (BT,) each
-    finally:
-        policy.train(was_training)
-    shape = (batch.num_users, batch.num_targets)
-    return {
-        "chosen_rewards": chosen_rewards.float().cpu().view(shape),
-        "rejected_rewards": rejected_rewards.float().cpu().view(shape),
-        "losses": losses.float().cpu().view(shape),
-    }
-
-
-@torch.no_grad()
-def episode_scores(
-    policy: ConditionalPolicy,
-    tokenizer: PreTrainedTokenizerBase,
-    sampler: DPOEpisodeSampler,
-    context_size: int,
-    *,
-    episodes: int,
-    seed: int,
-    conditional: bool,
-    beta: float,
-    max_prompt_length: int,
-    max_response_length: int,
-    batch_pairs: int,
-    reference_table: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """Per-episode implicit-reward accuracy and DPO loss on fixed episodes with m = `context_size`.
-
-    Returns:
-        accuracy (E,) fraction of the episode's T targets with chosen reward > rejected reward;
-        loss (E,) mean DPO loss over the targets; margin (E,) mean reward margin; user_type (E,) long
-        index into `sampler.type_names`.
-    """
-    users_per_batch = max(1, batch_pairs // sampler.sampler.targets)
-    accuracy, loss, margin, types = [], [], [], []
-    for batch in sampler.evaluation_batches(context_size, episodes, seed, chunk=users_per_batch):
-        scores = score_batch(
-            policy,
-            tokenizer,
-            batch,
-            conditional=conditional,
-            beta=beta,
-            max_prompt_length=max_prompt_length,
-            max_response_length=max_response_length,
-            reference_table=reference_table,
-        )
-        chosen, rejected = scores["chosen_rewards"], scores["rejected_rewards"]  # (B, T)
-        accuracy.append((chosen > rejected).float().mean(1))
-        margin.append((chosen - rejected).mean(1))
-        loss.append(scores["losses"].mean(1))
-        types.append(batch.episodes.user_type)
-    return {
-        "accuracy": torch.cat(accuracy),
-        "loss": torch.cat(loss),
-        "margin": torch.cat(margin),
-        "user_type": torch.cat(types),
-    }
+# ----- validation ------------------------------------------------------------------------------------------
 
 
 def validate(
@@ -217,23 +84,25 @@ def validate(
     reference_table: Tensor | None,
 ) -> dict[str, float]:
     """eval_* metrics: implicit-reward accuracy (percent) and DPO loss per m and averaged over m."""
+    device = policy.encoder.empty_context.device
+    lengths = {
+        "max_prompt_length": cfg.data.max_prompt_length,
+        "max_response_length": cfg.data.max_response_length,
+    }
+
+    def score(batch: DPOBatch, generator: torch.Generator) -> dict[str, Tensor]:
+        inputs = batch.model_inputs(tokenizer, **lengths, device=device, reference_table=reference_table)
+        return dpo_episode_figures(
+            **policy.score_targets(inputs, conditional=cfg.conditional, beta=cfg.dpo.beta)
+        )
+
+    chunk = max(1, cfg.eval.batch_pairs // sampler.sampler.targets)
+    swept = context_sweep(
+        sampler, cfg.eval.contexts, cfg.eval.val_episodes, cfg.eval.seed, score, chunk=chunk
+    )
     record: dict[str, float] = {}
     accuracies, losses, margins = [], [], []
-    for m in cfg.eval.contexts:
-        scores = episode_scores(
-            policy,
-            tokenizer,
-            sampler,
-            m,
-            episodes=cfg.eval.val_episodes,
-            seed=cfg.eval.seed,
-            conditional=cfg.conditional,
-            beta=cfg.dpo.beta,
-            max_prompt_length=cfg.data.max_prompt_length,
-            max_response_length=cfg.data.max_response_length,
-            batch_pairs=cfg.eval.batch_pairs,
-            reference_table=reference_table,
-        )
+    for m, scores in swept.items():
         accuracy = 100 * float(scores["accuracy"].mean())
         record[f"eval_rewards/accuracies_m{m}"] = accuracy
         accuracies.append(accuracy)
@@ -379,7 +248,9 @@ def _embed_splits(
     """Each split with its items' frozen context features attached, the embedder's record, and D."""
     if not cfg.conditional:
         return splits, None, UNCONDITIONAL_EMBED_DIM
-    embedder = build_embedder(cfg.embedder.name, max_length=cfg.embedder.max_length, device=accelerator.device)
+    embedder = build_embedder(
+        cfg.embedder.name, max_length=cfg.embedder.max_length, device=accelerator.device
+    )
     cache = EmbeddingCache.for_embedder(embedding_cache_root(cfg.embedder.cache), embedder)
     show = cfg.run.progress and accelerator.is_main_process
     embedded = {
@@ -397,7 +268,11 @@ def _embed_splits(
 
 
 def policy_run_record(
-    cfg: PolicyTrainConfig, embedder: dict[str, Any] | None, base_revision: str, type_names: list[str], out_dir: Path
+    cfg: PolicyTrainConfig,
+    embedder: dict[str, Any] | None,
+    base_revision: str,
+    type_names: list[str],
+    out_dir: Path,
 ) -> dict[str, Any]:
     """run.json of a policy run: what `inference.policy.load_policy` needs besides the policy folder."""
     return run_record(
@@ -446,7 +321,9 @@ def train_policy(
         torch.manual_seed(cfg.run.seed)  # the initial LoRA A and encoder weights
         policy, tokenizer, base_revision = build_policy(cfg, embed_dim)
         if accelerator.is_main_process:
-            record = policy_run_record(cfg, embedder_record, base_revision, splits["train"].type_names, out_dir)
+            record = policy_run_record(
+                cfg, embedder_record, base_revision, splits["train"].type_names, out_dir
+            )
             write_run_files(out_dir, cfg, record)
         return _train(cfg, splits, policy, tokenizer, base_revision, out_dir, accelerator, resumable)
 
@@ -466,19 +343,22 @@ def _step(
     Returns the step's statistics averaged over the micro-batches and the tokens it read.
     """
     accumulation, stats, tokens_seen = cfg.optim.grad_accumulation, RunningMeans(), 0
-    lengths = {"max_prompt_length": cfg.data.max_prompt_length, "max_response_length": cfg.data.max_response_length}
+    lengths = {
+        "max_prompt_length": cfg.data.max_prompt_length,
+        "max_response_length": cfg.data.max_response_length,
+    }
     for micro in range(accumulation):
         batch = sampler.batch_at(step * accumulation + micro)
-        tokens = {
-            key: value.to(accelerator.device) for key, value in batch.tokenize_targets(tokenizer, **lengths).items()
-        }  # (2BT, L) each: chosen rows, then rejected rows
+        inputs = batch.model_inputs(
+            tokenizer, **lengths, device=accelerator.device, reference_table=reference_table
+        )  # tokens (2BT, L) each: chosen rows, then rejected rows; context features (B, C, D)
         # Reference first, without gradients: its activations are gone before the policy's are kept.
-        reference = _reference_of_batch(raw_policy, tokens, batch, reference_table)  # (2BT,)
+        reference = raw_policy.reference_of(inputs)  # (2BT,)
         last = micro == accumulation - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            z = _sequence_z(raw_policy, batch, cfg.conditional, accelerator.device)  # (2BT, Z) or None
-            logits = model(tokens["input_ids"], tokens["attention_mask"], z)  # (2BT, L, V)
-            logps = sequence_logprobs(logits, tokens["input_ids"], tokens["completion_mask"])  # (2BT,)
+            z = raw_policy.sequence_z(inputs) if cfg.conditional else None  # (2BT, Z) or None
+            logits = model(inputs["input_ids"], inputs["attention_mask"], z)  # (2BT, L, V)
+            logps = sequence_logprobs(logits, inputs["input_ids"], inputs["completion_mask"])  # (2BT,)
             del logits
             policy_chosen, policy_rejected = logps.chunk(2)  # (BT,) each
             reference_chosen, reference_rejected = reference.chunk(2)
@@ -488,10 +368,13 @@ def _step(
             loss = losses.mean()
             accelerator.backward(loss / accumulation)
         stats.add(
-            {"loss": float(loss.detach()), **dpo_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected)},
+            {
+                "loss": float(loss.detach()),
+                **dpo_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected),
+            },
             1 / accumulation,
         )
-        tokens_seen += int(tokens["attention_mask"].sum())
+        tokens_seen += int(inputs["attention_mask"].sum())
     return stats.sums, tokens_seen
 
 
@@ -516,7 +399,9 @@ def _train(
     )
     val_sampler = None
     if "validation" in splits:
-        val_sampler = DPOEpisodeSampler(splits["validation"], targets=cfg.eval.targets, max_context=max(cfg.eval.contexts))
+        val_sampler = DPOEpisodeSampler(
+            splits["validation"], targets=cfg.eval.targets, max_context=max(cfg.eval.contexts)
+        )
     optimizer, scheduler = build_optimizer(policy.trainable_parameters(), cfg.optim)
     model, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     raw_policy: ConditionalPolicy = accelerator.unwrap_model(model)
@@ -542,7 +427,9 @@ def _train(
     model.train()
     for step in range(first_step, total):
         with seeded_step(cfg.run.seed, accelerator, step):
-            stats, tokens = _step(cfg, accelerator, model, raw_policy, tokenizer, sampler, reference_tables.get("train"), step)
+            stats, tokens = _step(
+                cfg, accelerator, model, raw_policy, tokenizer, sampler, reference_tables.get("train"), step
+            )
         tokens_seen += tokens
         grad_norm = accelerator.clip_grad_norm_(
             raw_policy.trainable_parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -557,7 +444,10 @@ def _train(
             progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
             metrics.write(record)
         if val_sampler is not None and due(done, cfg.eval.val_every, total):
-            record = {"step": done, **validate(raw_policy, tokenizer, val_sampler, cfg, reference_tables.get("validation"))}
+            record = {
+                "step": done,
+                **validate(raw_policy, tokenizer, val_sampler, cfg, reference_tables.get("validation")),
+            }
             metrics.write(record)
             # Kept: the best validation accuracy, ties broken by the lower DPO loss.
             score = (-record["eval_rewards/accuracies"], record["eval_loss"])
@@ -566,7 +456,13 @@ def _train(
                 raw_policy.save_pretrained(out_dir / POLICY_DIR)
         if is_main and due(done, cfg.run.save_every, total):
             state["step"] = done
-            save_checkpoint(out_dir, lambda folder: raw_policy.save_pretrained(folder / POLICY_DIR), optimizer, scheduler, state)
+            save_checkpoint(
+                out_dir,
+                lambda folder: raw_policy.save_pretrained(folder / POLICY_DIR),
+                optimizer,
+                scheduler,
+                state,
+            )
         progress.update(1)
     progress.close()
     seconds = time.perf_counter() - started
@@ -575,11 +471,21 @@ def _train(
             raw_policy.save_pretrained(out_dir / POLICY_DIR)
             state["best_step"] = total
         write_summary(
-            out_dir, total, first_step, seconds,
+            out_dir,
+            total,
+            first_step,
+            seconds,
             tokens_per_second=tokens_seen / seconds if seconds > 0 else None,
             best_step=state["best_step"],
             best_val_accuracy=state["best_val_accuracy"] if val_sampler is not None else None,
         )
     accelerator.wait_for_everyone()
     steps_run = max(1, total - first_step)
-    return DPOTrainResult(out_dir, total, int(state["best_step"]), float(state["best_val_accuracy"]), seconds, 1000 * seconds / steps_run)
+    return DPOTrainResult(
+        out_dir,
+        total,
+        int(state["best_step"]),
+        float(state["best_val_accuracy"]),
+        seconds,
+        1000 * seconds / steps_run,
+    )

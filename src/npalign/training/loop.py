@@ -201,7 +201,9 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
-def seeded_step(seed: int, accelerator: Accelerator, *parts: int | str) -> contextlib.AbstractContextManager[Any]:
+def seeded_step(
+    seed: int, accelerator: Accelerator, *parts: int | str
+) -> contextlib.AbstractContextManager[Any]:
     """Seed torch's global generators for one step's dropout, per rank, inside a fork of the RNG state.
 
     A resumed run then draws the same masks, the ranks of a multi-process run draw different ones, and the

@@ -127,7 +127,11 @@ def _check_data(cfg: RewardTrainConfig, train: PreferenceSet, val: PreferenceSet
     embed_dim = int(train.features.shape[1])
     if val is not None and (val.features is None or int(val.features.shape[1]) != embed_dim):
         raise ValueError(f"validation features must be {embed_dim}-d like the training features.")
-    if cfg.model.prior_head and val is not None and (0 not in cfg.eval.contexts or max(cfg.eval.contexts) == 0):
+    if (
+        cfg.model.prior_head
+        and val is not None
+        and (0 not in cfg.eval.contexts or max(cfg.eval.contexts) == 0)
+    ):
         raise ValueError(
             f"model.prior_head is kept at its best step at m = 0 and the rest of the model at its best over "
             f"m > 0, so eval.contexts must hold 0 and some m > 0; got {cfg.eval.contexts}."
@@ -271,15 +275,23 @@ def _train(
             metrics.write(record)
         if val_sampler is not None and due(done, cfg.eval.val_every, total):
             evaluation = cfg.eval
-            record = {"step": done, **validate(raw_model, val_sampler, evaluation.contexts, evaluation.val_episodes, evaluation.seed)}
+            record = {
+                "step": done,
+                **validate(
+                    raw_model, val_sampler, evaluation.contexts, evaluation.val_episodes, evaluation.seed
+                ),
+            }
             metrics.write(record)
             if accelerator.is_main_process:
                 _keep_best_weights(cfg, raw_model, record, state, best_weights, out_dir)
         if accelerator.is_main_process and due(done, cfg.run.save_every, total):
             state["step"] = done
             save_checkpoint(
-                out_dir, lambda folder: save_tensors(raw_model.state_dict(), folder / REWARD_WEIGHTS),
-                optimizer, scheduler, state,
+                out_dir,
+                lambda folder: save_tensors(raw_model.state_dict(), folder / REWARD_WEIGHTS),
+                optimizer,
+                scheduler,
+                state,
             )
         progress.update(1)
     progress.close()
@@ -290,9 +302,21 @@ def _train(
             state["best_step"] = total
         extra = {"best_prior_step": state["best_prior_step"]} if "best_prior_step" in state else {}
         write_summary(
-            out_dir, total, first_step, seconds, best_step=state["best_step"],
-            best_val_nll=state["best_val_nll"] if val_sampler is not None else None, **extra,
+            out_dir,
+            total,
+            first_step,
+            seconds,
+            best_step=state["best_step"],
+            best_val_nll=state["best_val_nll"] if val_sampler is not None else None,
+            **extra,
         )
     accelerator.wait_for_everyone()
     steps_run = max(1, total - first_step)
-    return TrainResult(out_dir, total, int(state["best_step"]), float(state["best_val_nll"]), seconds, 1000 * seconds / steps_run)
+    return TrainResult(
+        out_dir,
+        total,
+        int(state["best_step"]),
+        float(state["best_val_nll"]),
+        seconds,
+        1000 * seconds / steps_run,
+    )

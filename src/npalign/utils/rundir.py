@@ -181,7 +181,9 @@ def check_run_directory(directory: str | Path, kind: str, config: dict[str, Any]
         recorded = _without(read_yaml(directory / CONFIG_FILE), RESUME_FREE_KEYS)
         current = _without(config, RESUME_FREE_KEYS)
         if recorded != current:
-            changed = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
+            changed = sorted(
+                key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key)
+            )
             raise ValueError(
                 f"--resume: the config differs from {directory / CONFIG_FILE} in section(s) {changed}; resume "
                 "with the same config (see that file) or start a new run with another --out."
