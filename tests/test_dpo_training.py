@@ -367,3 +367,23 @@ def test_bf16_gradient_checkpointing_and_accumulation_train(workdir: Path) -> No
     runner = load_policy(out)
     assert next(runner.policy.base_model.parameters()).dtype == torch.bfloat16
     assert all(t.dtype == torch.float32 for t in runner.policy.trainable_state_dict().values())
+
+
+def test_npalign_load_gives_a_policy_runner_that_saves_and_reloads(tiny_run: Path, tmp_path: Path) -> None:
+    """npalign.load reads a policy run too; save_pretrained writes a run that loads back to the same z and
+    weights, with the recorded data path still pointing at the same file."""
+    import npalign
+    from npalign.inference.policy import PolicyRunner
+    from npalign.utils.rundir import path_from_run
+
+    runner = npalign.load(str(tiny_run))
+    assert isinstance(runner, PolicyRunner) and runner.to("cpu") is runner
+    runner.save_pretrained(tmp_path / "copy")
+    again = npalign.load(str(tmp_path / "copy"))
+    assert isinstance(again, PolicyRunner)
+    recorded, copied = runner.run["data"]["train"], again.run["data"]["train"]
+    assert path_from_run(copied, tmp_path / "copy") == path_from_run(recorded, tiny_run)
+    context = user_context(load_preferences(REPO / DATA, split="train")[0], "concise", 2, seed=0)
+    assert torch.equal(runner.infer_z(context), again.infer_z(context))
+    first, second = runner.policy.trainable_state_dict(), again.policy.trainable_state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

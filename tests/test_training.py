@@ -461,3 +461,20 @@ def test_a_resumed_run_keeps_the_prior_heads_best_weights(
     reference = load_tensors(tmp_path / "uninterrupted" / "model.safetensors")
     resumed = load_tensors(tmp_path / "stopped" / "model.safetensors")
     assert reference.keys() == resumed.keys() and all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_save_pretrained_and_to_round_trip_through_npalign_load(trained_np: Path, tmp_path: Path) -> None:
+    """A predictor saved with save_pretrained loads back through npalign.load and answers identically."""
+    import npalign
+
+    predictor = npalign.load(str(trained_np))
+    assert predictor.to("cpu") is predictor
+    predictor.save_pretrained(tmp_path / "copy")
+    again = npalign.load(str(tmp_path / "copy"))
+    generator = torch.Generator().manual_seed(0)
+    chosen, rejected, items = (torch.rand(n, predictor.embed_dim, generator=generator) for n in (4, 4, 7))
+    z, z_again = predictor.infer_user(chosen, rejected), again.infer_user(chosen, rejected)
+    assert torch.equal(z, z_again)
+    assert torch.equal(predictor.reward(items, z), again.reward(items, z_again))
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        predictor.save_pretrained(tmp_path / "copy")

@@ -9,13 +9,15 @@ __all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
     from npalign.inference.api import RewardPredictor
+    from npalign.inference.policy import PolicyRunner
     from npalign.inference.text import TextRewardPredictor
 
 
-def load(path: str, **kwargs: Any) -> RewardPredictor | TextRewardPredictor:
-    """Load a trained reward model directory for inference; see `npalign.inference.api.load`.
+def load(path: str, **kwargs: Any) -> RewardPredictor | TextRewardPredictor | PolicyRunner:
+    """Load any run directory for inference; see `npalign.inference.api.load`.
 
-    Models trained on text come back as a TextRewardPredictor that embeds prompts and responses itself.
+    A reward model comes back as a RewardPredictor (a TextRewardPredictor, which embeds prompts and
+    responses itself, when it was trained on text); a policy as a PolicyRunner.
     """
     from npalign.inference.api import load as _load
 

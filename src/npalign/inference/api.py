@@ -1,6 +1,6 @@
 """The inference API: infer a user's z from a few choices, then score items for that user (L2, inference).
 
-    model = npalign.load("runs/np_btl")
+    model = npalign.load("runs/np_btl")           # a policy run gives a PolicyRunner (inference/policy.py)
     z = model.infer_user(chosen, rejected)        # (C, D) each; C may be 0
     model.reward(items, z)                         # (N, D) -> (N,)
     model.prefer_prob(a, b, z)                     # (N, D) twice -> (N,)
@@ -19,8 +19,11 @@ from torch import Tensor
 from npalign.models.builders import load_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.types import Posterior, UserLatent
+from npalign.utils.io import save_tensors, write_json
+from npalign.utils.rundir import REWARD_WEIGHTS, RUN_FILE, read_run
 
 if TYPE_CHECKING:
+    from npalign.inference.policy import PolicyRunner
     from npalign.inference.text import TextRewardPredictor
 
 
@@ -64,6 +67,26 @@ class RewardPredictor:
         model, record = load_reward_model(path)
         return cls(model, record, seed=seed)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> RewardPredictor:
+        """Move the model to `device` (inputs follow it; results come back on it); returns self."""
+        self.model.to(torch.device(device))
+        return self
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the model as a run directory `npalign.load` reads: run.json and model.safetensors.
+
+        The weights are written from the CPU and atomically; an existing run there is refused.
+        """
+        directory = Path(directory)
+        if (directory / RUN_FILE).exists():
+            raise FileExistsError(f"{directory} already holds a run; choose another directory.")
+        save_tensors(self.model.state_dict(), directory / REWARD_WEIGHTS)
+        write_json(self.record, directory / RUN_FILE)
+
     @torch.inference_mode()
     def infer_user(self, chosen: Any, rejected: Any) -> UserLatent:
         """The user latent from a user's choices.
@@ -75,8 +98,8 @@ class RewardPredictor:
         Returns:
             z (latent_dim,) or (B, latent_dim) (a Posterior for the latent model; (0,) wide for btl/dpl).
         """
-        chosen_t = _as_tensor(chosen, "chosen", self.embed_dim)
-        rejected_t = _as_tensor(rejected, "rejected", self.embed_dim)
+        chosen_t = _as_tensor(chosen, "chosen", self.embed_dim).to(self.device)
+        rejected_t = _as_tensor(rejected, "rejected", self.embed_dim).to(self.device)
         if chosen_t.shape != rejected_t.shape:
             raise ValueError(
                 f"chosen {tuple(chosen_t.shape)} and rejected {tuple(rejected_t.shape)} differ in shape."
@@ -84,10 +107,10 @@ class RewardPredictor:
         single = chosen_t.dim() == 2
         if single:
             chosen_t, rejected_t = chosen_t[None], rejected_t[None]  # (1, C, D)
-        mask = torch.ones(chosen_t.shape[:2], dtype=torch.bool)  # (B, C)
+        mask = torch.ones(chosen_t.shape[:2], dtype=torch.bool, device=self.device)  # (B, C)
         latent = self.model.infer(chosen_t, rejected_t, mask)
         if latent is None:
-            latent = torch.zeros(chosen_t.shape[0], 0)
+            latent = torch.zeros(chosen_t.shape[0], 0, device=self.device)
         if single:
             return Posterior(latent.mean[0], latent.scale[0]) if isinstance(latent, Posterior) else latent[0]
         return latent
@@ -102,7 +125,7 @@ class RewardPredictor:
             if mean.dim() == 1:
                 mean, scale = mean[None], scale[None]
             return items, Posterior(mean.expand(items.shape[0], -1), scale.expand(items.shape[0], -1)), single
-        z = torch.as_tensor(latent, dtype=torch.float32)
+        z = torch.as_tensor(latent, dtype=torch.float32).to(self.device)
         if z.shape[-1] != self.latent_dim:
             raise ValueError(
                 f"z has width {z.shape[-1]} but this {self.kind} model's latent is {self.latent_dim}-d."
@@ -114,7 +137,7 @@ class RewardPredictor:
     @torch.inference_mode()
     def reward(self, items: Any, z: UserLatent) -> Tensor:
         """Rewards of items for a user: (N, D) -> (N,), or (B, N, D) -> (B, N). Posterior z: mean reward."""
-        batch, latent, single = self._prepare(_as_tensor(items, "items", self.embed_dim), z)
+        batch, latent, single = self._prepare(_as_tensor(items, "items", self.embed_dim).to(self.device), z)
         if isinstance(latent, Posterior):
             rewards = self.model.reward(batch, latent.sample(self.model.num_samples, self.generator)).mean(0)
         else:
@@ -124,7 +147,8 @@ class RewardPredictor:
     @torch.inference_mode()
     def prefer_prob(self, a: Any, b: Any, z: UserLatent) -> Tensor:
         """p(a > b) for a user: (N, D) twice -> (N,), or (B, N, D) -> (B, N)."""
-        a_t, b_t = _as_tensor(a, "a", self.embed_dim), _as_tensor(b, "b", self.embed_dim)
+        a_t = _as_tensor(a, "a", self.embed_dim).to(self.device)
+        b_t = _as_tensor(b, "b", self.embed_dim).to(self.device)
         if a_t.shape != b_t.shape:
             raise ValueError(f"a {tuple(a_t.shape)} and b {tuple(b_t.shape)} differ in shape.")
         a_batch, latent, single = self._prepare(a_t, z)
@@ -134,17 +158,21 @@ class RewardPredictor:
 
 
 def load(
-    path: str | Path, *, seed: int = 0, cache_dir: str | Path | None = None
-) -> RewardPredictor | TextRewardPredictor:
-    """Load a reward-model run directory written by `npalign train-reward` (strictly; no pickle).
+    path: str | Path, *, seed: int = 0, cache_dir: str | Path | None = None, device: str | torch.device = "cpu"
+) -> RewardPredictor | TextRewardPredictor | PolicyRunner:
+    """Load any npalign run directory for inference (strictly; no pickle), by the kind its run.json names.
 
-    A model trained on texts (its record names an embedder) comes back as a `TextRewardPredictor`,
-    which takes texts and embeds them on the fly (through the disk cache under `cache_dir` if given);
-    a model trained on feature vectors comes back as a `RewardPredictor`.
+    * a reward model trained on feature vectors -> `RewardPredictor`;
+    * a reward model trained on texts (its run names an embedder) -> `TextRewardPredictor`, which embeds
+      prompts and responses on the fly (through the disk cache under `cache_dir` if given);
+    * a policy (`npalign train-dpo`) -> `PolicyRunner` (`inference.policy.load_policy`).
     """
-    from npalign.inference.text import TextRewardPredictor  # text.py builds on this module
+    from npalign.inference.policy import load_policy  # policy.py and text.py build on this module
+    from npalign.inference.text import TextRewardPredictor
 
-    predictor = RewardPredictor.from_pretrained(path, seed=seed)
+    if read_run(path)["kind"] == "policy":
+        return load_policy(path, device=device)
+    predictor = RewardPredictor.from_pretrained(path, seed=seed).to(device)
     if predictor.embedder:
         return TextRewardPredictor(predictor, cache_dir=cache_dir)
     return predictor

@@ -24,7 +24,8 @@ from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
 from npalign.embedding.embedders import Embedder, build_embedder
 from npalign.models.film import sequence_latents
 from npalign.models.policy import ConditionalPolicy, load_base
-from npalign.utils.rundir import POLICY_DIR, RUN_FILE, read_run
+from npalign.utils.io import write_json
+from npalign.utils.rundir import POLICY_DIR, RUN_FILE, path_from_run, read_run, relative_to_run
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,25 @@ class PolicyRunner:
     @property
     def device(self) -> torch.device:
         return self.policy.encoder.empty_context.device
+
+    def to(self, device: str | torch.device) -> PolicyRunner:
+        """Move the policy (base, LoRA, FiLM, encoder) to `device`; returns self."""
+        self.policy.to(torch.device(device))
+        return self
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the policy as a run directory `npalign.load` reads: run.json and policy/ (LoRA + FiLM +
+        encoder weights and their config; the base model is referenced by name and revision, not copied).
+        """
+        directory = Path(directory)
+        if (directory / RUN_FILE).exists():
+            raise FileExistsError(f"{directory} already holds a run; choose another directory.")
+        run = dict(self.run)
+        if isinstance(run.get("data"), dict) and self.directory is not None:
+            source = path_from_run(run["data"].get("train"), self.directory)
+            run["data"] = {**run["data"], "train": relative_to_run(source, directory)}
+        self.policy.save_pretrained(directory / POLICY_DIR)
+        write_json(run, directory / RUN_FILE)
 
     @property
     def embedder(self) -> Embedder:

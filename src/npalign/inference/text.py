@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from npalign.embedding.cache import StorageDtype
@@ -79,8 +80,18 @@ class TextRewardPredictor:
         cache_dir: str | Path | None = None,
         embedder: Embedder | None = None,
     ) -> TextRewardPredictor:
-        """Load a run directory trained on text (its `model_config.json` names the embedder)."""
+        """Load a run directory trained on text (its run.json names the embedder)."""
         return cls(RewardPredictor.from_pretrained(path, seed=seed), embedder=embedder, cache_dir=cache_dir)
+
+    def to(self, device: str | torch.device) -> TextRewardPredictor:
+        """Move the reward model to `device` (the embedder stays where it was built); returns self."""
+        self.features.to(device)
+        return self
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the model as a run directory (`RewardPredictor.save_pretrained`); its run.json names the
+        embedder, so `npalign.load` gives a TextRewardPredictor back."""
+        self.features.save_pretrained(directory)
 
     def __repr__(self) -> str:
         return (
