@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -478,3 +479,32 @@ def test_save_pretrained_and_to_round_trip_through_npalign_load(trained_np: Path
     assert torch.equal(predictor.reward(items, z), again.reward(items, z_again))
     with pytest.raises(FileExistsError, match="already holds a run"):
         predictor.save_pretrained(tmp_path / "copy")
+
+
+def test_a_second_writer_is_refused_and_a_bad_resume_rewrites_nothing(
+    paper_splits, trained_np: Path, tmp_path: Path  # noqa: ANN001
+) -> None:
+    """The run directory's guarantees: a lock against a concurrent writer, no second run over a first one,
+    and a --resume that asks for another model leaves every file of the good run as it was."""
+    from npalign.utils.rundir import run_lock
+
+    train, val, _ = paper_splits
+    cfg = load_config(RewardTrainConfig, overrides=[*SMALL, "model.kind=btl", "optim.steps=5", "optim.warmup_steps=1"])
+    with run_lock(tmp_path / "busy"), pytest.raises(FileExistsError, match=r"another npalign process \(pid \d+\)"):
+        train_reward_model(cfg, train, val, tmp_path / "busy")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train_reward_model(cfg, train, val, trained_np)
+    before = {p: p.read_bytes() for p in trained_np.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(ValueError, match=r"differs from .*config.yaml in section\(s\) \[.*'model'"):
+        train_reward_model(cfg, train, val, trained_np, resume=True)
+    after = {p: p.read_bytes() for p in trained_np.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+
+
+def test_run_files_get_normal_permissions(trained_np: Path) -> None:
+    """Atomic writes go through owner-only temporaries; the files they leave are readable like any other."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in trained_np.rglob("*"):
+        expected = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path

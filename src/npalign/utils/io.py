@@ -18,11 +18,18 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path` in one rename.
 
-    A crash while writing leaves the previous file (or nothing) in place, never a torn file.
+    A crash while writing leaves the previous file (or nothing) in place, never a torn file. The file
+    gets the permissions a plain `open(path, "w")` would give (mkstemp's are owner-only).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +37,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.isfile(tmp):
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -44,6 +53,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's are owner-only
         old = path.with_name(f".{path.name}.old")
         if old.exists():
             shutil.rmtree(old)
