@@ -7,17 +7,13 @@ Every (prompt, response) item goes through `EmbeddingCache.get_or_compute`, keye
 revision and text hash, so no text is embedded twice across splits, runs or commands, and a killed job
 resumes where its last shard ended. The default cache lives under `hub.cache_root() / "embeddings"`.
 
-Two conventions live here, one function each, until the two stacks share one:
-
-- reward models (`embed_texts`, `embed_preferences`): the embedder's vectors rescaled to unit RMS,
-  `v * sqrt(D) / ||v||` (`to_features`, `FEATURE_CONVENTION`). Sentence embedders L2-normalise
-  (minilm's coordinates are ~0.05), and at that scale NP-BTL's z pathway, which acts through products of
-  small first-layer activations, never leaves its saddle: on DSP with minilm it used no context after
-  2,000 steps, and learnt to within 200 once the inputs were rescaled. Unit-RMS inputs are what the
-  models' default initialisation expects.
-- policies (`embed_items`): the raw vectors, as the NP-DPO encoder has always been trained on.
-
-The cache keeps the raw vectors either way.
+One feature convention for both jobs (`FEATURE_CONVENTION`, recorded in every run.json): the
+embedder's vectors rescaled to unit RMS, `v * sqrt(D) / ||v||` (`to_features`). Sentence embedders
+L2-normalise (minilm's coordinates are ~0.05), and at that scale NP-BTL's z pathway, which acts through
+products of small first-layer activations, never leaves its saddle: on DSP with minilm it used no context
+after 2,000 steps, and learnt to within 200 once the inputs were rescaled. Unit-RMS inputs are what the
+models' default initialisation expects, the NP-DPO context encoder's included. The reward stack reads
+them through `embed_preferences`, the policy stack through `embed_items`; the cache keeps raw vectors.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from npalign.types import PreferenceSet
 logger = logging.getLogger(__name__)
 
 EMBEDDINGS_DIR = "embeddings"
-# The reward stack's item features (`to_features`); the policy stack still takes raw vectors (`embed_items`).
+# The item features of both jobs (`to_features`); run.json records it, and loading checks it.
 FEATURE_CONVENTION = "unit-rms"
 
 
@@ -229,13 +225,10 @@ def embed_preferences(
 def embed_items(
     data: PreferenceSet, embedder: Embedder, cache: EmbeddingCache, *, batch_size: int, progress: bool
 ) -> PreferenceSet:
-    """`data` with its items' frozen embeddings attached as features, (N, D), through the cache.
-
-    The policy stack's convention: the embedder's RAW vectors, not `to_features` (unit RMS) as the reward
-    stack uses; NP-DPO runs so far were trained on raw vectors, so changing this changes their inputs.
-    """
+    """`data` with its items' features attached, (N, D) (`to_features` of the frozen embeddings), through
+    an already opened cache."""
     assert data.item_prompts is not None and data.item_responses is not None
-    features = cache.get_or_compute(
+    vectors = cache.get_or_compute(
         embedder, data.item_prompts, data.item_responses, batch_size=batch_size, progress=progress
     )  # (N, D)
-    return data.with_features(features)
+    return data.with_features(to_features(vectors))

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
 from npalign.embedding.embedders import Embedder, build_embedder
+from npalign.embedding.features import FEATURE_CONVENTION, to_features
 from npalign.models.film import sequence_latents
 from npalign.models.policy import ConditionalPolicy, load_base
 from npalign.utils.io import write_json
@@ -105,6 +106,11 @@ class PolicyRunner:
             record = self.run.get("embedder")
             if record is None:
                 raise ValueError("this run is unconditional; it has no embedder and takes no context.")
+            if record.get("features") != FEATURE_CONVENTION:
+                raise ValueError(
+                    f"this run's context features are {record.get('features')!r}, but this npalign computes "
+                    f"{FEATURE_CONVENTION!r} ones; retrain the policy with this version."
+                )
             embedder = build_embedder(record["name"], max_length=record["max_length"], device=self.device)
             if embedder.revision != record["revision"] or embedder.dim != record["dim"]:
                 raise ValueError(
@@ -119,15 +125,16 @@ class PolicyRunner:
 
     @torch.no_grad()
     def context_features(self, context: Sequence[ContextTriple]) -> tuple[Tensor, Tensor]:
-        """Frozen embeddings of a user's context pairs: chosen (C, D) and rejected (C, D)."""
+        """Features of a user's context pairs (`to_features` of the frozen embeddings): chosen (C, D) and
+        rejected (C, D)."""
         for index, triple in enumerate(context):
             if not (isinstance(triple, tuple | list) and len(triple) == 3):
                 raise ValueError(
                     f"context[{index}] must be a (prompt, chosen, rejected) triple of strings; got {triple!r}."
                 )
         prompts = [str(prompt) for prompt, _, _ in context]
-        chosen = self.embedder.embed(prompts, [str(c) for _, c, _ in context])  # (C, D)
-        rejected = self.embedder.embed(prompts, [str(r) for _, _, r in context])  # (C, D)
+        chosen = to_features(self.embedder.embed(prompts, [str(c) for _, c, _ in context]))  # (C, D)
+        rejected = to_features(self.embedder.embed(prompts, [str(r) for _, _, r in context]))  # (C, D)
         return chosen, rejected
 
     @torch.no_grad()

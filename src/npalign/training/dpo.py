@@ -34,7 +34,7 @@ from npalign.data.dpo_tokenize import tokenize_preference_pairs
 from npalign.data.episodes import context_sweep, derived_seed
 from npalign.embedding.cache import EmbeddingCache
 from npalign.embedding.embedders import build_embedder
-from npalign.embedding.features import embed_items, embedding_cache_root
+from npalign.embedding.features import FEATURE_CONVENTION, embed_items, embedding_cache_root
 from npalign.models.losses import dpo_episode_figures, dpo_loss, dpo_metrics, sequence_logprobs
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training.loop import (
@@ -262,7 +262,7 @@ def _embed_splits(
         "revision": embedder.revision,
         "dim": embedder.dim,
         "max_length": cfg.embedder.max_length,
-        "features": "raw",
+        "features": FEATURE_CONVENTION,
     }
     return embedded, record, embedder.dim
 

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 
 from npalign.config import RewardTrainConfig, to_dict
 from npalign.data.episodes import EpisodeSampler, context_sweep, derived_seed
+from npalign.embedding.features import FEATURE_CONVENTION
 from npalign.models.builders import build_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.training.loop import (
@@ -108,7 +109,7 @@ def reward_run_record(cfg: RewardTrainConfig, data: PreferenceSet, out_dir: Path
             "revision": embedding.get("revision") if embedding else None,
             "dim": int(data.features.shape[1]),
             "max_length": cfg.embedder.max_length,
-            "features": "unit-rms",
+            "features": FEATURE_CONVENTION,
         }
     return run_record(
         "reward",
