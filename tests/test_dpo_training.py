@@ -237,6 +237,24 @@ def test_generate_for_a_user_type_and_for_a_context_file(
     from_file = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert from_file["response"] == from_type["response"]
 
+    # TRL's conversational rows are read as the same pairs.
+    conversational = tmp_path / "context_messages.jsonl"
+    conversational.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": p}],
+                    "chosen": [{"role": "assistant", "content": c}],
+                    "rejected": [{"role": "assistant", "content": r}],
+                }
+            )
+            + "\n"
+            for p, c, r in context
+        )
+    )
+    assert main([*common, "--context", str(conversational)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["response"] == from_type["response"]
+
     runner = load_policy(tiny_run)
     z = runner.infer_z(context)
     assert runner.generate([prompt], z=z, max_new_tokens=6) == [from_file["response"]]

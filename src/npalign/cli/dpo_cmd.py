@@ -42,29 +42,15 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_context_file(path: str) -> list[tuple[str, str, str]]:
-    """(prompt, chosen, rejected) triples from a JSON/JSONL file of rows with those three keys."""
-    from npalign.data.loaders import read_rows
-
-    triples = []
-    for index, row in enumerate(read_rows(path)):
-        missing = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row.get(key), str)]
-        if missing:
-            raise ValueError(
-                f"{path}, row {index}: needs string fields prompt, chosen and rejected; missing or not text: "
-                f"{missing}."
-            )
-        triples.append((row["prompt"], row["chosen"], row["rejected"]))
-    return triples
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from npalign.inference.policy import load_policy
 
     runner = load_policy(args.policy)
     context: list[tuple[str, str, str]] | None = None
     if args.context:
-        context = _read_context_file(args.context)
+        from npalign.data.conversation import read_context_file
+
+        context = read_context_file(args.context)
     elif args.user_type:
         from npalign.data.dpo_episodes import user_context
         from npalign.data.loaders import load_preferences

@@ -92,3 +92,28 @@ def conversation_texts(prompt: Any, chosen: Any, rejected: Any, where: str) -> t
         _one(chosen, "assistant", where, "chosen", "the chosen completion"),
         _one(rejected, "assistant", where, "rejected", "the rejected completion"),
     )
+
+
+def read_context_file(source: str) -> list[tuple[str, str, str]]:
+    """A user's context pairs from a JSON/JSONL file: (prompt, chosen, rejected) texts per row.
+
+    Rows are TRL's standard text rows (`prompt`, `chosen`, `rejected` strings) or its conversational rows
+    (message lists, either form); a row that is neither is an error naming the file and its line.
+    """
+    from npalign.data.loaders import read_records  # loaders reads conversations through this module
+
+    _, records = read_records(source)
+    triples = []
+    for where, row in records:
+        prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
+        if is_conversation(chosen) or is_conversation(rejected):
+            triples.append(conversation_texts(prompt, chosen, rejected, where))
+            continue
+        missing = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row.get(key), str)]
+        if missing:
+            raise ValueError(
+                f"{where}: needs prompt, chosen and rejected as texts or as TRL message lists; missing or not "
+                f"text: {missing}."
+            )
+        triples.append((row["prompt"], row["chosen"], row["rejected"]))
+    return triples
