@@ -224,12 +224,10 @@ def main() -> None:
         default=None,
         help="train the unconditional baseline for this many steps instead of --steps (a shorter budget)",
     )
-    parser.add_argument(
-        "--queries", type=int, default=None, help="held-out queries (default: settings, all 136; quick 3)"
-    )
+    parser.add_argument("--queries", type=int, default=None, help="held-out queries (default: settings)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: settings (128; quick 32)")
     parser.add_argument(
-        "--max-response-length", type=int, default=None, help="training truncation (default: settings, 128)"
+        "--max-response-length", type=int, default=None, help="training truncation (settings)"
     )
     parser.add_argument("--generation-batch", type=int, default=8)
     parser.add_argument(
