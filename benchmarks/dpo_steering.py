@@ -20,6 +20,8 @@ Steps (each cached in --work, so a rerun resumes):
         --out out/dpo_steering/steering.json                                     # the measurement (a GPU)
     python benchmarks/dpo_steering.py --render benchmarks/results/dpo_h100/steering.json   # its tables again
 
+Settings (the split, the judges, both budgets, the --quick overrides): configs/benchmarks/dpo_steering.yaml.
+
 The measurement in benchmarks/results/dpo_h100/ ran on a lent H100 (NP-DPO 10 minutes; about 25 minutes
 in all). Each run writes REPORT.json, REPORT.md (the tables) and --work/answers.json (every generated answer).
 
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pipeline import DPOSteeringSettings, add_settings_argument, load_settings
 
 from npalign.config import PolicyTrainConfig, RewardTrainConfig, load_config
 from npalign.data.dpo_episodes import filter_user_types, user_context
@@ -52,22 +55,14 @@ from npalign.embedding.hub import load_tokenizer
 from npalign.evaluation.dpo import evaluate_policy
 from npalign.inference.api import RewardPredictor
 from npalign.inference.policy import PolicyRunner, load_policy
-from npalign.training.dpo import (
-    load_dpo_data,
-    precompute_reference,
-    train_policy,
-)
+from npalign.training.dpo import precompute_reference, train_policy
+from npalign.training.loop import load_run_data
 from npalign.training.reward import train_reward_model
 from npalign.types import PreferenceSet
 from npalign.utils.io import read_json, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-CONFIG = REPO / "configs" / "dpo" / "np_dpo_dsp_smollm2.yaml"
-SPLITS = (0.6, 0.1, 0.3)
 LENGTH_USERS = ("concise", "detailed")
-CONTEXT_SIZE = 4
-INTERPOLATION = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def log(message: str) -> None:
@@ -77,16 +72,16 @@ def log(message: str) -> None:
 # ----- 1-2: data and judges ---------------------------------------------------------------------------------
 
 
-def build_data(work: Path) -> Path:
+def build_data(work: Path, splits: list[float]) -> Path:
     path = work / "dsp.jsonl"
     if not path.is_file():
-        report = build_dataset("dsp", input=None, out=path, splits=SPLITS, length_users=True)
+        report = build_dataset("dsp", input=None, out=path, splits=tuple(splits), length_users=True)
         log(f"built {path}: {report.total_written} pairs")
     return path
 
 
 def train_judges(
-    data_path: Path, work: Path, embedder_name: str, cache: str | None, steps: int
+    data_path: Path, work: Path, embedder_name: str, cache: str | None, steps: int, overrides: list[str]
 ) -> dict[str, Any]:
     """One BTL per domain on the original DSP responses; returns {domain: {path, heldout_accuracy}}."""
     embedder = build_embedder(embedder_name, device=DEVICE)
@@ -99,11 +94,10 @@ def train_judges(
         train = embed_items(filter_user_types(train, [domain]), embedder, store, batch_size=64, progress=True)
         test = embed_items(filter_user_types(test, [domain]), embedder, store, batch_size=64, progress=True)
         if not (folder / "model.safetensors").is_file():
-            overrides = ["model.kind=btl", "model.hidden_dim=256", f"optim.steps={steps}", "optim.lr=1e-3"]
-            overrides += ["optim.warmup_steps=20", "episodes.batch_users=8", "episodes.targets=32"]
-            overrides += ["episodes.min_context=0", "episodes.max_context=0", f"embedder={embedder_name}"]
-            overrides += [f"run.save_every={steps}", f"run.log_every={steps}", "run.progress=false"]
-            train_reward_model(load_config(RewardTrainConfig, overrides=overrides), train, None, folder)
+            budget = [f"optim.steps={steps}", f"embedder={embedder_name}"]
+            budget += [f"run.save_every={steps}", f"run.log_every={steps}"]
+            cfg = load_config(RewardTrainConfig, overrides=[*overrides, *budget])
+            train_reward_model(cfg, train, None, folder)
         judge = RewardPredictor.from_pretrained(folder)
         assert test.features is not None
         no_z = torch.zeros(0)
@@ -131,7 +125,9 @@ def judge_scores(judges: dict[str, Any], domain: str, prompts: list[str], answer
 # ----- 3: policies ------------------------------------------------------------------------------------------
 
 
-def policy_config(args: argparse.Namespace, data_path: Path, mode: str) -> PolicyTrainConfig:
+def policy_config(
+    args: argparse.Namespace, settings: DPOSteeringSettings, data_path: Path, mode: str
+) -> PolicyTrainConfig:
     short_baseline = mode == "unconditional" and args.baseline_steps is not None
     steps = args.baseline_steps if short_baseline else args.steps
     overrides = [f"data.train={data_path}", f"mode={mode}", f"optim.steps={steps}", "run.progress=true"]
@@ -143,18 +139,19 @@ def policy_config(args: argparse.Namespace, data_path: Path, mode: str) -> Polic
     if args.embedding_cache:
         overrides.append(f"embedder.cache={args.embedding_cache}")
     if args.quick:  # the full batch (so the step time is the real one), two steps, no validation
-        overrides += ["optim.warmup_steps=1", "run.save_every=2", "run.log_every=1", "data.val_split=null"]
-        overrides += ["dpo.precompute_reference=false"]
-    return load_config(PolicyTrainConfig, CONFIG, overrides)
+        overrides += settings.quick_overrides
+    return load_config(PolicyTrainConfig, settings.policy_config, overrides)
 
 
-def train(args: argparse.Namespace, data_path: Path, work: Path, mode: str) -> tuple[Path, dict[str, Any]]:
+def train(
+    args: argparse.Namespace, settings: DPOSteeringSettings, data_path: Path, work: Path, mode: str
+) -> tuple[Path, dict[str, Any]]:
     out = work / ("np_dpo" if mode == "conditional" else "dpo_unconditional")
-    cfg = policy_config(args, data_path, mode)
+    cfg = policy_config(args, settings, data_path, mode)
     summary_file = out / "summary.json"
     if summary_file.is_file() and (summary := read_json(summary_file))["steps"] == cfg.optim.steps:
         return out, summary
-    train_data, val_data = load_dpo_data(cfg)
+    train_data, val_data, _ = load_run_data(cfg.data)
     result = train_policy(cfg, train_data, val_data, out, resume=(out / "checkpoint").exists())
     log(f"trained {mode}: {result.steps} steps, {result.ms_per_step:.0f} ms/step")
     return out, read_json(summary_file)
@@ -165,6 +162,7 @@ def time_reference(run: Path, data: PreferenceSet, args: argparse.Namespace, pai
     runner = load_policy(run, device=DEVICE)
     subset = data.subset(torch.arange(data.num_pairs) < pairs)
     started = time.perf_counter()
+    # The one call into training/dpo.py beyond train_policy: re-point it if the reference pass moves.
     precompute_reference(
         runner.policy,
         runner.tokenizer,
@@ -213,11 +211,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_settings_argument(parser, "dpo_steering")
     parser.add_argument("--work", default="out/dpo_steering", help="folder for data, judges, runs, answers")
     parser.add_argument("--out", default="out/dpo_steering.json")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny everything, no measurement")
     parser.add_argument(
-        "--steps", type=int, default=None, help="policy training steps (default 2000, quick 2)"
+        "--steps", type=int, default=None, help="policy training steps (default: settings, 2000; quick 2)"
     )
     parser.add_argument(
         "--baseline-steps",
@@ -225,17 +224,19 @@ def main() -> None:
         default=None,
         help="train the unconditional baseline for this many steps instead of --steps (a shorter budget)",
     )
+    parser.add_argument("--queries", type=int, default=None, help="held-out queries (default: settings)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: settings (128; quick 32)")
     parser.add_argument(
-        "--queries", type=int, default=None, help="held-out queries (default all 136, quick 3)"
+        "--max-response-length", type=int, default=None, help="training truncation (settings)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128, quick 8")
-    parser.add_argument("--max-response-length", type=int, default=None, help="training truncation (128)")
     parser.add_argument("--generation-batch", type=int, default=8)
     parser.add_argument(
         "--judge-embedder", default="smollm2-mean64", help="the text issue's best embedder (its oracles)"
     )
     parser.add_argument("--bf16", action="store_true", help="keep the frozen base in bfloat16 (GPU)")
-    parser.add_argument("--judge-steps", type=int, default=None, help="BTL judge steps (default 400)")
+    parser.add_argument(
+        "--judge-steps", type=int, default=None, help="BTL judge steps (default: settings, 400; quick 50)"
+    )
     parser.add_argument("--embedding-cache", default=None)
     parser.add_argument("--eval-episodes", type=int, default=None, help="implicit-reward accuracy episodes")
     parser.add_argument(
@@ -258,26 +259,30 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
-    args.steps = args.steps or (2 if quick else 2000)
-    args.queries = args.queries or (3 if quick else 10_000)
-    args.max_new_tokens = args.max_new_tokens or (32 if quick else 128)
-    args.max_response_length = args.max_response_length or 128
-    args.judge_steps = args.judge_steps or (50 if quick else 400)
-    args.eval_episodes = args.eval_episodes or (4 if quick else 120)
+    settings = load_settings(args.settings, DPOSteeringSettings)
+    budget = settings.quick if quick else settings.full
+    args.steps = args.steps or budget.steps
+    args.queries = args.queries or budget.queries
+    args.max_new_tokens = args.max_new_tokens or budget.max_new_tokens
+    args.max_response_length = args.max_response_length or settings.max_response_length
+    args.judge_steps = args.judge_steps or budget.judge_steps
+    args.eval_episodes = args.eval_episodes or budget.eval_episodes
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
-    data_path = build_data(work)
+    data_path = build_data(work, settings.splits)
     t = time.perf_counter()
-    judges = train_judges(data_path, work, args.judge_embedder, args.embedding_cache, args.judge_steps)
+    judges = train_judges(
+        data_path, work, args.judge_embedder, args.embedding_cache, args.judge_steps, settings.judge
+    )
     timings["judges_seconds"] = time.perf_counter() - t
 
     runs: dict[str, Path] = {}
     for mode in ("conditional", "unconditional"):
         t = time.perf_counter()
-        runs[mode], summary = train(args, data_path, work, mode)
+        runs[mode], summary = train(args, settings, data_path, work, mode)
         timings[f"train_{mode}_seconds"] = time.perf_counter() - t
         timings[f"train_{mode}_ms_per_step"] = summary["ms_per_step"]
 
@@ -289,7 +294,9 @@ def main() -> None:
     np_dpo = load_policy(runs["conditional"], device=DEVICE)
     baseline = load_policy(runs["unconditional"], device=DEVICE)
     users = [*DSP_DOMAINS, *LENGTH_USERS]
-    z = {user: np_dpo.infer_z(user_context(train_data, user, CONTEXT_SIZE, seed=0)) for user in users}
+    z = {
+        user: np_dpo.infer_z(user_context(train_data, user, settings.context_size, seed=0)) for user in users
+    }
 
     answers: dict[str, list[str]] = {}
     generation_seconds: list[float] = []
@@ -319,14 +326,14 @@ def main() -> None:
         }
         log(f"steering {domain}: {steering[domain]}")
 
-    for t_value in INTERPOLATION:
+    for t_value in settings.interpolation:
         z_t = np_dpo.interpolate(z["concise"], z["detailed"], t_value)
         answers[f"concise_to_detailed_t{t_value}"] = generate_all(np_dpo, queries, z_t, args)[0]
     tokens = answer_tokens(np_dpo.tokenizer, answers)
     length: dict[str, Any] = {user: float(statistics.median(tokens[user])) for user in LENGTH_USERS}
     length["concise_shorter_percent"] = 100 * (1 - length["concise"] / max(length["detailed"], 1e-9))
     length["interpolation"] = {
-        str(t): float(statistics.median(tokens[f"concise_to_detailed_t{t}"])) for t in INTERPOLATION
+        str(t): float(statistics.median(tokens[f"concise_to_detailed_t{t}"])) for t in settings.interpolation
     }
     medians = list(length["interpolation"].values())
     length["interpolation_monotone"] = all(a <= b for a, b in zip(medians, medians[1:], strict=False))
@@ -334,21 +341,25 @@ def main() -> None:
     log(f"length: {length}")
     write_json({"queries": queries, "answers": answers}, work / "answers.json")
 
-    contexts = [0, 3] if quick else [0, 1, 3, 5]
-    targets = 2 if quick else 9
+    contexts, targets = budget.contexts, budget.targets
     accuracy = evaluate_policy(
         np_dpo,
         test,
         contexts=contexts,
         episodes=args.eval_episodes,
         targets=targets,
-        seed=1234,
+        seed=settings.eval_seed,
         progress=True,
     )["accuracy"]
     # The unconditional baseline reads no context, so one m suffices: the largest m's episodes, whose target
     # pairs are the ones NP-DPO was scored on at that m (same seed).
     accuracy["baseline"] = evaluate_policy(
-        baseline, test, contexts=[max(contexts)], episodes=args.eval_episodes, targets=targets, seed=1234
+        baseline,
+        test,
+        contexts=[max(contexts)],
+        episodes=args.eval_episodes,
+        targets=targets,
+        seed=settings.eval_seed,
     )["accuracy"][str(max(contexts))]
     falls = [
         {
@@ -368,20 +379,27 @@ def main() -> None:
 
     # The full setting, extrapolated from what was measured here.
     full_queries = len(set(test.prompt_ids))
-    full_answers = full_queries * (len(users) + 1 + len(INTERPOLATION))
-    scale_tokens = 128 / args.max_new_tokens
+    full_answers = full_queries * (len(users) + 1 + len(settings.interpolation))
+    full, full_length = settings.full, settings.max_response_length
+    scale_tokens = full.max_new_tokens / args.max_new_tokens
     step_ms = timings["train_conditional_ms_per_step"]
     train_pairs = train_data.num_pairs
     extrapolated = {
-        "policy_training_hours": 2 * 2000 * step_ms / 1000 / 3600 * (128 / args.max_response_length),
+        "policy_training_hours": 2
+        * full.steps
+        * step_ms
+        / 1000
+        / 3600
+        * (full_length / args.max_response_length),
         "reference_precompute_hours": train_pairs
         * timings["reference_seconds_per_pair"]
-        * (128 / args.max_response_length)
+        * (full_length / args.max_response_length)
         / 3600,
         "generation_hours": full_answers * per_answer * scale_tokens / 3600,
-        "assumptions": "2 policies x 2000 steps at the measured ms/step scaled linearly to 128-token responses; "
-        f"one reference pass over {train_pairs} training pairs; "
-        f"{full_answers} answers of 128 new tokens at the measured seconds per answer scaled linearly",
+        "assumptions": f"2 policies x {full.steps} steps at the measured ms/step scaled linearly to "
+        f"{full_length}-token responses; one reference pass over {train_pairs} training pairs; "
+        f"{full_answers} answers of {full.max_new_tokens} new tokens at the measured seconds per answer "
+        "scaled linearly",
     }
     report = {
         "quick": quick,
@@ -392,7 +410,7 @@ def main() -> None:
             "queries": len(queries),
             "max_new_tokens": args.max_new_tokens,
             "max_response_length": args.max_response_length,
-            "context_size": CONTEXT_SIZE,
+            "context_size": settings.context_size,
             "judge_embedder": args.judge_embedder,
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -10,7 +10,7 @@ m = 60 NP-BTL's encoder knows the domain as well as it ever will. Where its accu
 (SmolLM2), the gap that remains is the rewards': the shared reward network, told the domain, against
 the domain's own BTL (the oracle's test figure from results.json; it does not depend on m). On minilm
 the encoder names the domain of new prompts poorly even then (tuning.md, section 10). The episodes are
-dsp.py's (4,000 per m, its evaluation seed), so the m = 10 column is the benchmark's own gap. Prints
+dsp.py's (its episodes per m and evaluation seed, from results.json), so the m = 10 column is the benchmark's own gap. Prints
 per run and as mean ± s.e.m. over the runs, and per domain; `--out FILE.md` also writes it to a file.
 """
 
@@ -23,8 +23,7 @@ from functools import cache
 from pathlib import Path
 from statistics import mean
 
-from dsp import ORACLE, TARGETS
-from seed_table import load, spread
+from pipeline import REPO, load_results, spread
 
 from npalign.config import RewardTrainConfig
 from npalign.data.loaders import load_preferences
@@ -33,8 +32,8 @@ from npalign.embedding.features import embed_preferences, resolve_embedder
 from npalign.evaluation.reward import evaluate_reward_model
 from npalign.models.builders import load_reward_model
 from npalign.utils.io import atomic_path
+from npalign.utils.rundir import RUN_FILE
 
-REPO = Path(__file__).resolve().parents[1]
 NP_RUN = "np-btl"  # dsp.py's run folder for NP-BTL
 
 
@@ -46,18 +45,24 @@ def embedder(name: str) -> Embedder:
 
 def score(folder: str, contexts: list[int], episodes: int, cache_dir: Path | None) -> dict:
     """NP-BTL's test accuracy at each m of `contexts` minus the oracle's, overall and per domain."""
-    results = load(folder)
-    data_file = REPO / results["setup"]["build_report"]["out"]
+    results = load_results(folder)
+    setup = results["setup"]
+    data_file = REPO / setup["build_report"]["out"]
     run_dir = data_file.parent / "runs" / NP_RUN
-    if not (run_dir / "model_config.json").is_file():
+    if not (run_dir / RUN_FILE).is_file():
         raise SystemExit(f"{folder}: no NP-BTL run at {run_dir} (rerun its benchmarks/dsp.py command).")
     model, record = load_reward_model(run_dir)
     test, _ = load_preferences(data_file, split="test")
     test = embed_preferences(test, embedder(record["embedder"]), cache_dir=cache_dir)
     accuracy = evaluate_reward_model(
-        model, test, contexts=contexts, episodes=episodes, targets=TARGETS, seed=RewardTrainConfig().eval.seed
+        model,
+        test,
+        contexts=contexts,
+        episodes=episodes,
+        targets=setup["targets_per_episode"],
+        seed=RewardTrainConfig().eval.seed,
     )["accuracy"]
-    oracle = results["models"][ORACLE]["accuracy"]["10"]
+    oracle = results["models"][setup["oracle_name"]]["accuracy"]["10"]
     return {
         "overall": {m: accuracy[str(m)]["mean"] - oracle["mean"] for m in contexts},
         "by_type": {
@@ -101,11 +106,18 @@ def main() -> None:
     )
     parser.add_argument("results", nargs="+", help="results folders (or results.json) written by dsp.py")
     parser.add_argument("--contexts", type=int, nargs="+", default=[10, 30, 60])
-    parser.add_argument("--episodes", type=int, default=4000, help="episodes per m (dsp.py's number)")
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="episodes per m (default: the first results' own, dsp.py's 4000)",
+    )
     parser.add_argument("--cache", default=None, help="embedding cache root (default: the npalign cache)")
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
     cache_dir = Path(args.cache) if args.cache else None
+    if args.episodes is None:
+        args.episodes = load_results(args.results[0])["setup"]["episodes_per_m"]
     scores = [score(folder, args.contexts, args.episodes, cache_dir) for folder in args.results]
     lines = report(args.results, scores, args.contexts, args.episodes)
     print("\n".join(lines))

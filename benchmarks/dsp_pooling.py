@@ -23,7 +23,8 @@ on the training and validation splits only (the test split is never read):
   seeds;
 * NP-BTL itself (dsp.py's settings) on the present pooling and on the best of those by found.
 
-Writes pooling.json and pooling.md into benchmarks/results/dsp_smollm2-mean64/.
+Writes pooling.json and pooling.md into benchmarks/results/dsp_smollm2-mean64/. Settings (the candidate
+poolings, cuts, seeds and budgets): configs/benchmarks/dsp_pooling.yaml.
 """
 
 from __future__ import annotations
@@ -35,20 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dsp import (
-    CONTEXTS,
-    MODELS,
-    ORACLE_OVERRIDES,
+from pipeline import (
     REPO,
-    TARGETS,
-    _config,
-    _train,
-    evaluate_oracle,
+    PoolingSettings,
+    TextBenchmarkSettings,
+    add_settings_argument,
+    fit_style_classifier,
     likelihood_evidence,
+    load_settings,
+    oracle_predictor,
+    style_evidence,
     train_oracles,
+    train_run,
     type_posterior_predictor,
 )
-from dsp_identify import fit_style_classifier, style_evidence
 from tqdm import tqdm
 
 from npalign.data.loaders import load_preferences
@@ -58,25 +59,24 @@ from npalign.evaluation.reward import score_episodes
 from npalign.types import PreferenceSet
 from npalign.utils.io import atomic_path, load_tensors, save_tensors, write_json
 
-CUTS = (32, 64)
 SPLITS = ("train", "validation")
 
 
 def pooled_states(
-    data: dict[str, PreferenceSet], batch_size: int
+    data: dict[str, PreferenceSet], embedder_name: str, cuts: list[int], batch_size: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every split's items -> (N, layers + 1, len(CUTS), H) response means of each layer's states.
+    """Every split's items -> (N, layers + 1, len(cuts), H) response means of each layer's states.
 
     Index 0 of the layer axis is the token embeddings, index -1 the final layer after the model's
     last norm (what `smollm2-mean64` pools).
     """
-    embedder = build_embedder("smollm2-mean64")
+    embedder = build_embedder(embedder_name)
     base = embedder.model.base_model
     out, started, tokens = {}, time.perf_counter(), 0
     for name, split in data.items():
         assert split.item_prompts is not None and split.item_responses is not None
         pairs = embedder._tokenize(split.item_prompts, split.item_responses)
-        result = torch.empty(len(pairs), base.config.num_hidden_layers + 1, len(CUTS), embedder.dim)
+        result = torch.empty(len(pairs), base.config.num_hidden_layers + 1, len(cuts), embedder.dim)
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i].input_ids))
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), batch_size), desc=f"states {name}"):
@@ -93,7 +93,7 @@ def pooled_states(
                 # transformers records the embeddings and each layer's output, the last one after the
                 # final norm: hidden_states[-1] is last_hidden_state, what smollm2-mean64 pools.
                 states = torch.stack(hidden.hidden_states, 1)  # (n, layers + 1, L, H)
-                for c, cut in enumerate(CUTS):
+                for c, cut in enumerate(cuts):
                     weights = (pool & (pool.cumsum(-1) <= cut)).float()  # (n, L): first `cut` response tokens
                     means = (
                         torch.einsum("nklh,nl->nkh", states.float(), weights) / weights.sum(1)[:, None, None]
@@ -104,56 +104,55 @@ def pooled_states(
     return out, {"seconds": round(seconds, 1), "tokens": tokens, "texts": sum(len(v) for v in out.values())}
 
 
-# (label, blocks): each block is (layer, response tokens); layer 30 is the final one, after the norm.
-CANDIDATES: list[tuple[str, list[tuple[int, int]]]] = [
-    ("layer 30, first 64 (smollm2-mean64)", [(30, 64)]),
-    ("layer 30, first 32", [(30, 32)]),
-    ("layer 27, first 64", [(27, 64)]),
-    ("layer 24, first 64", [(24, 64)]),
-    ("layer 20, first 64", [(20, 64)]),
-    ("layer 16, first 64", [(16, 64)]),
-    ("layer 12, first 64", [(12, 64)]),
-    ("layers 30 + 24, first 64", [(30, 64), (24, 64)]),
-    ("layers 30 + 20, first 64", [(30, 64), (20, 64)]),
-    ("layers 30 + 16, first 64", [(30, 64), (16, 64)]),
-    ("layers 30 + 20 + 12, first 64", [(30, 64), (20, 64), (12, 64)]),
-    ("layer 30, first 32 + first 64", [(30, 32), (30, 64)]),
-]
-
-
-def features(states: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
+def features(states: torch.Tensor, blocks: list[list[int]], cuts: list[int]) -> torch.Tensor:
     """(N, layers + 1, cuts, H) -> (N, blocks * H): each block at unit RMS, as the embedding stage makes it."""
-    return torch.cat([to_features(states[:, layer, CUTS.index(cut)]) for layer, cut in blocks], 1)
+    return torch.cat([to_features(states[:, layer, cuts.index(cut)]) for layer, cut in blocks], 1)
 
 
 def score(
-    train: PreferenceSet, val: PreferenceSet, runs: Path, *, episodes: int, seed: int
+    train: PreferenceSet,
+    val: PreferenceSet,
+    runs: Path,
+    settings: PoolingSettings,
+    text: TextBenchmarkSettings,
+    *,
+    episodes: int,
+    seed: int,
+    weight_decays: list[float],
 ) -> dict[str, Any]:
     """Oracle, style classifier and the "both" reference of one pooling, on the validation split."""
-    cfg = _config("smollm2-mean64", ORACLE_OVERRIDES, seed)
+    cfg = text.config(settings.embedder, text.oracle, seed)
     oracles, records = train_oracles(cfg, train, val, runs)
-    classifier, fit = fit_style_classifier(train, val)
+    classifier, fit = fit_style_classifier(train, val, weight_decays)
     types = val.type_names
     both = torch.no_grad()(
         type_posterior_predictor(
             oracles, [style_evidence(classifier, len(types)), likelihood_evidence(oracles)]
         )
     )
-    shared = {"episodes": episodes, "seed": seed}
-    told = evaluate_oracle(oracles, val, **shared)
-    found = score_episodes(val, both, contexts=CONTEXTS, targets=TARGETS, **shared)
+    shared = {"episodes": episodes, "seed": seed, "contexts": text.contexts, "targets": text.targets}
+    told = score_episodes(val, oracle_predictor(oracles), **shared)
+    found = score_episodes(val, both, **shared)
     return {
         "oracle": round(told["accuracy"]["10"]["mean"], 2),
         "style_accuracy": round(fit["val_accuracy"], 1),
-        "both": {m: round(found["accuracy"][str(m)]["mean"], 2) for m in CONTEXTS},
+        "both": {m: round(found["accuracy"][str(m)]["mean"], 2) for m in text.contexts},
         "oracle_steps": {t: r["best_step"] for t, r in records.items()},
     }
 
 
-def train_np(train: PreferenceSet, val: PreferenceSet, run_dir: Path, *, seed: int) -> dict[str, Any]:
+def train_np(
+    train: PreferenceSet,
+    val: PreferenceSet,
+    run_dir: Path,
+    settings: PoolingSettings,
+    text: TextBenchmarkSettings,
+    *,
+    seed: int,
+) -> dict[str, Any]:
     """NP-BTL with dsp.py's settings on one pooling: its validation record at the kept steps."""
-    cfg = _config("smollm2-mean64", [*MODELS["NP-BTL"], "eval.val_episodes=800"], seed)
-    record = _train(cfg, train, val, run_dir)
+    cfg = text.config(settings.embedder, [*text.models["NP-BTL"], *settings.np_overrides], seed)
+    record = train_run(cfg, train, val, run_dir)
     return {
         "m0": record["val_accuracy_at_best"]["0"],
         "m10": record["val_accuracy_at_best"]["10"],
@@ -163,7 +162,11 @@ def train_np(train: PreferenceSet, val: PreferenceSet, run_dir: Path, *, seed: i
 
 
 def report(
-    results: dict[str, Any], repeats: dict[str, Any], np_runs: dict[str, Any], args: argparse.Namespace
+    results: dict[str, Any],
+    repeats: dict[str, Any],
+    np_runs: dict[str, Any],
+    args: argparse.Namespace,
+    contexts: list[int],
 ) -> str:
     """pooling.md: every pooling on the first seed, the leaders on more seeds, NP-BTL on two."""
     lines = [
@@ -177,12 +180,12 @@ def report(
         "",
         f"Seed {args.seed}, every pooling:",
         "",
-        "| pooling | oracle | style | " + " | ".join(f"found, m = {m}" for m in CONTEXTS if m) + " |",
-        "|---" * (len(CONTEXTS) + 2) + "|",
+        "| pooling | oracle | style | " + " | ".join(f"found, m = {m}" for m in contexts if m) + " |",
+        "|---" * (len(contexts) + 2) + "|",
     ]
     lines += [
         f"| {label} | {r['oracle']:.2f} | {r['style_accuracy']:.1f} | "
-        + " | ".join(f"{r['both'][m]:.2f}" for m in CONTEXTS if m)
+        + " | ".join(f"{r['both'][m]:.2f}" for m in contexts if m)
         + " |"
         for label, r in results.items()
     ]
@@ -223,12 +226,20 @@ def main() -> None:
     parser.add_argument("--runs", default=str(REPO / "out" / "bench" / "pooling"))
     parser.add_argument("--data", default=str(REPO / "out" / "bench" / "dsp_smollm2-mean64" / "dsp.jsonl"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dsp_smollm2-mean64"))
-    parser.add_argument("--episodes", type=int, default=2000)
+    add_settings_argument(parser, "dsp_pooling")
+    parser.add_argument("--episodes", type=int, default=None, help="default: settings")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat-seeds", nargs="*", type=int, default=[1, 2])
-    parser.add_argument("--repeat-top", type=int, default=3)
+    parser.add_argument("--repeat-seeds", nargs="*", type=int, default=None, help="default: settings")
+    parser.add_argument("--repeat-top", type=int, default=None, help="default: settings")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
+    settings = load_settings(args.settings, PoolingSettings)
+    identify = settings.identify_settings
+    text = identify.text
+    args.episodes = settings.episodes if args.episodes is None else args.episodes
+    args.repeat_seeds = settings.repeat_seeds if args.repeat_seeds is None else args.repeat_seeds
+    args.repeat_top = settings.repeat_top if args.repeat_top is None else args.repeat_top
+    candidates = settings.candidates
     runs, out = Path(args.runs), Path(args.out)
     runs.mkdir(parents=True, exist_ok=True)
     data = {s: load_preferences(args.data, split=s)[0] for s in SPLITS}
@@ -240,42 +251,50 @@ def main() -> None:
         if stale:
             raise SystemExit(f"{states_file} does not match {args.data} ({stale}); delete it to recompute.")
     else:
-        states, cost = pooled_states(data, args.batch_size)
+        states, cost = pooled_states(data, settings.embedder, settings.cuts, args.batch_size)
         save_tensors(states, states_file)
     torch.set_num_threads(1)
 
-    def split_features(blocks: list[tuple[int, int]]) -> tuple[PreferenceSet, PreferenceSet]:
-        train, val = (replace(data[s], features=features(states[s], blocks)) for s in SPLITS)
+    def split_features(blocks: list[list[int]]) -> tuple[PreferenceSet, PreferenceSet]:
+        train, val = (replace(data[s], features=features(states[s], blocks, settings.cuts)) for s in SPLITS)
         return train, val
 
-    def run_dir(blocks: list[tuple[int, int]], what: str, seed: int) -> Path:
+    def run_dir(blocks: list[list[int]], what: str, seed: int) -> Path:
         return runs / f"{what}_{'_'.join(f'l{layer}c{cut}' for layer, cut in blocks)}_seed{seed}"
 
     results = {}
-    for label, blocks in CANDIDATES:
+    scoring = {"settings": settings, "text": text, "weight_decays": identify.weight_decays}
+    for label, blocks in candidates.items():
         results[label] = score(
             *split_features(blocks),
             run_dir(blocks, "oracle", args.seed),
+            **scoring,
             episodes=args.episodes,
             seed=args.seed,
         )
         print(label, results[label], flush=True)
-    present = CANDIDATES[0][0]
-    leaders = sorted((label for label, _ in CANDIDATES[1:]), key=lambda label: -results[label]["both"][10])
+    present, *others = candidates
+    leaders = sorted(others, key=lambda label: -results[label]["both"][10])
     repeats = {}
     for label in [present, *leaders[: args.repeat_top]]:
-        blocks = dict(CANDIDATES)[label]
+        blocks = candidates[label]
         repeats[label] = {args.seed: results[label]}
         for seed in args.repeat_seeds:
             repeats[label][seed] = score(
-                *split_features(blocks), run_dir(blocks, "oracle", seed), episodes=args.episodes, seed=seed
+                *split_features(blocks),
+                run_dir(blocks, "oracle", seed),
+                **scoring,
+                episodes=args.episodes,
+                seed=seed,
             )
         print(label, {s: r["both"][10] for s, r in repeats[label].items()}, flush=True)
     best = max(repeats, key=lambda label: sum(r["both"][10] for r in repeats[label].values()))
     np_runs = {}
     for label in dict.fromkeys([present, best]):
-        blocks = dict(CANDIDATES)[label]
-        np_runs[label] = train_np(*split_features(blocks), run_dir(blocks, "np", args.seed), seed=args.seed)
+        blocks = candidates[label]
+        np_runs[label] = train_np(
+            *split_features(blocks), run_dir(blocks, "np", args.seed), settings, text, seed=args.seed
+        )
         print(label, np_runs[label], flush=True)
     write_json(
         {
@@ -288,10 +307,10 @@ def main() -> None:
         },
         out / "pooling.json",
     )
-    text = report(results, repeats, np_runs, args)
+    markdown = report(results, repeats, np_runs, args, text.contexts)
     with atomic_path(out / "pooling.md") as tmp:
-        tmp.write_text(text)
-    print(text)
+        tmp.write_text(markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 
 The HH-RLHF test pairs relabelled by GPT-3.5 under one objective each (`build_dataset("hh-relabeled")`,
 the DPL paper's data): two users, `helpful` and `harmless`, split by prompt 80/10/10. Models, settings
-and the evaluation protocol are those of `benchmarks/dsp.py` (this script reuses its `run_pipeline`);
-only the per-type oracle's name changes.
+and the evaluation protocol are those of `benchmarks/dsp.py` (configs/benchmarks/hh_relabeled.yaml starts
+from dsp.yaml; both run `run_pipeline` of benchmarks/pipeline.py); only the per-type oracle's name changes.
 
 What the data allows: each pair was labelled under one objective only, so the two types never disagree
 on the same pair; a single reward can fit both labellings at once, and a context can help only through
@@ -16,17 +16,8 @@ Writes results.json, results.md and accuracy.png under benchmarks/results/hh_rel
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
+from pipeline import text_benchmark_main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: reuse dsp.py beside it
-
-from dsp import MODELS, ORACLE_OVERRIDES, pipeline_arguments, run_pipeline  # noqa: E402
-
-from npalign.evaluation.report import markdown_table  # noqa: E402
-
-ORACLE = "BTL per type (oracle)"
 NOTE = (
     "Each pair is labelled under one objective only (helpful or harmless), so the two user types never "
     "disagree on the same pair: one reward can fit both labellings, and a context can only help through "
@@ -35,26 +26,13 @@ NOTE = (
 
 
 def main() -> None:
-    args, out_dir, runs_dir, cache_dir = pipeline_arguments(__doc__ or "", "hh_relabeled", "hh")
-    results = run_pipeline(
-        dataset="hh-relabeled",
-        embedder=args.embedder,
-        out_dir=out_dir,
-        runs_dir=runs_dir,
-        cache_dir=cache_dir,
-        episodes=args.episodes,
-        seed=args.seed,
-        split_seed=args.split_seed,
-        models=MODELS,
-        oracle_overrides=ORACLE_OVERRIDES,
-        oracle_name=ORACLE,
-        title=f"Relabelled HH ({args.embedder}): accuracy on held-out prompts",
+    text_benchmark_main(
+        __doc__ or "",
+        "hh_relabeled",
+        "hh",
+        title="Relabelled HH ({embedder}): accuracy on held-out prompts",
         notes=[NOTE],
-        train_threads=args.threads or None,
     )
-    print(markdown_table(results))
-    print(json.dumps({"targets": results["targets"], "timings": results["timings"]}, indent=2))
-    print(f"wrote {out_dir}")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 
-from npalign.utils.io import atomic_path, read_json
+from pipeline import load_results, spread
+
+from npalign.utils.io import atomic_path
 
 COLUMNS = {  # results.json's targets entry -> (what it measures, its format)
     "np_m10_minus_oracle_m10": ("NP-BTL m = 10 minus oracle", "+.2f"),
@@ -33,17 +35,6 @@ CHECKS = {  # results.json's targets entry -> the target it checks
     "np_m0_within_1_point_of_btl": "NP-BTL m = 0 within 1 point of mixed BTL",
     "oracle_at_least_80": "oracle at least 80 %",
 }
-
-
-def load(path: str) -> dict:
-    file = Path(path)
-    return read_json(file / "results.json" if file.is_dir() else file)
-
-
-def spread(values: list[float], fmt: str) -> str:
-    """The mean in `fmt` and ' ± ' its s.e.m. over the values, or the mean alone for one value."""
-    sem = f" ± {stdev(values) / len(values) ** 0.5:.2f}" if len(values) > 1 else ""
-    return format(mean(values), fmt) + sem
 
 
 def table(runs: list[dict], paths: list[str]) -> list[str]:
@@ -95,7 +86,7 @@ def main() -> None:
     parser.add_argument("--title", default=None, help="the markdown file's heading")
     parser.add_argument("--note", default=None, help="a paragraph for the file: how the runs were made")
     args = parser.parse_args()
-    lines = table([load(p) for p in args.results], args.results)
+    lines = table([load_results(p) for p in args.results], args.results)
     print("\n".join(lines))
     if args.out:
         command = "python benchmarks/seed_table.py " + shlex.join(sys.argv[1:])

@@ -6,7 +6,7 @@
     python benchmarks/tune_dsp.py --embedder smollm2-mean64 --data out/bench/splits/mean64_3/dsp.jsonl \
         --tag FILM_s3 model.conditioning=film    # on split seed 3's validation prompts
 
-Trains a model with dsp.py's settings plus the given overrides on the train split, keeps the best
+Trains a model with dsp.py's settings (configs/benchmarks/dsp.yaml, or --settings) plus the given overrides on the train split, keeps the best
 validation step, and prints one JSON line with validation accuracy per m (800 episodes per m). `--model`
 picks NP-BTL (default), BTL (mixed) or the oracle (one BTL per domain, each scored on its own domain's
 validation episodes). The test split is never read. Needs the dataset file and embedding cache that
@@ -20,20 +20,30 @@ import json
 from pathlib import Path
 
 import torch
-from dsp import CONTEXTS, MODELS, ORACLE_OVERRIDES, TARGETS, _config, _train, train_oracles, type_subset
+from pipeline import (
+    REPO,
+    TextBenchmarkSettings,
+    add_settings_argument,
+    embedded_splits,
+    load_settings,
+    train_oracles,
+    train_run,
+    type_subset,
+)
 
-from npalign.data.loaders import load_preferences
-from npalign.embedding.features import embed_preferences, resolve_embedder
 from npalign.evaluation.reward import evaluate_reward_model
 from npalign.models.builders import load_reward_model
 from npalign.types import PreferenceSet
 
-REPO = Path(__file__).resolve().parents[1]
+EVAL_SEED = 99  # validation episodes of every tuning run (not dsp.py's test episodes)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("overrides", nargs="*", help="key=value on top of dsp.py's settings for --model")
+    add_settings_argument(parser, "dsp")
     parser.add_argument("--model", choices=("np-btl", "btl", "oracle"), default="np-btl")
     parser.add_argument("--embedder", default="minilm")
     parser.add_argument("--tag", default="run", help="names the run folder under out/bench/tune_dsp/")
@@ -46,44 +56,75 @@ def main() -> None:
         "tunes on that split's validation prompts",
     )
     args = parser.parse_args()
+    settings = load_settings(args.settings, TextBenchmarkSettings)
     torch.set_num_threads(1)
-    data_file = Path(args.data) if args.data else REPO / "out" / "bench" / f"dsp_{args.embedder}" / "dsp.jsonl"
-    if not data_file.exists():
-        raise SystemExit(f"{data_file} is missing: run `python benchmarks/dsp.py --embedder {args.embedder}` first.")
-    embedder = resolve_embedder(args.embedder)
-    train, val = (
-        embed_preferences(load_preferences(data_file, split=split)[0], embedder) for split in ("train", "validation")
+    data_file = (
+        Path(args.data) if args.data else REPO / "out" / "bench" / f"dsp_{args.embedder}" / "dsp.jsonl"
     )
+    if not data_file.exists():
+        raise SystemExit(
+            f"{data_file} is missing: run `python benchmarks/dsp.py --embedder {args.embedder}` first."
+        )
+    train, val = embedded_splits(data_file, args.embedder, ("train", "validation")).values()
     run_dir = REPO / "out" / "bench" / "tune_dsp" / f"{args.embedder}_{args.tag}_seed{args.seed}"
     if args.model == "oracle":
-        print(json.dumps({"tag": args.tag, "seed": args.seed, "overrides": args.overrides, **_oracle(args, train, val, run_dir)}))
+        print(
+            json.dumps(
+                {
+                    "tag": args.tag,
+                    "seed": args.seed,
+                    "overrides": args.overrides,
+                    **oracle(args, settings, train, val, run_dir),
+                }
+            )
+        )
         return
-    settings = MODELS["NP-BTL"] if args.model == "np-btl" else MODELS["BTL (mixed)"]
-    cfg = _config(args.embedder, [*settings, *args.overrides], seed=args.seed)
-    info = _train(cfg, train, val, run_dir)
+    overrides = settings.models["NP-BTL" if args.model == "np-btl" else "BTL (mixed)"]
+    cfg = settings.config(args.embedder, [*overrides, *args.overrides], seed=args.seed)
+    info = train_run(cfg, train, val, run_dir)
     model, _ = load_reward_model(run_dir)
     accuracy = evaluate_reward_model(
-        model, val, contexts=CONTEXTS, episodes=args.episodes, targets=TARGETS, seed=99
+        model,
+        val,
+        contexts=settings.contexts,
+        episodes=args.episodes,
+        targets=settings.targets,
+        seed=EVAL_SEED,
     )["accuracy"]
-    print(json.dumps({
-        "tag": args.tag,
-        "seed": args.seed,
-        "overrides": args.overrides,
-        "best_step": info["best_step"],
-        "val_nll": info["val_nll_at_best"],
-        "val_accuracy": {m: round(v["mean"], 1) for m, v in accuracy.items()},
-        "val_accuracy_m10_by_type": {k: round(v, 1) for k, v in accuracy["10"]["by_type"].items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "tag": args.tag,
+                "seed": args.seed,
+                "overrides": args.overrides,
+                "best_step": info["best_step"],
+                "val_nll": info["val_nll_at_best"],
+                "val_accuracy": {m: round(v["mean"], 1) for m, v in accuracy.items()},
+                "val_accuracy_m10_by_type": {k: round(v, 1) for k, v in accuracy["10"]["by_type"].items()},
+            }
+        )
+    )
 
 
-def _oracle(args: argparse.Namespace, train: PreferenceSet, val: PreferenceSet, run_dir: Path) -> dict:
+def oracle(
+    args: argparse.Namespace,
+    settings: TextBenchmarkSettings,
+    train: PreferenceSet,
+    val: PreferenceSet,
+    run_dir: Path,
+) -> dict:
     """One BTL per domain, each trained on its domain and scored on its domain's validation episodes."""
-    cfg = _config(args.embedder, [*ORACLE_OVERRIDES, *args.overrides], seed=args.seed)
+    cfg = settings.config(args.embedder, [*settings.oracle, *args.overrides], seed=args.seed)
     models, records = train_oracles(cfg, train, val, run_dir)
     by_type = {}
     for name, model in models.items():
         scored = evaluate_reward_model(
-            model, type_subset(val, name), contexts=[0], episodes=args.episodes, targets=TARGETS, seed=99
+            model,
+            type_subset(val, name),
+            contexts=[0],
+            episodes=args.episodes,
+            targets=settings.targets,
+            seed=EVAL_SEED,
         )
         by_type[name] = round(scored["accuracy"]["0"]["mean"], 1)
     return {
