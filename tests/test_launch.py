@@ -8,6 +8,7 @@ process's `Accelerator(cpu=True)` then joins a two-process gloo group (MULTI_CPU
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def test_reward_model_trains_on_two_processes(paper_data: Path) -> None:
     ]
     single, launched = paper_data / "single", paper_data / "launched"
     assert main(["train-reward", *data, "--out", str(single), *REWARD]) == 0
-    _launch("train-reward", *data, "--out", str(launched), *REWARD)
+    printed = _launch("train-reward", *data, "--out", str(launched), *REWARD).stdout.splitlines()
 
     summary = read_json(launched / "summary.json")
     assert summary["steps"] == summary["steps_this_run"] == 6
@@ -110,7 +111,7 @@ def test_reward_model_trains_on_two_processes(paper_data: Path) -> None:
     assert [r["lr"] for r in training] == [r["lr"] for r in reference]  # one scheduler step per step
     assert training[0] == reference[0]
     assert [r["loss"] for r in training[2:]] != [r["loss"] for r in reference[2:]]
-
+    assert len(printed) == 1 and json.loads(printed[0])["best_step"] == summary["best_step"]  # rank 0 reports
     model, record = load_reward_model(launched)  # strictly: every weight there, none extra
     assert record["kind"] == "reward" and sum(p.numel() for p in model.parameters()) > 0
     assert summary["best_step"] in (3, 6)
@@ -125,13 +126,14 @@ def test_reward_model_trains_on_two_processes(paper_data: Path) -> None:
 def test_policy_trains_on_two_processes(tmp_path: Path) -> None:
     """The tiny NP-DPO config for two steps on two ranks: a complete run that reloads strictly."""
     run = tmp_path / "run"
-    _launch(
+    printed = _launch(
         "train-dpo", "--config", "configs/tiny/np_dpo.yaml", "--out", str(run), "--no-progress",
         f"embedder.cache={tmp_path / 'cache'}", "optim.steps=2", "run.log_every=1", "run.save_every=2",
         "eval.val_every=2", "eval.val_episodes=2",
-    )  # fmt: skip
+    ).stdout.splitlines()  # fmt: skip
     summary = read_json(run / "summary.json")
     assert summary["steps"] == summary["steps_this_run"] == 2 and summary["best_step"] == 2
+    assert len(printed) == 1 and json.loads(printed[0])["best_step"] == 2
     training, validation = _records(run)
     assert [r["step"] for r in training] == [1, 2] and [r["step"] for r in validation] == [2]
     # The schedule after steps 1 and 2 (2 warm-up steps); stepped once per process it ends at 0.1 * 0.05.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -106,6 +106,11 @@ def make_accelerator(run: RunConfig, out_dir: Path, *, unused_parameters: bool =
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=handlers,
     )
+
+
+def is_main_process() -> bool:
+    """True in a plain run and in the main process of `accelerate launch` (the one that writes and reports)."""
+    return PartialState().is_main_process
 
 
 @contextlib.contextmanager
