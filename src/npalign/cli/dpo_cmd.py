@@ -20,13 +20,15 @@ from npalign.cli.common import parse_contexts
 def cmd_train_dpo(args: argparse.Namespace) -> int:
     from npalign.config import PolicyTrainConfig, load_config
     from npalign.training.dpo import train_policy
-    from npalign.training.loop import load_run_data
+    from npalign.training.loop import is_main_process, load_run_data
 
     cfg = load_config(PolicyTrainConfig, args.config, list(args.overrides))
     if args.no_progress:
         cfg.run.progress = False
     train, val, _ = load_run_data(cfg.data)
     result = train_policy(cfg, train, val, args.out, resume=args.resume)
+    if not is_main_process():  # under accelerate launch the main process reports the run
+        return 0
     print(
         json.dumps(
             {

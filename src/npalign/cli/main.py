@@ -105,7 +105,7 @@ def reward_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from npalign.config import RewardTrainConfig, load_config
-    from npalign.training.loop import load_run_data
+    from npalign.training.loop import is_main_process, load_run_data
     from npalign.training.reward import train_reward_model
 
     cfg = load_config(RewardTrainConfig, args.config, [*reward_overrides(args), *args.overrides])
@@ -122,6 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = _features(train, cfg.embedder.name, cfg.embedder.cache)
     val = None if val is None else _features(val, cfg.embedder.name, cfg.embedder.cache)
     result = train_reward_model(cfg, train, val, args.out, resume=args.resume)
+    if not is_main_process():  # under accelerate launch the main process reports the run
+        return 0
     print(
         json.dumps(
             {

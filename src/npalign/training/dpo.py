@@ -311,7 +311,8 @@ def train_policy(
         resume: continue from `out_dir/checkpoint` (the config must be the recorded one).
     """
     out_dir = Path(out_dir)
-    accelerator = make_accelerator(cfg.run, out_dir)
+    unused = not cfg.conditional or cfg.episodes.min_context == 0  # no z, or a batch of empty contexts
+    accelerator = make_accelerator(cfg.run, out_dir, unused_parameters=unused)
     with open_run(out_dir, "policy", cfg, accelerator, resume=resume) as resumable:
         splits = {"train": filter_user_types(train_data, cfg.data.user_types)}
         if val_data is not None:

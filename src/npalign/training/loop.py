@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -87,14 +88,29 @@ def build_optimizer(
     return optimizer, scheduler
 
 
-def make_accelerator(run: RunConfig, out_dir: Path) -> Accelerator:
-    """The run's accelerator: CPU unless CUDA is there, its mixed precision, its trackers (run.report_to)."""
+def make_accelerator(run: RunConfig, out_dir: Path, *, unused_parameters: bool = False) -> Accelerator:
+    """The run's accelerator: CPU unless CUDA is there, its mixed precision, its trackers (run.report_to).
+
+    Under `accelerate launch` each process draws its own episodes for the same `optim.steps` (no data is
+    sharded), so the schedule advances once per optimizer step, not once per process: that is what
+    accelerate calls split batches. `unused_parameters`: some steps leave trainable parameters without a
+    gradient (an encoder when every context of the batch is empty, an unconditional policy's encoder and
+    FiLM), which DDP must then look for; a single process ignores it.
+    """
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_parameters else []
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=run.mixed_precision,
         log_with=list(run.report_to) or None,
         project_dir=str(out_dir),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=handlers,
     )
+
+
+def is_main_process() -> bool:
+    """True in a plain run and in the main process of `accelerate launch` (the one that writes and reports)."""
+    return PartialState().is_main_process
 
 
 @contextlib.contextmanager
@@ -107,6 +123,8 @@ def open_run(
     are the main process's. Trackers named by `config.run.report_to` are started and ended here.
     """
     resumable = check_run_directory(out_dir, kind, to_dict(config), resume=resume)
+    # Every process has checked the directory before the main one writes to it (run.json comes first).
+    accelerator.wait_for_everyone()
     lock = run_lock(out_dir) if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
         if config.run.report_to:

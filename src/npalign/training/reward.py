@@ -211,7 +211,8 @@ def train_reward_model(
     """
     out_dir = Path(out_dir)
     embed_dim = _check_data(cfg, train, val)
-    accelerator = make_accelerator(cfg.run, out_dir)
+    # An all-empty batch of contexts leaves the encoder without gradients.
+    accelerator = make_accelerator(cfg.run, out_dir, unused_parameters=cfg.episodes.min_context == 0)
     with open_run(out_dir, "reward", cfg, accelerator, resume=resume) as resumable:
         return _train(cfg, train, val, out_dir, embed_dim, accelerator, resumable)
 

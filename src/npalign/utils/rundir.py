@@ -11,6 +11,7 @@ A run directory (`--out`) holds, for a reward model or a policy alike:
     checkpoint/       the last state for --resume
     summary.json      wall time and the kept step
     .lock             held by the process that writes the run
+    <name of DIR>/    TensorBoard event files, with run.report_to=[tensorboard] (accelerate's layout)
 
 Nothing in an existing run is rewritten before the request has been checked against it
 (`check_run_directory`), and a second writer is refused (`run_lock`).
