@@ -55,8 +55,9 @@ from npalign.embedding.hub import load_tokenizer
 from npalign.evaluation.dpo import evaluate_policy
 from npalign.inference.api import RewardPredictor
 from npalign.inference.policy import PolicyRunner, load_policy
-from npalign.training.dpo import precompute_reference, train_policy
+from npalign.training.dpo import train_policy
 from npalign.training.loop import load_run_data
+from npalign.training.reference import precompute_reference
 from npalign.training.reward import train_reward_model
 from npalign.types import PreferenceSet
 from npalign.utils.io import read_json, write_json
@@ -162,7 +163,6 @@ def time_reference(run: Path, data: PreferenceSet, args: argparse.Namespace, pai
     runner = load_policy(run, device=DEVICE)
     subset = data.subset(torch.arange(data.num_pairs) < pairs)
     started = time.perf_counter()
-    # The one call into training/dpo.py beyond train_policy: re-point it if the reference pass moves.
     precompute_reference(
         runner.policy,
         runner.tokenizer,

@@ -14,7 +14,6 @@ log pi_ref of every pair, per split, reused when the pairs are the same.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -25,12 +24,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from npalign.config import PolicyTrainConfig
-from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_types, pair_texts
-from npalign.data.dpo_tokenize import tokenize_preference_pairs
+from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_types
 from npalign.data.episodes import context_sweep, derived_seed
 from npalign.embedding.cache import EmbeddingCache
 from npalign.embedding.embedders import build_embedder
@@ -43,22 +40,23 @@ from npalign.training.loop import (
     build_optimizer,
     due,
     keep_best,
-    load_checkpoint,
     make_accelerator,
     open_run,
+    optimizer_step,
     progress_bar,
+    resume_state,
     save_checkpoint,
     seeded_step,
     write_run_files,
     write_summary,
 )
+from npalign.training.reference import REFERENCE_FILE, reference_tables
 from npalign.types import PreferenceSet
-from npalign.utils.io import load_tensors, save_tensors
+from npalign.utils.io import load_tensors
 from npalign.utils.rundir import POLICY_DIR, relative_to_run, run_record
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_FILE = "reference_logps.safetensors"
 # The encoder of an unconditional policy is never called; it only keeps the checkpoint format uniform.
 UNCONDITIONAL_EMBED_DIM = 1
 
@@ -112,104 +110,6 @@ def validate(
     record["eval_rewards/margins"] = sum(margins) / len(margins)
     record["eval_loss"] = sum(losses) / len(losses)
     return record
-
-
-# ----- reference log-probabilities, once per dataset --------------------------------------------------------
-
-
-def _reference_fingerprint(
-    data: PreferenceSet, base_revision: str, max_prompt_length: int, max_response_length: int
-) -> str:
-    digest = hashlib.sha256(f"{base_revision}|{max_prompt_length}|{max_response_length}".encode())
-    for prompt, chosen, rejected in pair_texts(data, range(data.num_pairs)):
-        digest.update(repr((prompt, chosen, rejected)).encode())
-    return digest.hexdigest()
-
-
-@torch.no_grad()
-def precompute_reference(
-    policy: ConditionalPolicy,
-    tokenizer: PreTrainedTokenizerBase,
-    data: PreferenceSet,
-    *,
-    max_prompt_length: int,
-    max_response_length: int,
-    batch_pairs: int,
-    progress: bool = False,
-) -> Tensor:
-    """log pi_ref(chosen | prompt) and log pi_ref(rejected | prompt) of every pair, adapters off.
-
-    Returns:
-        (P, 2) float32 on the CPU, row p for pair p of `data`: [chosen, rejected].
-    """
-    device = policy.encoder.empty_context.device
-    table = torch.empty(data.num_pairs, 2)
-    for start in tqdm(
-        range(0, data.num_pairs, batch_pairs), desc="reference log-probs", disable=not progress, leave=False
-    ):
-        pairs = list(range(start, min(start + batch_pairs, data.num_pairs)))
-        texts = pair_texts(data, pairs)
-        tokens = tokenize_preference_pairs(
-            tokenizer,
-            [t[0] for t in texts],
-            [t[1] for t in texts],
-            [t[2] for t in texts],
-            max_prompt_length=max_prompt_length,
-            max_response_length=max_response_length,
-        )
-        for column, side in enumerate(("chosen", "rejected")):
-            table[start : start + len(pairs), column] = policy.reference_logprobs(
-                tokens[f"{side}_input_ids"].to(device),
-                tokens[f"{side}_attention_mask"].to(device),
-                tokens[f"{side}_completion_mask"].to(device),
-            ).cpu()  # (n,)
-    return table
-
-
-def _reference_tables(
-    policy: ConditionalPolicy,
-    tokenizer: PreTrainedTokenizerBase,
-    splits: dict[str, PreferenceSet],
-    cfg: PolicyTrainConfig,
-    base_revision: str,
-    path: Path,
-    is_main: bool,
-) -> dict[str, Tensor]:
-    """The (P, 2) reference tables of each split, reused from `path` when made from the same pairs."""
-    lengths = (cfg.data.max_prompt_length, cfg.data.max_response_length)
-    fingerprints = {
-        name: _reference_fingerprint(data, base_revision, *lengths) for name, data in splits.items()
-    }
-    if path.is_file():
-        stored = load_tensors(path)
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if all(metadata.get(name) == fingerprint for name, fingerprint in fingerprints.items()):
-            logger.info("reusing reference log-probs from %s", path)
-            return {name: stored[name] for name in splits}
-    started = time.perf_counter()
-    tables = {
-        name: precompute_reference(
-            policy,
-            tokenizer,
-            data,
-            max_prompt_length=cfg.data.max_prompt_length,
-            max_response_length=cfg.data.max_response_length,
-            batch_pairs=cfg.eval.batch_pairs,
-            progress=cfg.run.progress and is_main,
-        )
-        for name, data in splits.items()
-    }
-    logger.info(
-        "reference log-probs of %d pairs in %.1f s",
-        sum(len(t) for t in tables.values()),
-        time.perf_counter() - started,
-    )
-    if is_main:
-        save_tensors(tables, path, metadata=fingerprints)
-    return tables
 
 
 # ----- the loop ---------------------------------------------------------------------------------------------
@@ -379,6 +279,26 @@ def _step(
     return stats.sums, tokens_seen
 
 
+def _samplers(
+    cfg: PolicyTrainConfig, splits: dict[str, PreferenceSet], rank: int
+) -> tuple[DPOEpisodeSampler, DPOEpisodeSampler | None]:
+    """The training sampler (its draws seeded per rank) and the fixed validation episodes' sampler."""
+    episodes = cfg.episodes
+    sampler = DPOEpisodeSampler(
+        splits["train"],
+        targets=episodes.targets,
+        max_context=episodes.max_context,
+        min_context=episodes.min_context,
+        batch_users=episodes.batch_users,
+        seed=derived_seed(cfg.run.seed, "rank", rank),
+    )
+    if "validation" not in splits:
+        return sampler, None
+    return sampler, DPOEpisodeSampler(
+        splits["validation"], targets=cfg.eval.targets, max_context=max(cfg.eval.contexts)
+    )
+
+
 def _train(
     cfg: PolicyTrainConfig,
     splits: dict[str, PreferenceSet],
@@ -389,39 +309,26 @@ def _train(
     accelerator: Accelerator,
     resumable: bool,
 ) -> DPOTrainResult:
-    episodes, is_main = cfg.episodes, accelerator.is_main_process
-    sampler = DPOEpisodeSampler(
-        splits["train"],
-        targets=episodes.targets,
-        max_context=episodes.max_context,
-        min_context=episodes.min_context,
-        batch_users=episodes.batch_users,
-        seed=derived_seed(cfg.run.seed, "rank", accelerator.process_index),
-    )
-    val_sampler = None
-    if "validation" in splits:
-        val_sampler = DPOEpisodeSampler(
-            splits["validation"], targets=cfg.eval.targets, max_context=max(cfg.eval.contexts)
-        )
+    is_main = accelerator.is_main_process
+    sampler, val_sampler = _samplers(cfg, splits, accelerator.process_index)
     optimizer, scheduler = build_optimizer(policy.trainable_parameters(), cfg.optim)
     model, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     raw_policy: ConditionalPolicy = accelerator.unwrap_model(model)
-    reference_tables: dict[str, Tensor] = {}
+    references: dict[str, Tensor] = {}
     if cfg.dpo.precompute_reference:
-        reference_tables = _reference_tables(
+        references = reference_tables(
             raw_policy, tokenizer, splits, cfg, base_revision, out_dir / REFERENCE_FILE, is_main
         )
 
-    state: dict[str, Any] = {"step": 0, "best_val_accuracy": -math.inf, "best_step": -1}
-    if resumable:
+    def read_weights(folder: Path) -> None:
+        raw_policy.load_trainable_state_dict(load_tensors(folder / POLICY_DIR / TRAINABLE_FILE))
 
-        def read_weights(folder: Path) -> None:
-            raw_policy.load_trainable_state_dict(load_tensors(folder / POLICY_DIR / TRAINABLE_FILE))
+    def write_weights(folder: Path) -> None:
+        raw_policy.save_pretrained(folder / POLICY_DIR)
 
-        state = load_checkpoint(out_dir, read_weights, optimizer, scheduler)
-        logger.info("resumed from step %d", state["step"])
+    fresh: dict[str, Any] = {"step": 0, "best_val_accuracy": -math.inf, "best_step": -1}
+    state = resume_state(out_dir, resumable, read_weights, optimizer, scheduler, fresh)
     metrics = MetricsLog(out_dir, accelerator, resumed_step=state["step"] if resumable else None)
-
     total, first_step = cfg.optim.steps, state["step"]
     progress = progress_bar(total, first_step, f"train-dpo {cfg.mode}", cfg.run.progress and is_main)
     means, tokens_seen, started = RunningMeans(), 0, time.perf_counter()
@@ -429,15 +336,13 @@ def _train(
     for step in range(first_step, total):
         with seeded_step(cfg.run.seed, accelerator, step):
             stats, tokens = _step(
-                cfg, accelerator, model, raw_policy, tokenizer, sampler, reference_tables.get("train"), step
+                cfg, accelerator, model, raw_policy, tokenizer, sampler, references.get("train"), step
             )
         tokens_seen += tokens
         grad_norm = accelerator.clip_grad_norm_(
             raw_policy.trainable_parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scheduler)
         means.add({**stats, "grad_norm": float(grad_norm)})
         done = step + 1
         if due(done, cfg.run.log_every, total):
@@ -447,46 +352,37 @@ def _train(
         if val_sampler is not None and due(done, cfg.eval.val_every, total):
             record = {
                 "step": done,
-                **validate(raw_policy, tokenizer, val_sampler, cfg, reference_tables.get("validation")),
+                **validate(raw_policy, tokenizer, val_sampler, cfg, references.get("validation")),
             }
             metrics.write(record)
             # Kept: the best validation accuracy, ties broken by the lower DPO loss.
             score = (-record["eval_rewards/accuracies"], record["eval_loss"])
             if is_main and keep_best(state, "policy", score, done):
                 state.update(best_val_accuracy=record["eval_rewards/accuracies"], best_step=done)
-                raw_policy.save_pretrained(out_dir / POLICY_DIR)
+                write_weights(out_dir)
         if is_main and due(done, cfg.run.save_every, total):
             state["step"] = done
-            save_checkpoint(
-                out_dir,
-                lambda folder: raw_policy.save_pretrained(folder / POLICY_DIR),
-                optimizer,
-                scheduler,
-                state,
-            )
+            save_checkpoint(out_dir, write_weights, optimizer, scheduler, state)
         progress.update(1)
     progress.close()
     seconds = time.perf_counter() - started
     if is_main:
         if val_sampler is None:
-            raw_policy.save_pretrained(out_dir / POLICY_DIR)
+            write_weights(out_dir)
             state["best_step"] = total
+        best = state["best_val_accuracy"] if val_sampler is not None else None
+        tokens_per_second = tokens_seen / seconds if seconds > 0 else None
         write_summary(
             out_dir,
             total,
             first_step,
             seconds,
-            tokens_per_second=tokens_seen / seconds if seconds > 0 else None,
+            tokens_per_second=tokens_per_second,
             best_step=state["best_step"],
-            best_val_accuracy=state["best_val_accuracy"] if val_sampler is not None else None,
+            best_val_accuracy=best,
         )
     accelerator.wait_for_everyone()
-    steps_run = max(1, total - first_step)
+    ms_per_step = 1000 * seconds / max(1, total - first_step)
     return DPOTrainResult(
-        out_dir,
-        total,
-        int(state["best_step"]),
-        float(state["best_val_accuracy"]),
-        seconds,
-        1000 * seconds / steps_run,
+        out_dir, total, int(state["best_step"]), float(state["best_val_accuracy"]), seconds, ms_per_step
     )

@@ -7,6 +7,7 @@ and its own validation, and calls these for everything around them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -41,6 +42,8 @@ from npalign.utils.rundir import (
     check_run_directory,
     run_lock,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def load_run_data(
@@ -299,6 +302,30 @@ def load_checkpoint(
     load_optimizer_tensors(optimizer, load_tensors(folder / "optimizer.safetensors"), extra)
     scheduler.load_state_dict(extra["scheduler"])
     return dict(read_json(folder / "trainer_state.json"))
+
+
+def resume_state(
+    out_dir: Path,
+    resumable: bool,
+    read_weights: Callable[[Path], None],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    fresh: dict[str, Any],
+) -> dict[str, Any]:
+    """The loop state: `fresh` for a new run, else the checkpoint's (its weights, optimizer and schedule
+    restored into the given objects)."""
+    if not resumable:
+        return fresh
+    state = load_checkpoint(out_dir, read_weights, optimizer, scheduler)
+    logger.info("resumed from step %d", state["step"])
+    return state
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Apply the accumulated gradients, advance the schedule, clear the gradients."""
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def write_summary(out_dir: Path, total: int, first_step: int, seconds: float, **fields: Any) -> None:

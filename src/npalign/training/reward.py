@@ -27,10 +27,11 @@ from npalign.training.loop import (
     build_optimizer,
     due,
     keep_best,
-    load_checkpoint,
     make_accelerator,
     open_run,
+    optimizer_step,
     progress_bar,
+    resume_state,
     save_checkpoint,
     seeded_step,
     write_run_files,
@@ -226,8 +227,73 @@ def _train(
     accelerator: Accelerator,
     resumable: bool,
 ) -> TrainResult:
+    is_main = accelerator.is_main_process
     torch.manual_seed(cfg.run.seed)
     model = build_reward_model(cfg.model, embed_dim)
+    sampler, val_sampler = _samplers(cfg, train, val, accelerator.process_index)
+    optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    raw_model: PreferenceModel = accelerator.unwrap_model(model)
+    if is_main:
+        write_run_files(out_dir, cfg, reward_run_record(cfg, train, out_dir))
+
+    def read_weights(folder: Path) -> None:
+        load_state_strict(raw_model, load_tensors(folder / REWARD_WEIGHTS), f"checkpoint {folder}")
+
+    def write_weights(folder: Path) -> None:
+        save_tensors(raw_model.state_dict(), folder / REWARD_WEIGHTS)
+
+    fresh: dict[str, Any] = {"step": 0, "best_val_nll": math.inf, "best_step": -1}
+    state = resume_state(out_dir, resumable, read_weights, optimizer, scheduler, fresh)
+    # The kept weights so far, part by part (a prior head is kept apart from the rest).
+    best_weights = (
+        load_tensors(out_dir / REWARD_WEIGHTS) if resumable and (out_dir / REWARD_WEIGHTS).exists() else {}
+    )
+    metrics = MetricsLog(out_dir, accelerator, resumed_step=state["step"] if resumable else None)
+    total, first_step = cfg.optim.steps, state["step"]
+    progress = progress_bar(total, first_step, f"train {cfg.model.kind}", cfg.run.progress and is_main)
+    means, started = RunningMeans(), time.perf_counter()
+    model.train()
+    for step in range(first_step, total):
+        means.add(_step(cfg, accelerator, model, raw_model, sampler, step))
+        optimizer_step(optimizer, scheduler)
+        done = step + 1
+        if due(done, cfg.run.log_every, total):
+            record = means.record(done, cfg.run.log_every, lr=scheduler.get_last_lr()[0])
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+            metrics.write(record)
+        if val_sampler is not None and due(done, cfg.eval.val_every, total):
+            scores = validate(raw_model, val_sampler, cfg.eval.contexts, cfg.eval.val_episodes, cfg.eval.seed)
+            record = {"step": done, **scores}
+            metrics.write(record)
+            if is_main:
+                _keep_best_weights(cfg, raw_model, record, state, best_weights, out_dir)
+        if is_main and due(done, cfg.run.save_every, total):
+            state["step"] = done
+            save_checkpoint(out_dir, write_weights, optimizer, scheduler, state)
+        progress.update(1)
+    progress.close()
+    seconds = time.perf_counter() - started
+    if is_main:
+        if val_sampler is None:
+            write_weights(out_dir)
+            state["best_step"] = total
+        extra = {"best_prior_step": state["best_prior_step"]} if "best_prior_step" in state else {}
+        best_nll = state["best_val_nll"] if val_sampler is not None else None
+        write_summary(
+            out_dir, total, first_step, seconds, best_step=state["best_step"], best_val_nll=best_nll, **extra
+        )
+    accelerator.wait_for_everyone()
+    ms_per_step = 1000 * seconds / max(1, total - first_step)
+    return TrainResult(
+        out_dir, total, int(state["best_step"]), float(state["best_val_nll"]), seconds, ms_per_step
+    )
+
+
+def _samplers(
+    cfg: RewardTrainConfig, train: PreferenceSet, val: PreferenceSet | None, rank: int
+) -> tuple[EpisodeSampler, EpisodeSampler | None]:
+    """The training sampler (its draws seeded per rank) and the fixed validation episodes' sampler."""
     episodes = cfg.episodes
     sampler = EpisodeSampler(
         train,
@@ -235,90 +301,8 @@ def _train(
         max_context=episodes.max_context,
         min_context=episodes.min_context,
         batch_users=episodes.batch_users,
-        seed=derived_seed(cfg.run.seed, "rank", accelerator.process_index),
+        seed=derived_seed(cfg.run.seed, "rank", rank),
     )
-    val_sampler = None
-    if val is not None:
-        val_sampler = EpisodeSampler(val, targets=cfg.eval.targets, max_context=max(cfg.eval.contexts))
-    optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    raw_model: PreferenceModel = accelerator.unwrap_model(model)
-
-    state: dict[str, Any] = {"step": 0, "best_val_nll": math.inf, "best_step": -1}
-    if accelerator.is_main_process:
-        write_run_files(out_dir, cfg, reward_run_record(cfg, train, out_dir))
-    best_weights: dict[str, torch.Tensor] = {}  # the kept weights, part by part
-    if resumable:
-
-        def read_weights(folder: Path) -> None:
-            load_state_strict(raw_model, load_tensors(folder / REWARD_WEIGHTS), f"checkpoint {folder}")
-
-        state = load_checkpoint(out_dir, read_weights, optimizer, scheduler)
-        if (out_dir / REWARD_WEIGHTS).exists():
-            best_weights = load_tensors(out_dir / REWARD_WEIGHTS)
-        logger.info("resumed from step %d", state["step"])
-    metrics = MetricsLog(out_dir, accelerator, resumed_step=state["step"] if resumable else None)
-
-    total, first_step = cfg.optim.steps, state["step"]
-    show = cfg.run.progress and accelerator.is_main_process
-    progress = progress_bar(total, first_step, f"train {cfg.model.kind}", show)
-    means = RunningMeans()
-    started = time.perf_counter()
-    model.train()
-    for step in range(first_step, total):
-        means.add(_step(cfg, accelerator, model, raw_model, sampler, step))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if due(done, cfg.run.log_every, total):
-            record = means.record(done, cfg.run.log_every, lr=scheduler.get_last_lr()[0])
-            progress.set_postfix(loss=f"{record['loss']:.4f}")
-            metrics.write(record)
-        if val_sampler is not None and due(done, cfg.eval.val_every, total):
-            evaluation = cfg.eval
-            record = {
-                "step": done,
-                **validate(
-                    raw_model, val_sampler, evaluation.contexts, evaluation.val_episodes, evaluation.seed
-                ),
-            }
-            metrics.write(record)
-            if accelerator.is_main_process:
-                _keep_best_weights(cfg, raw_model, record, state, best_weights, out_dir)
-        if accelerator.is_main_process and due(done, cfg.run.save_every, total):
-            state["step"] = done
-            save_checkpoint(
-                out_dir,
-                lambda folder: save_tensors(raw_model.state_dict(), folder / REWARD_WEIGHTS),
-                optimizer,
-                scheduler,
-                state,
-            )
-        progress.update(1)
-    progress.close()
-    seconds = time.perf_counter() - started
-    if accelerator.is_main_process:
-        if val_sampler is None:
-            save_tensors(raw_model.state_dict(), out_dir / REWARD_WEIGHTS)
-            state["best_step"] = total
-        extra = {"best_prior_step": state["best_prior_step"]} if "best_prior_step" in state else {}
-        write_summary(
-            out_dir,
-            total,
-            first_step,
-            seconds,
-            best_step=state["best_step"],
-            best_val_nll=state["best_val_nll"] if val_sampler is not None else None,
-            **extra,
-        )
-    accelerator.wait_for_everyone()
-    steps_run = max(1, total - first_step)
-    return TrainResult(
-        out_dir,
-        total,
-        int(state["best_step"]),
-        float(state["best_val_nll"]),
-        seconds,
-        1000 * seconds / steps_run,
-    )
+    if val is None:
+        return sampler, None
+    return sampler, EpisodeSampler(val, targets=cfg.eval.targets, max_context=max(cfg.eval.contexts))
