@@ -33,7 +33,7 @@ from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from npalign.embedding.embedders import TextInputError, check_texts
+from npalign.embedding.base import TextInputError, check_texts
 from npalign.utils.io import read_json, save_tensors, write_json
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ _KEY_BYTES = 32
 
 
 class SupportsEmbed(Protocol):
-    """What the cache needs from an embedder (`embedders.Embedder` has it)."""
+    """What the cache needs from an embedder (`base.Embedder` has it)."""
 
     name: str
     revision: str
@@ -244,7 +244,7 @@ class EmbeddingCache:
 
         Args:
             embedder: the embedder this cache was made for (same name, revision, dim).
-            prompts / responses: N texts each (see `embedders.check_texts`).
+            prompts / responses: N texts each (see `base.check_texts`).
             batch_size: pairs per forward pass.
             progress: show a tqdm bar over the pairs still to embed.
         Returns:
