@@ -22,7 +22,8 @@ from npalign.config import PolicyTrainConfig, load_config
 from npalign.data.dpo_episodes import DPOEpisodeSampler, pair_texts, user_context
 from npalign.data.loaders import load_preferences
 from npalign.inference.policy import load_policy
-from npalign.models.policy import TRAINABLE_FILE, load_base
+from npalign.models.bases import load_base
+from npalign.models.policy import TRAINABLE_FILE
 from npalign.training.dpo import build_policy
 from npalign.training.loop import load_run_data
 from npalign.utils.io import load_tensors, read_json, read_jsonl, save_tensors
