@@ -9,10 +9,11 @@ Shared sections (`data`, `embedder`, `episodes`, `optim`, `eval`, `run`) compose
 the run; cross-field checks say how to fix the problem. Paths in a config file are relative to that file.
 """
 
-from npalign.config.loading import PATH_KEYS, from_dict, load_config, merge, parse_overrides, to_dict
-from npalign.config.policy import (
+from npalign.config.jobs import (
     DPO_MODES,
+    MODEL_KINDS,
     DPOLossConfig,
+    ModelConfig,
     PolicyDataConfig,
     PolicyEmbedderConfig,
     PolicyEpisodeConfig,
@@ -21,8 +22,10 @@ from npalign.config.policy import (
     PolicyOptimConfig,
     PolicyRunConfig,
     PolicyTrainConfig,
+    RewardEvalConfig,
+    RewardTrainConfig,
 )
-from npalign.config.reward import MODEL_KINDS, ModelConfig, RewardEvalConfig, RewardTrainConfig
+from npalign.config.loading import PATH_KEYS, from_dict, load_config, merge, parse_overrides, to_dict
 from npalign.config.sections import (
     TRACKERS,
     DataConfig,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from npalign.config import policy, reward, sections
+from npalign.config import jobs, sections
 
 # Config keys that hold file paths: relative values in a config file are read relative to that file,
 # and every path is recorded absolute in the resolved config, so a run works from any directory.
@@ -26,7 +26,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     """Coerce a YAML/CLI value to `annotation`, or raise naming the key."""
     if isinstance(annotation, str):
         # Our own annotations only; they may name any config section of the package.
-        namespace = vars(typing) | vars(sections) | vars(reward) | vars(policy) | globals()
+        namespace = vars(typing) | vars(sections) | vars(jobs) | globals()
         annotation = eval(annotation, namespace)  # noqa: S307
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation):
