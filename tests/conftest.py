@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,20 @@ def _word_tokenizer(specials: list[str], eos: str, template: str) -> PreTrainedT
     )
     tokenizer.chat_template = template
     return tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests, restored afterwards.
+
+    Tiny models gain nothing from more: on a busy 2-core machine two threads made a 16-wide training step
+    ~100x slower (OpenMP workers waiting on each other), and one thread makes runs bitwise repeatable
+    across processes (the resume tests compare this process with a subprocess run the same way).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -53,14 +53,7 @@ def in_repository() -> Iterator[None]:
     os.chdir(previous)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the tiny model gains nothing from more, and runs are then bitwise repeatable
-    across processes (the resume test compares this process with a subprocess run the same way)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
