@@ -241,7 +241,10 @@ def rows_to_preferences(
     choice_labels = _choice_labels(rows[0], fmt, labels, source)
     if fmt == "multi-label":
         report.ties_dropped = dict.fromkeys(choice_labels, 0)
-    _check_split_exists(rows, split, source)
+    if split is not None and all("split" in row for row in rows):
+        present = sorted({str(row["split"]) for row in rows})
+        if split not in present:
+            raise ValueError(f"{source}: no rows with split {split!r}; the file has splits {present}.")
     required = (
         USER_GROUPED
         if fmt == "user-grouped"
@@ -273,9 +276,7 @@ def rows_to_preferences(
     return data, report
 
 
-def _choice_labels(
-    first_row: dict[str, Any], fmt: str, labels: Sequence[str] | None, source: str
-) -> list[str]:
+def _choice_labels(first: dict[str, Any], fmt: str, labels: Sequence[str] | None, source: str) -> list[str]:
     """The choice_<label> columns that act as user types: `labels`, else all the file has; [] if user-grouped."""
     if fmt != "multi-label":
         if labels:
@@ -283,24 +284,14 @@ def _choice_labels(
                 f"{source}: labels={list(labels)} apply to multi-label files only; this one is user-grouped."
             )
         return []
-    available = sorted(c[len(CHOICE_PREFIX) :] for c in first_row if c.startswith(CHOICE_PREFIX))
+    available = sorted(c[len(CHOICE_PREFIX) :] for c in first if c.startswith(CHOICE_PREFIX))
     if not available:
-        raise ValueError(
-            f"{source}: multi-label rows need choice_<label> columns; found {sorted(first_row)}."
-        )
+        raise ValueError(f"{source}: multi-label rows need choice_<label> columns; found {sorted(first)}.")
     choice_labels = list(labels) if labels else available
     unknown = [label for label in choice_labels if label not in available]
     if unknown:
         raise ValueError(f"{source}: unknown label(s) {unknown}; the file has {available}.")
     return choice_labels
-
-
-def _check_split_exists(rows: Sequence[dict[str, Any]], split: str | None, source: str) -> None:
-    """Raise when every row names a split and none is `split` (a typo, not an empty selection)."""
-    if split is not None and all("split" in row for row in rows):
-        present = sorted({str(row["split"]) for row in rows})
-        if split not in present:
-            raise ValueError(f"{source}: no rows with split {split!r}; the file has splits {present}.")
 
 
 def _add_row(
