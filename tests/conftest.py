@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -60,6 +62,20 @@ def _word_tokenizer(specials: list[str], eos: str, template: str) -> PreTrainedT
     return tokenizer
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests, restored afterwards.
+
+    Tiny models gain nothing from more: on a busy 2-core machine two threads made a 16-wide training step
+    ~100x slower (OpenMP workers waiting on each other), and one thread makes runs bitwise repeatable
+    across processes (the resume tests compare this process with a subprocess run the same way).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_chatml_tokenizer() -> PreTrainedTokenizerFast:
     """ChatML (Qwen-style) template: `<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n`."""
@@ -75,43 +91,33 @@ def tiny_zephyr_tokenizer() -> PreTrainedTokenizerFast:
 # Larger than HF's 0.02 so that tiny random LMs have peaked next-token distributions and FiLM
 # perturbations visibly move them.
 _INIT = 0.2
+# The tiny Llama and Qwen2 share one shape: 2 layers, width 16, grouped-query attention (2 heads, 1 KV head).
+_TINY_DECODER: dict[str, Any] = {
+    "vocab_size": TINY_VOCAB_SIZE,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 128,
+    "initializer_range": _INIT,
+    "pad_token_id": 0,
+    "eos_token_id": 3,
+    "bos_token_id": None,
+}
 
 
 @pytest.fixture
 def tiny_llama() -> PreTrainedModel:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        initializer_range=_INIT,
-        pad_token_id=0,
-        eos_token_id=3,
-        bos_token_id=None,
-    )
+    config = LlamaConfig(**_TINY_DECODER)
     return AutoModelForCausalLM.from_config(config).eval()
 
 
 @pytest.fixture
 def tiny_qwen2() -> PreTrainedModel:
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        initializer_range=_INIT,
-        pad_token_id=0,
-        eos_token_id=3,
-        bos_token_id=None,
-    )
+    config = Qwen2Config(**_TINY_DECODER)
     return AutoModelForCausalLM.from_config(config).eval()
 
 

@@ -22,7 +22,8 @@ from npalign.config import PolicyTrainConfig, load_config
 from npalign.data.dpo_episodes import DPOEpisodeSampler, pair_texts, user_context
 from npalign.data.loaders import load_preferences
 from npalign.inference.policy import load_policy
-from npalign.models.policy import TRAINABLE_FILE, load_base
+from npalign.models.bases import load_base
+from npalign.models.policy import TRAINABLE_FILE
 from npalign.training.dpo import build_policy
 from npalign.training.loop import load_run_data
 from npalign.utils.io import load_tensors, read_json, read_jsonl, save_tensors
@@ -52,14 +53,7 @@ def in_repository() -> Iterator[None]:
     os.chdir(previous)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the tiny model gains nothing from more, and runs are then bitwise repeatable
-    across processes (the resume test compares this process with a subprocess run the same way)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

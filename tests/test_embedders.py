@@ -377,7 +377,7 @@ def test_a_model_without_a_key_value_cache_embeds_every_text_whole(
 
     handle = embedder.model.base_model.register_forward_hook(drop_cache)
     try:
-        with caplog.at_level("WARNING", logger="npalign.embedding.embedders"):
+        with caplog.at_level("WARNING", logger="npalign.embedding"):
             got = embedder.embed(prompts, responses, batch_size=5)
     finally:
         handle.remove()
@@ -432,13 +432,13 @@ def test_too_long_pairs_are_counted_or_refused(
         with pytest.raises(TextInputError, match=r"pair\[1\] .* is \d+ tokens, longer than max_length=48"):
             strict.embed(prompts, responses)
         lenient = build_embedder(str(folder), max_length=48)
-        with caplog.at_level(logging.WARNING, logger="npalign.embedding.embedders"):
+        with caplog.at_level(logging.WARNING, logger="npalign.embedding"):
             vectors = lenient.embed(prompts, responses)
         assert vectors.shape == (4, lenient.dim) and torch.isfinite(vectors).all()
         assert lenient.truncated_count == 2
         assert "truncated 2 of 4 text pairs to max_length=48" in caplog.text
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="npalign.embedding.embedders"):
+        with caplog.at_level(logging.INFO, logger="npalign.embedding"):
             lenient.embed(prompts[1:2], responses[1:2])
         assert lenient.truncated_count == 3  # counted since the embedder was built
         # A long job embeds in many calls: it warns once, then keeps count at info level.

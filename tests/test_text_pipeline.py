@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,14 +48,7 @@ TINY_TRAIN = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread; on a busy 2-core machine two threads made a 16-wide
-    training step ~100x slower (OpenMP workers waiting on each other). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +190,9 @@ def trained_text_model(
     cache = tmp_path_factory.mktemp("cache")
     train = embed_preferences(_load(text_file, "train"), embedder, cache_dir=cache)
     val = embed_preferences(_load(text_file, "validation"), embedder, cache_dir=cache)
-    cfg = load_config(RewardTrainConfig, overrides=[*TINY_TRAIN, "model.kind=np-btl", f"embedder={tiny_bert_dir}"])
+    cfg = load_config(
+        RewardTrainConfig, overrides=[*TINY_TRAIN, "model.kind=np-btl", f"embedder={tiny_bert_dir}"]
+    )
     out = tmp_path_factory.mktemp("run") / "np_btl"
     train_reward_model(cfg, train, val, out)
     return out

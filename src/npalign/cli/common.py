@@ -1,7 +1,8 @@
-"""Pieces every command shares: the --contexts parser and the one-line error report (L4, cli)."""
+"""Pieces every command shares: common flags, the --contexts parser and the one-line error report (L4, cli)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 
@@ -79,3 +80,40 @@ def describe(error: BaseException) -> str:
     else:
         message = str(error) or type(error).__name__
     return " ".join(message.split())  # one line, whatever the exception put in it
+
+
+def add_row_filters(parser: argparse.ArgumentParser) -> None:
+    """--split and --labels: which rows and which label columns of a preference file to read."""
+    parser.add_argument("--split", default=None, help="use only rows whose split column equals this")
+    parser.add_argument(
+        "--labels", nargs="+", default=None, help="multi-label files: which choice_<label> columns"
+    )
+
+
+def add_training_flags(parser: argparse.ArgumentParser, *, config_required: bool, config_help: str) -> None:
+    """The flags both training commands take: config, run directory, resume and key=value overrides."""
+    parser.add_argument("--config", required=config_required, default=None, help=config_help)
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint after a crash")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def add_evaluation_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    contexts: list[str],
+    episodes: int,
+    targets: int,
+    data_help: str,
+    name_help: str,
+) -> None:
+    """The flags both evaluation commands take: data and rows, context sizes, episodes, output."""
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--contexts", nargs="+", default=contexts, help="context sizes m")
+    parser.add_argument("--out", required=True, help="results JSON file")
+    parser.add_argument("--episodes", type=int, default=episodes, help="episodes per context size")
+    parser.add_argument("--targets", type=int, default=targets, help="target pairs per episode")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--name", default=None, help=name_help)
+    add_row_filters(parser)
+    parser.add_argument("--cache", default=None, help="embedding cache directory")

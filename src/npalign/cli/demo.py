@@ -75,20 +75,7 @@ def run_synthetic_benchmark(
     test = generate(spec, seed=seed + 1)
     if models is None:
         models = DEMO_MODELS
-    results: dict[str, Any] = {
-        "models": {},
-        "task": spec,
-        "setup": {
-            "train_users": train.num_users,
-            "val_users": val.num_users,
-            "test_users": test.num_users,
-            "train_pairs": train.num_pairs,
-            "test_pairs": test.num_pairs,
-            "episodes_per_m": episodes,
-            "targets_per_episode": 20,
-            "split": "by user (80/10/10, stratified by type)",
-        },
-    }
+    results: dict[str, Any] = {"models": {}, "task": spec, "setup": _setup(train, val, test, episodes)}
     timings = {}
     for name, overrides in models.items():
         cfg = load_config(
@@ -100,23 +87,16 @@ def run_synthetic_benchmark(
                 *overrides,
             ],
         )
-        run_dir = out_dir / "runs" / name
-        trained = train_reward_model(cfg, train, val, run_dir, resume=(run_dir / RUN_FILE).exists())
-        model, _ = load_reward_model(run_dir)
-        results["models"][name] = evaluate_reward_model(
-            model,
+        results["models"][name], timings[name] = _train_and_evaluate(
+            cfg,
+            train,
+            val,
             test,
+            out_dir / "runs" / name,
             contexts=contexts,
             episodes=episodes,
-            targets=cfg.eval.targets,
-            seed=cfg.eval.seed,
             progress=progress,
         )
-        timings[name] = {
-            "train_seconds": trained.seconds,
-            "ms_per_step": trained.ms_per_step,
-            "steps": trained.steps,
-        }
     ceiling = bayes_ceiling(
         test, contexts=contexts, episodes=episodes, targets=20, seed=RewardEvalConfig().seed
     )
@@ -127,3 +107,48 @@ def run_synthetic_benchmark(
     results["seconds"] = seconds
     paths = write_report(results, out_dir, title=f"{task}: accuracy on unseen targets against context size")
     return SyntheticRun(results, paths, seconds)
+
+
+def _setup(train: PreferenceSet, val: PreferenceSet, test: PreferenceSet, episodes: int) -> dict[str, Any]:
+    """The data and protocol a synthetic benchmark ran on, for its results.json."""
+    return {
+        "train_users": train.num_users,
+        "val_users": val.num_users,
+        "test_users": test.num_users,
+        "train_pairs": train.num_pairs,
+        "test_pairs": test.num_pairs,
+        "episodes_per_m": episodes,
+        "targets_per_episode": 20,
+        "split": "by user (80/10/10, stratified by type)",
+    }
+
+
+def _train_and_evaluate(
+    cfg: RewardTrainConfig,
+    train: PreferenceSet,
+    val: PreferenceSet,
+    test: PreferenceSet,
+    run_dir: Path,
+    *,
+    contexts: list[int],
+    episodes: int,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train one model into `run_dir` (resuming a finished or broken run), reload it, score it on `test`.
+
+    Returns:
+        (its evaluation at each context size, its training time and steps).
+    """
+    trained = train_reward_model(cfg, train, val, run_dir, resume=(run_dir / RUN_FILE).exists())
+    model, _ = load_reward_model(run_dir)
+    evaluation = evaluate_reward_model(
+        model,
+        test,
+        contexts=contexts,
+        episodes=episodes,
+        targets=cfg.eval.targets,
+        seed=cfg.eval.seed,
+        progress=progress,
+    )
+    timing = {"train_seconds": trained.seconds, "ms_per_step": trained.ms_per_step, "steps": trained.steps}
+    return evaluation, timing

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from npalign.cli.common import parse_contexts
+from npalign.cli.common import add_evaluation_flags, add_training_flags, parse_contexts
 
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
@@ -124,11 +124,10 @@ def register(subparsers: Any) -> None:
         "against the same weights with adapters off. key=value arguments override the config, e.g. "
         "optim.lr=5e-5 dpo.beta=0.1 data.user_types=[academy].",
     )
-    train.add_argument("--config", required=True, help="YAML config (see configs/dpo/, configs/tiny/)")
-    train.add_argument("--out", required=True, help="run directory")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint after a crash")
+    add_training_flags(
+        train, config_required=True, config_help="YAML config (see configs/dpo/, configs/tiny/)"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(func=cmd_train_dpo)
 
     generate = subparsers.add_parser(
@@ -163,18 +162,14 @@ def register(subparsers: Any) -> None:
         "(rejected)], mean ± s.e.m. over episodes, per user type. Writes results.json.",
     )
     evaluate.add_argument("--policy", required=True, help="run directory written by npalign train-dpo")
-    evaluate.add_argument("--data", required=True, help="evaluation preference file (held-out prompts)")
-    evaluate.add_argument("--contexts", nargs="+", default=["0", "1", "3", "5"], help="context sizes m")
-    evaluate.add_argument("--out", required=True, help="results JSON file")
-    evaluate.add_argument("--episodes", type=int, default=200, help="episodes per context size")
-    evaluate.add_argument("--targets", type=int, default=9, help="target pairs per episode")
-    evaluate.add_argument("--seed", type=int, default=1234)
-    evaluate.add_argument("--split", default=None, help="use only rows whose split column equals this")
-    evaluate.add_argument(
-        "--labels", nargs="+", default=None, help="multi-label files: choice_<label> columns"
+    add_evaluation_flags(
+        evaluate,
+        contexts=["0", "1", "3", "5"],
+        episodes=200,
+        targets=9,
+        data_help="evaluation preference file (held-out prompts)",
+        name_help="model name in results.json (default np-dpo / dpo)",
     )
-    evaluate.add_argument("--name", default=None, help="model name in results.json (default np-dpo / dpo)")
-    evaluate.add_argument("--cache", default=None, help="embedding cache directory")
     evaluate.add_argument("--batch-pairs", type=int, default=16, help="target pairs per forward pass")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_evaluate_dpo)

@@ -26,6 +26,8 @@ import json
 import sys
 from pathlib import Path
 
+from npalign.cli.common import add_row_filters
+
 FEATURES_FILE = "features.safetensors"
 ITEMS_FILE = "items.jsonl"
 REPORT_FILE = "embedding.json"
@@ -43,17 +45,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     embed.add_argument("--data", required=True, help="preference file with text items")
     embed.add_argument(
-        "--embedder", required=True, help="minilm, smollm2 (last token), smollm2-mean, smollm2-mean64, or a model folder"
+        "--embedder",
+        required=True,
+        help="minilm, smollm2 (last token), smollm2-mean, smollm2-mean64, or a model folder",
     )
     embed.add_argument("--out", required=True, help="output directory")
     embed.add_argument("--cache", default=None, help="embedding cache directory (default: npalign cache)")
     embed.add_argument(
         "--float16", action="store_true", help="store vectors as float16 (cache and features file)"
     )
-    embed.add_argument("--split", default=None, help="use only rows whose split column equals this")
-    embed.add_argument(
-        "--labels", nargs="+", default=None, help="multi-label files: which choice_<label> columns"
-    )
+    add_row_filters(embed)
     embed.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default 32)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=run_embed)

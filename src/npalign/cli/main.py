@@ -11,7 +11,14 @@ from pathlib import Path
 
 from npalign import __version__
 from npalign.cli import data_cmd, dpo_cmd, embed_cmd
-from npalign.cli.common import USER_ERRORS, describe, parse_contexts, user_error
+from npalign.cli.common import (
+    USER_ERRORS,
+    add_evaluation_flags,
+    add_training_flags,
+    describe,
+    parse_contexts,
+    user_error,
+)
 
 logger = logging.getLogger("npalign.cli")
 
@@ -177,16 +184,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="npalign",
-        description="Few-shot steerable alignment: reward models and policies that adapt to a user from a "
-        "handful of that user's pairwise choices (neural processes).",
-    )
-    parser.add_argument("--version", action="version", version=f"npalign {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`npalign demo`: the paper's 1-D task end to end."""
     demo = commands.add_parser(
         "demo",
         help="train BTL, DPL and NP-BTL on the paper's 1-D task; compare to the ceiling",
@@ -200,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_synth(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`npalign synth`: write a synthetic dataset."""
     synth = commands.add_parser(
         "synth",
         help="write a synthetic dataset (user-grouped JSONL with user_type)",
@@ -233,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.set_defaults(func=cmd_synth)
 
+
+def _add_train_reward(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`npalign train-reward` (alias `train`)."""
     train = commands.add_parser(
         "train-reward",
         aliases=["train"],
@@ -240,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meta-train a reward model over users. key=value arguments override the "
         "config, e.g. optim.lr=3e-4 episodes.max_context=10.",
     )
-    train.add_argument("--data", default=None, help="training preference file (shorthand for data.train=FILE)")
+    train.add_argument(
+        "--data", default=None, help="training preference file (shorthand for data.train=FILE)"
+    )
     train.add_argument("--val", default=None, help="validation file (held-out users or prompts)")
     train.add_argument("--model", choices=["btl", "dpl", "np-btl", "np-btl-latent"], default=None)
-    train.add_argument("--out", required=True, help="run directory")
-    train.add_argument("--config", default=None, help="YAML config (see configs/)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint after a crash")
+    add_training_flags(train, config_required=False, config_help="YAML config (see configs/)")
     train.add_argument(
         "--embedder", default=None, help="for text data: minilm, smollm2, or a local model path"
     )
@@ -257,9 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--labels", nargs="+", default=None, help="multi-label files: which choice_<label> columns"
     )
-    train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(func=cmd_train)
 
+
+def _add_evaluate_reward(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`npalign evaluate-reward` (alias `evaluate`)."""
     evaluate = commands.add_parser(
         "evaluate-reward",
         aliases=["evaluate"],
@@ -269,20 +276,31 @@ def build_parser() -> argparse.ArgumentParser:
         "the data is synthetic. Writes results.json (one model), results.md, accuracy.png.",
     )
     evaluate.add_argument("--model", required=True, help="run directory written by npalign train-reward")
-    evaluate.add_argument("--data", required=True, help="evaluation preference file")
-    evaluate.add_argument("--contexts", nargs="+", default=["0", "1", "3", "5", "10"], help="context sizes m")
-    evaluate.add_argument("--out", required=True, help="results JSON file")
-    evaluate.add_argument("--episodes", type=int, default=10000, help="episodes per context size")
-    evaluate.add_argument("--targets", type=int, default=20, help="target pairs per episode")
-    evaluate.add_argument("--seed", type=int, default=1234)
-    evaluate.add_argument("--name", default=None, help="model name in results.json (default: its kind)")
-    evaluate.add_argument("--split", default=None, help="use only rows whose split column equals this")
-    evaluate.add_argument(
-        "--labels", nargs="+", default=None, help="multi-label files: which choice_<label> columns"
+    add_evaluation_flags(
+        evaluate,
+        contexts=["0", "1", "3", "5", "10"],
+        episodes=10000,
+        targets=20,
+        data_help="evaluation preference file",
+        name_help="model name in results.json (default: its kind)",
     )
-    evaluate.add_argument("--cache", default=None, help="embedding cache directory")
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="npalign",
+        description="Few-shot steerable alignment: reward models and policies that adapt to a user from a "
+        "handful of that user's pairwise choices (neural processes).",
+    )
+    parser.add_argument("--version", action="version", version=f"npalign {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_demo(commands)
+    _add_synth(commands)
+    _add_train_reward(commands)
+    _add_evaluate_reward(commands)
     data_cmd.register(commands)
     dpo_cmd.register(commands)
     embed_cmd.register(commands)

@@ -96,6 +96,20 @@ def _pad(
     return ids, attention, completion
 
 
+def _check_pair_arguments(
+    prompts: int, chosen: int, rejected: int, max_prompt_length: int, max_response_length: int
+) -> None:
+    """Raise unless there are as many prompts as chosen and rejected texts and both budgets are >= 1."""
+    if not prompts == chosen == rejected:
+        raise ValueError(
+            f"prompts, chosen and rejected must have one entry per pair; got {prompts}, {chosen}, {rejected}."
+        )
+    if max_prompt_length < 1 or max_response_length < 1:
+        raise ValueError(
+            f"max_prompt_length={max_prompt_length} and max_response_length={max_response_length} must be >= 1."
+        )
+
+
 def tokenize_preference_pairs(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
@@ -125,15 +139,7 @@ def tokenize_preference_pairs(
         for rejected; each (N, L). The completion mask is True on every kept response token and False on
         prompt tokens and padding.
     """
-    if not len(prompts) == len(chosen) == len(rejected):
-        raise ValueError(
-            f"prompts, chosen and rejected must have one entry per pair; got {len(prompts)}, {len(chosen)}, "
-            f"{len(rejected)}."
-        )
-    if max_prompt_length < 1 or max_response_length < 1:
-        raise ValueError(
-            f"max_prompt_length={max_prompt_length} and max_response_length={max_response_length} must be >= 1."
-        )
+    _check_pair_arguments(len(prompts), len(chosen), len(rejected), max_prompt_length, max_response_length)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right'; got {padding_side!r}.")
     pad_id = _check_tokenizer(tokenizer)

@@ -238,27 +238,18 @@ def rows_to_preferences(
     report.format = fmt
     builder = _Builder()
     meta = dict(meta or {})
-    choice_labels: list[str] = []
+    choice_labels = _choice_labels(rows[0], fmt, labels, source)
     if fmt == "multi-label":
-        available = sorted(c[len(CHOICE_PREFIX) :] for c in rows[0] if c.startswith(CHOICE_PREFIX))
-        if not available:
-            raise ValueError(
-                f"{source}: multi-label rows need choice_<label> columns; found {sorted(rows[0])}."
-            )
-        choice_labels = list(labels) if labels else available
-        unknown = [label for label in choice_labels if label not in available]
-        if unknown:
-            raise ValueError(f"{source}: unknown label(s) {unknown}; the file has {available}.")
         report.ties_dropped = dict.fromkeys(choice_labels, 0)
-    elif labels:
-        raise ValueError(
-            f"{source}: labels={list(labels)} apply to multi-label files only; this one is user-grouped."
-        )
     if split is not None and all("split" in row for row in rows):
         present = sorted({str(row["split"]) for row in rows})
         if split not in present:
             raise ValueError(f"{source}: no rows with split {split!r}; the file has splits {present}.")
-
+    required = (
+        USER_GROUPED
+        if fmt == "user-grouped"
+        else (*MULTI_LABEL, *(CHOICE_PREFIX + lb for lb in choice_labels))
+    )
     for place, row in zip(places, rows, strict=True):
         report.rows += 1
         if split is not None:
@@ -267,54 +258,10 @@ def rows_to_preferences(
             if row["split"] != split:
                 report.rows_outside_split += 1
                 continue
-        required = (
-            USER_GROUPED
-            if fmt == "user-grouped"
-            else (*MULTI_LABEL, *(CHOICE_PREFIX + lb for lb in choice_labels))
-        )
         missing = [c for c in required if c not in row or row[c] is None]
         if missing:
             raise ValueError(f"{place}: missing column(s) {missing}; every row needs {list(required)}.")
-        prompt = row.get("prompt")
-        chosen, rejected = (row["chosen"], row["rejected"]) if fmt == "user-grouped" else (None, None)
-        if fmt == "user-grouped" and (is_conversation(chosen) or is_conversation(prompt)):
-            prompt, chosen, rejected = conversation_texts(prompt, chosen, rejected, place)
-        prompt_key = str(prompt) if prompt is not None else f"__row{report.rows - 1}"
-        prompt_text = str(prompt) if prompt is not None else ""
-        if fmt == "user-grouped":
-            user_type = row.get("user_type")
-            builder.add(
-                place,
-                str(row["user_id"]),
-                "" if user_type is None else str(user_type),
-                (prompt_key, prompt_text),
-                chosen,
-                rejected,
-                ("chosen", "rejected"),
-            )
-            continue
-        for label in choice_labels:
-            choice = row[CHOICE_PREFIX + label]
-            if choice not in (0, 1, 0.5) or isinstance(choice, bool):
-                raise ValueError(
-                    f"{place}, column {CHOICE_PREFIX + label!r}: value {choice!r}; use 0 "
-                    "(response_a preferred), 1 (response_b preferred) or 0.5 (tie)."
-                )
-            if choice == 0.5:
-                report.ties_dropped[label] += 1
-                continue
-            chosen_col, rejected_col = (
-                ("response_a", "response_b") if choice == 0 else ("response_b", "response_a")
-            )
-            builder.add(
-                place,
-                label,
-                label,
-                (prompt_key, prompt_text),
-                row[chosen_col],
-                row[rejected_col],
-                (chosen_col, rejected_col),
-            )
+        _add_row(builder, report, place, row, fmt, choice_labels)
     if not builder.chosen:
         raise ValueError(
             f"{source}: no pairs left (rows {report.rows}, outside split {report.rows_outside_split}, "
@@ -327,6 +274,75 @@ def rows_to_preferences(
     if any(report.ties_dropped.values()):
         logger.info("%s: dropped ties per label %s", source, report.ties_dropped)
     return data, report
+
+
+def _choice_labels(first: dict[str, Any], fmt: str, labels: Sequence[str] | None, source: str) -> list[str]:
+    """The choice_<label> columns that act as user types: `labels`, else all the file has; [] if user-grouped."""
+    if fmt != "multi-label":
+        if labels:
+            raise ValueError(
+                f"{source}: labels={list(labels)} apply to multi-label files only; this one is user-grouped."
+            )
+        return []
+    available = sorted(c[len(CHOICE_PREFIX) :] for c in first if c.startswith(CHOICE_PREFIX))
+    if not available:
+        raise ValueError(f"{source}: multi-label rows need choice_<label> columns; found {sorted(first)}.")
+    choice_labels = list(labels) if labels else available
+    unknown = [label for label in choice_labels if label not in available]
+    if unknown:
+        raise ValueError(f"{source}: unknown label(s) {unknown}; the file has {available}.")
+    return choice_labels
+
+
+def _add_row(
+    builder: _Builder,
+    report: LoadReport,
+    place: str,
+    row: dict[str, Any],
+    fmt: str,
+    choice_labels: list[str],
+) -> None:
+    """Add a validated row's pairs: one for a user-grouped row, one per non-tied label for a multi-label row."""
+    prompt = row.get("prompt")
+    chosen, rejected = (row["chosen"], row["rejected"]) if fmt == "user-grouped" else (None, None)
+    if fmt == "user-grouped" and (is_conversation(chosen) or is_conversation(prompt)):
+        prompt, chosen, rejected = conversation_texts(prompt, chosen, rejected, place)
+    prompt_key = str(prompt) if prompt is not None else f"__row{report.rows - 1}"
+    prompt_text = str(prompt) if prompt is not None else ""
+    if fmt == "user-grouped":
+        user_type = row.get("user_type")
+        builder.add(
+            place,
+            str(row["user_id"]),
+            "" if user_type is None else str(user_type),
+            (prompt_key, prompt_text),
+            chosen,
+            rejected,
+            ("chosen", "rejected"),
+        )
+        return
+    for label in choice_labels:
+        choice = row[CHOICE_PREFIX + label]
+        if choice not in (0, 1, 0.5) or isinstance(choice, bool):
+            raise ValueError(
+                f"{place}, column {CHOICE_PREFIX + label!r}: value {choice!r}; use 0 "
+                "(response_a preferred), 1 (response_b preferred) or 0.5 (tie)."
+            )
+        if choice == 0.5:
+            report.ties_dropped[label] += 1
+            continue
+        chosen_col, rejected_col = (
+            ("response_a", "response_b") if choice == 0 else ("response_b", "response_a")
+        )
+        builder.add(
+            place,
+            label,
+            label,
+            (prompt_key, prompt_text),
+            row[chosen_col],
+            row[rejected_col],
+            (chosen_col, rejected_col),
+        )
 
 
 def _drop_small_users(data: PreferenceSet, min_pairs: int, report: LoadReport) -> PreferenceSet:

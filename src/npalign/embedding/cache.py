@@ -33,7 +33,7 @@ from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from npalign.embedding.embedders import TextInputError, check_texts
+from npalign.embedding.base import TextInputError, check_texts
 from npalign.utils.io import read_json, save_tensors, write_json
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ _KEY_BYTES = 32
 
 
 class SupportsEmbed(Protocol):
-    """What the cache needs from an embedder (`embedders.Embedder` has it)."""
+    """What the cache needs from an embedder (`base.Embedder` has it)."""
 
     name: str
     revision: str
@@ -244,7 +244,7 @@ class EmbeddingCache:
 
         Args:
             embedder: the embedder this cache was made for (same name, revision, dim).
-            prompts / responses: N texts each (see `embedders.check_texts`).
+            prompts / responses: N texts each (see `base.check_texts`).
             batch_size: pairs per forward pass.
             progress: show a tqdm bar over the pairs still to embed.
         Returns:
@@ -292,24 +292,39 @@ class EmbeddingCache:
             for start in range(0, len(pending), self.shard_size):
                 chunk = pending[start : start + self.shard_size]
                 indices = [index for _, index in chunk]
-                try:
-                    vectors = embedder.embed(
-                        [prompts[i] for i in indices], [responses[i] for i in indices], batch_size=batch_size
-                    )
-                except TextInputError as exc:
-                    raise exc.at(indices[exc.index]) from exc
-                if tuple(vectors.shape) != (len(chunk), self.dim):
-                    raise ValueError(
-                        f"embedder {embedder.name!r} returned shape {tuple(vectors.shape)} for {len(chunk)} "
-                        f"pairs; expected ({len(chunk)}, {self.dim})."
-                    )
-                bad_rows = (~torch.isfinite(vectors).all(-1)).nonzero().flatten().tolist()
-                if bad_rows:  # never store them: a cached NaN would come back on every later run
-                    raise ValueError(
-                        f"embedder {embedder.name!r} returned non-finite vectors for pairs "
-                        f"{[indices[r] for r in bad_rows[:5]]}; check the model's dtype (float16 overflows) "
-                        "or its weights."
-                    )
+                vectors = self._embed_checked(embedder, prompts, responses, indices, batch_size)  # (n, D)
                 self._write_shard([key for key, _ in chunk], vectors)
                 bar.update(len(chunk))
         return self._read(keys)
+
+    def _embed_checked(
+        self,
+        embedder: SupportsEmbed,
+        prompts: list[str],
+        responses: list[str],
+        indices: list[int],
+        batch_size: int,
+    ) -> Tensor:
+        """(n, D) vectors of the pairs at `indices`, refused unless every one is finite and of width D.
+
+        A bad text is named by its index in the caller's `prompts` / `responses`.
+        """
+        try:
+            vectors = embedder.embed(
+                [prompts[i] for i in indices], [responses[i] for i in indices], batch_size=batch_size
+            )
+        except TextInputError as exc:
+            raise exc.at(indices[exc.index]) from exc
+        if tuple(vectors.shape) != (len(indices), self.dim):
+            raise ValueError(
+                f"embedder {embedder.name!r} returned shape {tuple(vectors.shape)} for {len(indices)} "
+                f"pairs; expected ({len(indices)}, {self.dim})."
+            )
+        bad_rows = (~torch.isfinite(vectors).all(-1)).nonzero().flatten().tolist()
+        if bad_rows:  # never store them: a cached NaN would come back on every later run
+            raise ValueError(
+                f"embedder {embedder.name!r} returned non-finite vectors for pairs "
+                f"{[indices[r] for r in bad_rows[:5]]}; check the model's dtype (float16 overflows) "
+                "or its weights."
+            )
+        return vectors

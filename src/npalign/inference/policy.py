@@ -23,8 +23,9 @@ from transformers import PreTrainedTokenizerBase
 from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
 from npalign.embedding.embedders import Embedder, build_embedder
 from npalign.embedding.features import FEATURE_CONVENTION, to_features
+from npalign.models.bases import load_base
 from npalign.models.film import sequence_latents
-from npalign.models.policy import ConditionalPolicy, load_base
+from npalign.models.policy import ConditionalPolicy
 from npalign.utils.io import write_json
 from npalign.utils.rundir import POLICY_DIR, RUN_FILE, path_from_run, read_run, relative_to_run
 

@@ -11,40 +11,32 @@ revision in `policy_config.json`.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from npalign.embedding import hub
+from npalign.models.bases import default_lora_targets, inject_lora
+from npalign.models.bases import load_base as load_base  # re-exported: training/dpo.py imports it from here
 from npalign.models.encoder import ContextEncoder
 from npalign.models.film import FiLM, attach_film, sequence_latents
 from npalign.models.losses import dpo_loss, sequence_logprobs
-from npalign.models.random_bases import RANDOM_BASE_SEED, RANDOM_BASES, build_random_base, weights_digest
-from npalign.utils.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
-
-logger = logging.getLogger(__name__)
-
-TRAINABLE_FILE = "trainable.safetensors"
-CONFIG_FILE = "policy_config.json"
-FORMAT_VERSION = 1
-_PARTS = ("lora", "film", "encoder")
-
-# LoRA targets when none are given: the attention query/value projections, as in the release.
-_DEFAULT_LORA_TARGETS: dict[str, list[str]] = {"gpt2": ["c_attn"]}
-_FALLBACK_LORA_TARGETS = ["q_proj", "v_proj"]
-
-
-def default_lora_targets(model_type: str) -> list[str]:
-    """The q/v projection module names of an architecture (GPT-2 fuses them in `c_attn`)."""
-    return list(_DEFAULT_LORA_TARGETS.get(model_type, _FALLBACK_LORA_TARGETS))
+from npalign.models.policy_files import (
+    CONFIG_FILE,
+    TRAINABLE_FILE,
+    check_same_base,
+    check_trainable_state,
+    load_recorded_base,
+    policy_record,
+    policy_settings,
+    read_policy_record,
+)
+from npalign.utils.io import atomic_dir, load_tensors, save_tensors, write_json
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
@@ -56,10 +48,6 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
         (N, L) long; 0 on left padding.
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _text_config(model: PreTrainedModel) -> Any:
-    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
 
 
 class ConditionalPolicy(nn.Module):
@@ -110,60 +98,35 @@ class ConditionalPolicy(nn.Module):
         base_model.requires_grad_(False)
         if bf16:
             base_model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers wraps `to` opaquely
-        lora_config = LoraConfig(
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=targets,
-            fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        with warnings.catch_warnings():
-            # peft probes the deprecated `is_gradient_checkpointing` of transformers 5; nothing to act on.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.model: PeftModel = get_peft_model(base_model, lora_config)
+        self.model: PeftModel = inject_lora(base_model, lora_r, lora_alpha, lora_dropout, targets)
         # Everything peft left trainable is LoRA; record the names now so that freezing later (for
         # inference) does not change what a checkpoint must contain.
         self._lora_names = [name for name, p in self.model.named_parameters() if p.requires_grad]
         if not self._lora_names:
             raise ValueError(f"LoRA found no modules named {targets} in {type(base_model).__name__}.")
         self.film: FiLM = attach_film(self.model, latent_dim, film_layers)
-        device = next(base_model.parameters()).device
-        self.encoder = ContextEncoder(
-            embed_dim,
-            encoder_hidden_dim,
-            latent_dim,
-            attention=encoder_attention,
-            num_heads=encoder_num_heads,
-        ).to(device)
-
-        text_config = _text_config(base_model)
+        # The encoder's settings, as ContextEncoder takes them and as policy_config.json records them.
+        encoder: dict[str, Any] = {
+            "embed_dim": embed_dim,
+            "hidden_dim": encoder_hidden_dim,
+            "latent_dim": latent_dim,
+            "attention": encoder_attention,
+            "num_heads": encoder_num_heads,
+        }
+        self.encoder = ContextEncoder(**encoder).to(next(base_model.parameters()).device)
         # The id from_pretrained reloads the base from: a hub id, or whatever path the caller loaded it from.
         base_id = str(base_model.config._name_or_path or "") if base_model_id is None else base_model_id
-        self.config: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "base_model": {
-                "id": base_id,
-                "revision": base_model_revision,
-                "model_type": model_type,
-                "hidden_size": int(text_config.hidden_size),
-                "num_hidden_layers": int(text_config.num_hidden_layers),
-                "vocab_size": int(text_config.vocab_size),
-            },
-            "lora": {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": targets},
-            "film": {"layers": list(self.film.layers), "latent_dim": latent_dim},
-            "encoder": {
-                "embed_dim": embed_dim,
-                "hidden_dim": encoder_hidden_dim,
-                "latent_dim": latent_dim,
-                "attention": encoder_attention,
-                "num_heads": encoder_num_heads,
-            },
-            "embedder_name": embedder_name,
-            "bf16": bf16,
-            "gradient_checkpointing": gradient_checkpointing,
-        }
+        self.config: dict[str, Any] = policy_record(
+            base_model,
+            base_id=base_id,
+            base_revision=base_model_revision,
+            lora={"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": targets},
+            film_layers=list(self.film.layers),
+            encoder=encoder,
+            embedder_name=embedder_name,
+            bf16=bf16,
+            gradient_checkpointing=gradient_checkpointing,
+        )
         self.set_gradient_checkpointing(gradient_checkpointing)
 
     # ----- structure -------------------------------------------------------------------------------------
@@ -323,10 +286,14 @@ class ConditionalPolicy(nn.Module):
         """log pi_ref of the 2BT target sequences: the precomputed `reference_logps`, else the reference run."""
         if "reference_logps" in inputs:
             return inputs["reference_logps"]
-        return self.reference_logprobs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        return self.reference_logprobs(
+            inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+        )
 
     @torch.no_grad()
-    def score_targets(self, inputs: dict[str, Tensor], *, conditional: bool, beta: float) -> dict[str, Tensor]:
+    def score_targets(
+        self, inputs: dict[str, Tensor], *, conditional: bool, beta: float
+    ) -> dict[str, Tensor]:
         """Implicit rewards and DPO losses of B users' T target pairs under each user's z, in eval mode.
 
         Args:
@@ -440,23 +407,7 @@ class ConditionalPolicy(nn.Module):
                 which the release's non-strict loading silently left random), unexpected keys, or shapes.
         """
         expected = self._trainable_tensors()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            absent = [part for part in _PARTS if not any(key.startswith(f"{part}.") for key in state)]
-            raise ValueError(
-                "Policy checkpoint does not match the model. "
-                f"Parts absent entirely: {absent or 'none'}. Missing keys ({len(missing)}): {missing[:8]}"
-                f"{' ...' if len(missing) > 8 else ''}. Unexpected keys ({len(unexpected)}): {unexpected[:8]}"
-                f"{' ...' if len(unexpected) > 8 else ''}. The checkpoint is incomplete or from another "
-                "configuration; it must hold exactly trainable_state_dict()."
-            )
-        for name, tensor in state.items():
-            if tuple(tensor.shape) != tuple(expected[name].shape):
-                raise ValueError(
-                    f"Tensor {name!r} has shape {tuple(tensor.shape)} in the checkpoint but "
-                    f"{tuple(expected[name].shape)} in the model."
-                )
+        check_trainable_state(state, expected)
         with torch.no_grad():
             for name, tensor in state.items():
                 expected[name].copy_(tensor)
@@ -488,79 +439,10 @@ class ConditionalPolicy(nn.Module):
             The policy, in eval mode.
         """
         directory = Path(directory)
-        config = read_json(directory / CONFIG_FILE)
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{directory / CONFIG_FILE} has format_version {config.get('format_version')}; expected {FORMAT_VERSION}."
-            )
-        base_info = config["base_model"]
+        config = read_policy_record(directory)
         if base_model is None:
-            if not base_info["id"]:
-                raise ValueError(
-                    f"{directory / CONFIG_FILE} records no base model id (the policy was built on a model "
-                    "without one); pass base_model= explicitly."
-                )
-            if config["bf16"]:
-                load_kwargs.setdefault("dtype", torch.bfloat16)
-            base_model = AutoModelForCausalLM.from_pretrained(
-                base_info["id"], revision=base_info["revision"], **load_kwargs
-            )
-        text_config = _text_config(base_model)
-        seen = {
-            "model_type": str(getattr(base_model.config, "model_type", "")),
-            "hidden_size": int(text_config.hidden_size),
-            "num_hidden_layers": int(text_config.num_hidden_layers),
-            "vocab_size": int(text_config.vocab_size),
-        }
-        mismatched = {key: (base_info[key], value) for key, value in seen.items() if base_info[key] != value}
-        if mismatched:
-            raise ValueError(
-                f"The base model does not match the one the policy was trained on (recorded, given): {mismatched}. "
-                f"Use {base_info['id']!r} at revision {base_info['revision']!r}."
-            )
-        encoder, lora = config["encoder"], config["lora"]
-        policy = cls(
-            base_model,
-            embed_dim=encoder["embed_dim"],
-            latent_dim=encoder["latent_dim"],
-            encoder_hidden_dim=encoder["hidden_dim"],
-            encoder_attention=encoder["attention"],
-            encoder_num_heads=encoder["num_heads"],
-            lora_r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            lora_target_modules=lora["target_modules"],
-            film_layers=config["film"]["layers"],
-            embedder_name=config["embedder_name"],
-            base_model_id=base_info["id"],
-            base_model_revision=base_info["revision"],
-            gradient_checkpointing=config["gradient_checkpointing"],
-            bf16=config["bf16"],
-        )
+            base_model = load_recorded_base(directory, config, **load_kwargs)
+        check_same_base(config, base_model)
+        policy = cls(base_model, **policy_settings(config))
         policy.load_trainable_state_dict(load_tensors(directory / TRAINABLE_FILE))
         return policy.eval()
-
-
-# ----- base models by name (shared by training and inference) ------------------------------------------------
-
-
-def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """The float32 base LM, its tokenizer (with a pad token and a chat template) and its revision.
-
-    Args:
-        name: a random base of `random_bases.RANDOM_BASES` (e.g. "tiny-random-llama"), a default of
-            `npalign.embedding.hub` (e.g. "smollm2"), a local model folder, or a hub id.
-    Returns:
-        (model in eval mode, tokenizer, revision); the revision changes whenever the weights would.
-    """
-    if name in RANDOM_BASES:
-        model, tokenizer = build_random_base(name)
-        return model, tokenizer, f"random-init:seed={RANDOM_BASE_SEED}:sha256:{weights_digest(model)}"
-    model = hub.load_causal_lm(name)
-    tokenizer = hub.load_tokenizer(name)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"the tokenizer of base model {name!r} has no chat template; NP-DPO renders prompts and "
-            "responses through it. Use an instruct/chat model (e.g. smollm2)."
-        )
-    return model, tokenizer, hub.model_revision(name)

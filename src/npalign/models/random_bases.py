@@ -1,7 +1,7 @@
 """Randomly initialised causal-LM bases built offline from code, for tests and the tiny configs (L1, models).
 
 `configs/tiny/np_dpo.yaml` trains on `base: tiny-random-llama`, so these are resolved at run time by
-`models.policy.load_base`, not only in tests.
+`models.bases.load_base`, not only in tests.
 """
 
 from __future__ import annotations
