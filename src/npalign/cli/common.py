@@ -91,11 +91,64 @@ def add_row_filters(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_flags(parser: argparse.ArgumentParser, *, config_required: bool, config_help: str) -> None:
-    """The flags both training commands take: config, run directory, resume and key=value overrides."""
+    """The flags both training commands take: config, run directory, resume, the data and embedder
+    shorthands (each the same as its key=value override) and key=value overrides."""
     parser.add_argument("--config", required=config_required, default=None, help=config_help)
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint after a crash")
+    parser.add_argument("--data", default=None, help="training preference file (data.train=FILE)")
+    parser.add_argument("--val", default=None, help="validation file (data.val=FILE)")
+    parser.add_argument("--data-split", default=None, help="rows of this split only (data.train_split)")
+    parser.add_argument("--val-split", default=None, help="validation rows of this split (data.val_split)")
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        help="multi-label files: which choice_<label> columns (data.labels)",
+    )
+    parser.add_argument(
+        "--embedder", default=None, help="for text data: minilm, smollm2-mean64, ... (embedder.name)"
+    )
+    parser.add_argument("--cache", default=None, help="embedding cache directory (embedder.cache)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (run.progress=false)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def training_overrides(args: argparse.Namespace, **job_flags: str | None) -> list[str]:
+    """The shorthand flags of a training command as config overrides, then its key=value ones (which win).
+
+    Args:
+        job_flags: the job's own flags, config key -> value (e.g. {"model.kind": args.model}).
+    """
+    flags = {
+        **job_flags,
+        "embedder.name": args.embedder,
+        "embedder.cache": args.cache,
+        "data.train": args.data,
+        "data.val": args.val,
+        "data.train_split": args.data_split,
+        "data.val_split": args.val_split,
+        "data.labels": args.labels,
+        "run.progress": False if args.no_progress else None,
+    }
+    shorthands = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    return [*shorthands, *args.overrides]
+
+
+def report_training(result: object, **figures: float | None) -> None:
+    """Print a finished run as one JSON line: its folder, steps, kept step, the job's figures, timing."""
+    print(
+        json.dumps(
+            {
+                "out": str(result.out_dir),  # type: ignore[attr-defined]
+                "steps": result.steps,  # type: ignore[attr-defined]
+                "best_step": result.best_step,  # type: ignore[attr-defined]
+                **figures,
+                "seconds": round(result.seconds, 2),  # type: ignore[attr-defined]
+                "ms_per_step": round(result.ms_per_step, 2),  # type: ignore[attr-defined]
+            }
+        )
+    )
 
 
 def add_evaluation_flags(

@@ -14,7 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from npalign.cli.common import add_evaluation_flags, add_training_flags, parse_contexts
+from npalign.cli.common import (
+    add_evaluation_flags,
+    add_training_flags,
+    parse_contexts,
+    report_training,
+    training_overrides,
+)
 
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
@@ -22,25 +28,12 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
     from npalign.training.dpo import train_policy
     from npalign.training.loop import is_main_process, load_run_data
 
-    cfg = load_config(PolicyTrainConfig, args.config, list(args.overrides))
-    if args.no_progress:
-        cfg.run.progress = False
+    cfg = load_config(PolicyTrainConfig, args.config, training_overrides(args))
     train, val, _ = load_run_data(cfg.data)
     result = train_policy(cfg, train, val, args.out, resume=args.resume)
-    if not is_main_process():  # under accelerate launch the main process reports the run
-        return 0
-    print(
-        json.dumps(
-            {
-                "out": str(result.out_dir),
-                "steps": result.steps,
-                "best_step": result.best_step,
-                "best_val_accuracy": result.best_val_accuracy if result.best_val_accuracy > -1 else None,
-                "seconds": round(result.seconds, 2),
-                "ms_per_step": round(result.ms_per_step, 2),
-            }
-        )
-    )
+    if is_main_process():  # under accelerate launch the main process reports the run
+        best = result.best_val_accuracy if result.best_val_accuracy > -1 else None
+        report_training(result, best_val_accuracy=best)
     return 0
 
 
@@ -127,7 +120,6 @@ def register(subparsers: Any) -> None:
     add_training_flags(
         train, config_required=True, config_help="YAML config (see configs/dpo/, configs/tiny/)"
     )
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train_dpo)
 
     generate = subparsers.add_parser(
@@ -137,7 +129,9 @@ def register(subparsers: Any) -> None:
         "from a JSON/JSONL file (--context) or drawn from one user of a type in the run's training data "
         "(--user-type). Without either, a conditional policy uses its population prior.",
     )
-    generate.add_argument("--policy", required=True, help="run directory written by npalign train-dpo")
+    generate.add_argument(
+        "--policy", "--run", dest="policy", required=True, help="run directory written by npalign train-dpo"
+    )
     source = generate.add_mutually_exclusive_group()
     source.add_argument("--context", default=None, help="JSON/JSONL rows {prompt, chosen, rejected}")
     source.add_argument("--user-type", default=None, help="draw the context from a user of this type")
@@ -161,7 +155,9 @@ def register(subparsers: Any) -> None:
         "are disjoint from the context: 1[beta (log pi - log pi_ref)(chosen) > beta (log pi - log pi_ref)"
         "(rejected)], mean ± s.e.m. over episodes, per user type. Writes results.json.",
     )
-    evaluate.add_argument("--policy", required=True, help="run directory written by npalign train-dpo")
+    evaluate.add_argument(
+        "--policy", "--run", dest="policy", required=True, help="run directory written by npalign train-dpo"
+    )
     add_evaluation_flags(
         evaluate,
         contexts=["0", "1", "3", "5"],

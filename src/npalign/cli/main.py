@@ -17,6 +17,8 @@ from npalign.cli.common import (
     add_training_flags,
     describe,
     parse_contexts,
+    report_training,
+    training_overrides,
     user_error,
 )
 
@@ -95,27 +97,12 @@ def _features(data, embedder: str, cache: str | None):  # noqa: ANN001, ANN202 -
     return embed_preferences(data, embedder, cache_dir=cache, progress=True)
 
 
-def reward_overrides(args: argparse.Namespace) -> list[str]:
-    """The train-reward flags as config overrides (they win over the config file, as key=value does)."""
-    flags = {
-        "model.kind": args.model,
-        "embedder.name": args.embedder,
-        "embedder.cache": args.cache,
-        "data.train": args.data,
-        "data.val": args.val,
-        "data.train_split": args.data_split,
-        "data.val_split": args.val_split,
-        "data.labels": args.labels,
-    }
-    return [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from npalign.config import RewardTrainConfig, load_config
     from npalign.training.loop import is_main_process, load_run_data
     from npalign.training.reward import train_reward_model
 
-    cfg = load_config(RewardTrainConfig, args.config, [*reward_overrides(args), *args.overrides])
+    cfg = load_config(RewardTrainConfig, args.config, training_overrides(args, **{"model.kind": args.model}))
     train, val, reports = load_run_data(cfg.data)
     for name, report in reports.items():
         if any(report.ties_dropped.values()):
@@ -129,20 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = _features(train, cfg.embedder.name, cfg.embedder.cache)
     val = None if val is None else _features(val, cfg.embedder.name, cfg.embedder.cache)
     result = train_reward_model(cfg, train, val, args.out, resume=args.resume)
-    if not is_main_process():  # under accelerate launch the main process reports the run
-        return 0
-    print(
-        json.dumps(
-            {
-                "out": str(result.out_dir),
-                "steps": result.steps,
-                "best_step": result.best_step,
-                "best_val_nll": result.best_val_nll,
-                "seconds": round(result.seconds, 2),
-                "ms_per_step": round(result.ms_per_step, 2),
-            }
-        )
-    )
+    if is_main_process():  # under accelerate launch the main process reports the run
+        report_training(result, best_val_nll=result.best_val_nll)
     return 0
 
 
@@ -246,22 +221,9 @@ def _add_train_reward(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "config, e.g. optim.lr=3e-4 episodes.max_context=10.",
     )
     train.add_argument(
-        "--data", default=None, help="training preference file (shorthand for data.train=FILE)"
+        "--model", choices=["btl", "dpl", "np-btl", "np-btl-latent"], default=None, help="model.kind"
     )
-    train.add_argument("--val", default=None, help="validation file (held-out users or prompts)")
-    train.add_argument("--model", choices=["btl", "dpl", "np-btl", "np-btl-latent"], default=None)
-    add_training_flags(train, config_required=False, config_help="YAML config (see configs/)")
-    train.add_argument(
-        "--embedder", default=None, help="for text data: minilm, smollm2, or a local model path"
-    )
-    train.add_argument("--cache", default=None, help="embedding cache directory")
-    train.add_argument("--data-split", default=None, help="use only rows whose split column equals this")
-    train.add_argument(
-        "--val-split", default=None, help="use only validation rows whose split column equals this"
-    )
-    train.add_argument(
-        "--labels", nargs="+", default=None, help="multi-label files: which choice_<label> columns"
-    )
+    add_training_flags(train, config_required=False, config_help="YAML config (see configs/reward/)")
     train.set_defaults(func=cmd_train)
 
 
@@ -275,7 +237,9 @@ def _add_evaluate_reward(commands: argparse._SubParsersAction[argparse.ArgumentP
         "(targets disjoint from the context), per user type, with the Bayes ceiling when "
         "the data is synthetic. Writes results.json (one model), results.md, accuracy.png.",
     )
-    evaluate.add_argument("--model", required=True, help="run directory written by npalign train-reward")
+    evaluate.add_argument(
+        "--model", "--run", dest="model", required=True, help="run directory written by npalign train-reward"
+    )
     add_evaluation_flags(
         evaluate,
         contexts=["0", "1", "3", "5", "10"],

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,22 +35,7 @@ from npalign.embedding.embedders import build_embedder
 from npalign.embedding.features import FEATURE_CONVENTION, embed_items, embedding_cache_root
 from npalign.models.losses import dpo_episode_figures, dpo_loss, dpo_metrics, sequence_logprobs
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
-from npalign.training.loop import (
-    MetricsLog,
-    RunningMeans,
-    build_optimizer,
-    due,
-    keep_best,
-    make_accelerator,
-    open_run,
-    optimizer_step,
-    progress_bar,
-    resume_state,
-    save_checkpoint,
-    seeded_step,
-    write_run_files,
-    write_summary,
-)
+from npalign.training import loop
 from npalign.training.reference import REFERENCE_FILE, reference_tables
 from npalign.types import PreferenceSet
 from npalign.utils.io import load_tensors
@@ -212,8 +198,8 @@ def train_policy(
     """
     out_dir = Path(out_dir)
     unused = not cfg.conditional or cfg.episodes.min_context == 0  # no z, or a batch of empty contexts
-    accelerator = make_accelerator(cfg.run, out_dir, unused_parameters=unused)
-    with open_run(out_dir, "policy", cfg, accelerator, resume=resume) as resumable:
+    accelerator = loop.make_accelerator(cfg.run, out_dir, unused_parameters=unused)
+    with loop.open_run(out_dir, "policy", cfg, accelerator, resume=resume) as resumable:
         splits = {"train": filter_user_types(train_data, cfg.data.user_types)}
         if val_data is not None:
             splits["validation"] = filter_user_types(val_data, cfg.data.user_types)
@@ -225,7 +211,7 @@ def train_policy(
             record = policy_run_record(
                 cfg, embedder_record, base_revision, splits["train"].type_names, out_dir
             )
-            write_run_files(out_dir, cfg, record)
+            loop.write_run_files(out_dir, cfg, record)
         return _train(cfg, splits, policy, tokenizer, base_revision, out_dir, accelerator, resumable)
 
 
@@ -243,7 +229,7 @@ def _step(
 
     Returns the step's statistics averaged over the micro-batches and the tokens it read.
     """
-    accumulation, stats, tokens_seen = cfg.optim.grad_accumulation, RunningMeans(), 0
+    accumulation, stats, tokens_seen = cfg.optim.grad_accumulation, loop.RunningMeans(), 0
     lengths = {
         "max_prompt_length": cfg.data.max_prompt_length,
         "max_response_length": cfg.data.max_response_length,
@@ -311,7 +297,7 @@ def _train(
 ) -> DPOTrainResult:
     is_main = accelerator.is_main_process
     sampler, val_sampler = _samplers(cfg, splits, accelerator.process_index)
-    optimizer, scheduler = build_optimizer(policy.trainable_parameters(), cfg.optim)
+    optimizer, scheduler = loop.build_optimizer(policy.trainable_parameters(), cfg.optim)
     model, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     raw_policy: ConditionalPolicy = accelerator.unwrap_model(model)
     references: dict[str, Tensor] = {}
@@ -327,14 +313,14 @@ def _train(
         raw_policy.save_pretrained(folder / POLICY_DIR)
 
     fresh: dict[str, Any] = {"step": 0, "best_val_accuracy": -math.inf, "best_step": -1}
-    state = resume_state(out_dir, resumable, read_weights, optimizer, scheduler, fresh)
-    metrics = MetricsLog(out_dir, accelerator, resumed_step=state["step"] if resumable else None)
+    state = loop.resume_state(out_dir, resumable, read_weights, optimizer, scheduler, fresh)
+    metrics = loop.MetricsLog(out_dir, accelerator, resumed_step=state["step"] if resumable else None)
     total, first_step = cfg.optim.steps, state["step"]
-    progress = progress_bar(total, first_step, f"train-dpo {cfg.mode}", cfg.run.progress and is_main)
-    means, tokens_seen, started = RunningMeans(), 0, time.perf_counter()
+    progress = loop.progress_bar(total, first_step, f"train-dpo {cfg.mode}", cfg.run.progress and is_main)
+    means, tokens_seen, started = loop.RunningMeans(), 0, time.perf_counter()
     model.train()
     for step in range(first_step, total):
-        with seeded_step(cfg.run.seed, accelerator, step):
+        with loop.seeded_step(cfg.run.seed, accelerator, step):
             stats, tokens = _step(
                 cfg, accelerator, model, raw_policy, tokenizer, sampler, references.get("train"), step
             )
@@ -342,14 +328,14 @@ def _train(
         grad_norm = accelerator.clip_grad_norm_(
             raw_policy.trainable_parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         )
-        optimizer_step(optimizer, scheduler)
+        loop.optimizer_step(optimizer, scheduler)
         means.add({**stats, "grad_norm": float(grad_norm)})
         done = step + 1
-        if due(done, cfg.run.log_every, total):
+        if loop.due(done, cfg.run.log_every, total):
             record = means.record(done, cfg.run.log_every, learning_rate=scheduler.get_last_lr()[0])
             progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
             metrics.write(record)
-        if val_sampler is not None and due(done, cfg.eval.val_every, total):
+        if val_sampler is not None and loop.due(done, cfg.eval.val_every, total):
             record = {
                 "step": done,
                 **validate(raw_policy, tokenizer, val_sampler, cfg, references.get("validation")),
@@ -357,32 +343,54 @@ def _train(
             metrics.write(record)
             # Kept: the best validation accuracy, ties broken by the lower DPO loss.
             score = (-record["eval_rewards/accuracies"], record["eval_loss"])
-            if is_main and keep_best(state, "policy", score, done):
+            if is_main and loop.keep_best(state, "policy", score, done):
                 state.update(best_val_accuracy=record["eval_rewards/accuracies"], best_step=done)
                 write_weights(out_dir)
-        if is_main and due(done, cfg.run.save_every, total):
+        if is_main and loop.due(done, cfg.run.save_every, total):
             state["step"] = done
-            save_checkpoint(out_dir, write_weights, optimizer, scheduler, state)
+            loop.save_checkpoint(out_dir, write_weights, optimizer, scheduler, state)
         progress.update(1)
     progress.close()
     seconds = time.perf_counter() - started
     if is_main:
-        if val_sampler is None:
-            write_weights(out_dir)
-            state["best_step"] = total
-        best = state["best_val_accuracy"] if val_sampler is not None else None
-        tokens_per_second = tokens_seen / seconds if seconds > 0 else None
-        write_summary(
+        _finish(
             out_dir,
-            total,
-            first_step,
-            seconds,
-            tokens_per_second=tokens_per_second,
-            best_step=state["best_step"],
-            best_val_accuracy=best,
+            state,
+            write_weights,
+            validated=val_sampler is not None,
+            total=total,
+            first_step=first_step,
+            seconds=seconds,
+            tokens_seen=tokens_seen,
         )
     accelerator.wait_for_everyone()
     ms_per_step = 1000 * seconds / max(1, total - first_step)
     return DPOTrainResult(
         out_dir, total, int(state["best_step"]), float(state["best_val_accuracy"]), seconds, ms_per_step
+    )
+
+
+def _finish(
+    out_dir: Path,
+    state: dict[str, Any],
+    write_weights: Callable[[Path], None],
+    *,
+    validated: bool,
+    total: int,
+    first_step: int,
+    seconds: float,
+    tokens_seen: int,
+) -> None:
+    """Keep the last policy when there was no validation, and write summary.json (main process)."""
+    if not validated:
+        write_weights(out_dir)
+        state["best_step"] = total
+    loop.write_summary(
+        out_dir,
+        total,
+        first_step,
+        seconds,
+        tokens_per_second=tokens_seen / seconds if seconds > 0 else None,
+        best_step=state["best_step"],
+        best_val_accuracy=state["best_val_accuracy"] if validated else None,
     )
