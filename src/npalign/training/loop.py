@@ -130,6 +130,10 @@ def open_run(
     accelerator.wait_for_everyone()
     lock = run_lock(out_dir) if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
+        if accelerator.is_main_process:
+            # Again under the lock: a run another job finished between the check and the lock is not
+            # written over.
+            check_run_directory(out_dir, kind, to_dict(config), resume=resume)
         if config.run.report_to:
             accelerator.init_trackers(out_dir.name, config=_flat(to_dict(config)))
         try:
