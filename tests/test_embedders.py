@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -127,18 +126,12 @@ class CountingEmbedder:
         self.calls = 0
         self.texts: list[tuple[str, str]] = []
 
-    def embed(
-        self,
-        prompts: Sequence[str | bytes],
-        responses: Sequence[str | bytes],
-        batch_size: int = 32,
-        progress: bool = False,
-    ) -> Tensor:
+    def embed(self, prompts: list[str], responses: list[str], *, batch_size: int) -> Tensor:
         self.calls += 1
         if self.calls == self.die_on_call:
             raise RuntimeError("killed")
-        self.texts += list(zip(prompts, responses, strict=True))  # type: ignore[arg-type]
-        return self.inner.embed(prompts, responses, batch_size=batch_size, progress=progress) * self.scale
+        self.texts += list(zip(prompts, responses, strict=True))
+        return self.inner.embed(prompts, responses, batch_size=batch_size) * self.scale
 
 
 # ---------------------------------------------------------------------------------------------------
