@@ -16,6 +16,7 @@ from transformers import (
     BertModel,
     GPT2Config,
     LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -141,21 +142,58 @@ def tiny_gpt2() -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+# A chat template over tokens the minilm WordPiece vocabulary already has as specials.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '[CLS]' + m['role'] + '\\n' + m['content'] + '[SEP]\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '[CLS]assistant\\n' }}{% endif %}"
+)
+# The tiny BERT and Llama embedders share one shape over the real minilm vocabulary: 2 layers, width 32.
+_TINY_WORDPIECE_MODEL: dict[str, Any] = dict(
+    vocab_size=30522,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    initializer_range=0.2,
+)
+
+
+def _minilm() -> str:
+    return hub.resolve_model("minilm")
+
+
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, width-32 random BERT with the real minilm tokenizer, saved like any HF folder."""
     folder = tmp_path_factory.mktemp("tiny_bert")
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.2,
+    BertModel(BertConfig(**_TINY_WORDPIECE_MODEL, max_position_embeddings=64)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(_minilm(), local_files_only=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, width-32 random Llama with a WordPiece fast tokenizer and a chat template."""
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(Path(_minilm()) / "tokenizer.json"),
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_max_length=128,
     )
-    BertModel(config).save_pretrained(folder)
-    minilm = hub.resolve_model("minilm")
-    AutoTokenizer.from_pretrained(minilm, local_files_only=True).save_pretrained(folder)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        **_TINY_WORDPIECE_MODEL,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
     return folder

@@ -6,6 +6,7 @@ import argparse
 import gzip
 import json
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ def build(
     rows = read_rows(out)
     assert len(rows) == report.total_written
     return report, rows
+
+
+def multi_label_columns(labels: Sequence[str]) -> set[str]:
+    """The columns of a multi-label row: one pair, its split and a choice per label."""
+    return {"prompt", "response_a", "response_b", "split", *(f"choice_{label}" for label in labels)}
 
 
 def assert_prompt_level_splits(rows: list[dict[str, Any]]) -> None:
@@ -91,13 +97,7 @@ def test_ultrafeedback_all_aspects_counts_and_ties(tmp_path: Path) -> None:
         "instruction_following": 13,
     }
     for row in rows:
-        assert set(row) == {
-            "prompt",
-            "response_a",
-            "response_b",
-            "split",
-            *(f"choice_{lb}" for lb in UF_LABELS),
-        }
+        assert set(row) == multi_label_columns(UF_LABELS)
         assert all(row[f"choice_{lb}"] in (0, 1, 0.5) for lb in UF_LABELS)
         assert any(row[f"choice_{lb}"] != 0.5 for lb in UF_LABELS)
         assert row["response_a"] != row["response_b"]
@@ -125,14 +125,7 @@ def test_ultrafeedback_hh_keeps_only_strict_disagreement(tmp_path: Path) -> None
     assert report.total_written == 10
     assert report.ties_per_user_type == {"helpfulness": 0, "honesty": 0}
     for row in rows:
-        assert set(row) == {
-            "prompt",
-            "response_a",
-            "response_b",
-            "choice_helpfulness",
-            "choice_honesty",
-            "split",
-        }
+        assert set(row) == multi_label_columns(("helpfulness", "honesty"))
         assert {row["choice_helpfulness"], row["choice_honesty"]} == {0, 1}
 
 

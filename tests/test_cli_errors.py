@@ -64,30 +64,17 @@ CORRUPT_JSON = '{"format_version": 1, "mod\n'
 Case = Callable[[Path, dict[str, Path]], tuple[list[str], list[str]]]
 
 
+def _evaluate_args(command: str, model_flag: str, model: Path, runs: dict[str, Path], tmp: Path) -> list[str]:
+    """`evaluate --model` or `evaluate-dpo --policy` on the shared data, writing into `tmp`."""
+    return [command, model_flag, str(model), "--data", str(runs["data"]), "--out", str(tmp / "r.json")]
+
+
 def _evaluate(model: Path, runs: dict[str, Path], tmp: Path, *extra: str) -> list[str]:
-    return [
-        "evaluate",
-        "--model",
-        str(model),
-        "--data",
-        str(runs["data"]),
-        "--out",
-        str(tmp / "r.json"),
-        *extra,
-    ]
+    return [*_evaluate_args("evaluate", "--model", model, runs, tmp), *extra]
 
 
 def _evaluate_dpo(policy: Path, runs: dict[str, Path], tmp: Path, *extra: str) -> list[str]:
-    return [
-        "evaluate-dpo",
-        "--policy",
-        str(policy),
-        "--data",
-        str(runs["data"]),
-        "--out",
-        str(tmp / "r.json"),
-        *extra,
-    ]
+    return [*_evaluate_args("evaluate-dpo", "--policy", policy, runs, tmp), *extra]
 
 
 def _generate(policy: Path) -> list[str]:

@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import kill_once_checkpointed
 from npalign.cli.main import main
 from npalign.config import PolicyTrainConfig, load_config
 from npalign.data.dpo_episodes import DPOEpisodeSampler, pair_texts, user_context
@@ -177,23 +175,8 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(tiny_run: Pat
     crashed = workdir / "crashed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = "import sys; from npalign.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, *_train_args(crashed, workdir / "cache")],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    state = crashed / "checkpoint" / "trainer_state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if state.exists() and read_json(state)["step"] >= 8:
-            break
-        time.sleep(0.005)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = read_json(state)["step"]
+    command = [sys.executable, "-c", code, *_train_args(crashed, workdir / "cache")]
+    killed_at = kill_once_checkpointed(command, crashed, 8, env=env, poll_s=0.005, cwd=REPO)
     assert 8 <= killed_at < 32
 
     assert main([*_train_args(crashed, workdir / "cache"), "--resume"]) == 0

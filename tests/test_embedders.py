@@ -8,28 +8,16 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
 
 from npalign.embedding import hub
 from npalign.embedding.cache import INDEX_FILE, EmbeddingCache
 from npalign.embedding.embedders import CausalLMEmbedder, EncoderEmbedder, TextInputError, build_embedder
-
-# A chat template over tokens the minilm WordPiece vocabulary already has as specials.
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '[CLS]' + m['role'] + '\\n' + m['content'] + '[SEP]\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '[CLS]assistant\\n' }}{% endif %}"
-)
 
 PROMPTS = [
     "How do I bake bread at home?",
@@ -59,38 +47,6 @@ RESPONSES = [
 
 def minilm_folder() -> Path:
     return Path(hub.resolve_model("minilm"))
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, width-32 random Llama with a WordPiece fast tokenizer and a chat template."""
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(minilm_folder() / "tokenizer.json"),
-        bos_token="[CLS]",
-        eos_token="[SEP]",
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        model_max_length=128,
-    )
-    tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        initializer_range=0.2,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +83,12 @@ class CountingEmbedder:
         self.calls = 0
         self.texts: list[tuple[str, str]] = []
 
-    def embed(
-        self,
-        prompts: Sequence[str | bytes],
-        responses: Sequence[str | bytes],
-        batch_size: int = 32,
-        progress: bool = False,
-    ) -> Tensor:
+    def embed(self, prompts: list[str], responses: list[str], *, batch_size: int) -> Tensor:
         self.calls += 1
         if self.calls == self.die_on_call:
             raise RuntimeError("killed")
-        self.texts += list(zip(prompts, responses, strict=True))  # type: ignore[arg-type]
-        return self.inner.embed(prompts, responses, batch_size=batch_size, progress=progress) * self.scale
+        self.texts += list(zip(prompts, responses, strict=True))
+        return self.inner.embed(prompts, responses, batch_size=batch_size) * self.scale
 
 
 # ---------------------------------------------------------------------------------------------------

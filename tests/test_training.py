@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import npalign
+from helpers import kill_once_checkpointed
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.episodes import EpisodeSampler
 from npalign.data.loaders import split_by_user
@@ -300,22 +299,8 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path) -
     subprocess.run(_train_command(train, val, reference, steps), check=True, env=env, capture_output=True)
 
     crashed = tmp_path / "crashed"
-    process = subprocess.Popen(
-        _train_command(train, val, crashed, steps),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    state = crashed / "checkpoint" / "trainer_state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if state.exists() and json.loads(state.read_text())["step"] >= 100:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed; raise `steps`"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = json.loads(state.read_text())["step"]
+    command = _train_command(train, val, crashed, steps)
+    killed_at = kill_once_checkpointed(command, crashed, 100, env=env, poll_s=0.02)
     assert 100 <= killed_at < steps
     subprocess.run(
         _train_command(train, val, crashed, steps, "--resume"), check=True, env=env, capture_output=True

@@ -53,20 +53,15 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise TypeError(f"{key}: expected true/false, got {value!r}.")
-    if annotation is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise TypeError(f"{key}: expected an integer, got {value!r}.")
+    if annotation is int or annotation is float:
+        expected = "an integer" if annotation is int else "a number"
+        fractional = annotation is int and isinstance(value, float) and not value.is_integer()
+        if isinstance(value, bool) or fractional:  # True is an int to Python, not to a config
+            raise TypeError(f"{key}: expected {expected}, got {value!r}.")
         try:
-            return int(value)
+            return annotation(value)
         except (TypeError, ValueError):
-            raise TypeError(f"{key}: expected an integer, got {value!r}.") from None
-    if annotation is float:
-        if isinstance(value, bool):
-            raise TypeError(f"{key}: expected a number, got {value!r}.")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{key}: expected a number, got {value!r}.") from None
+            raise TypeError(f"{key}: expected {expected}, got {value!r}.") from None
     if annotation is str:
         if not isinstance(value, str | int | float):
             raise TypeError(f"{key}: expected a string, got {value!r}.")

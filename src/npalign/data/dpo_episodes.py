@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from npalign.data.dpo_tokenize import tokenize_preference_pairs
-from npalign.data.episodes import EpisodeSampler, derived_seed
+from npalign.data.episodes import EpisodeSampler, SamplingArgs, derived_seed
 from npalign.types import EpisodeBatch, PreferenceSet
 
 ContextTriple = tuple[str, str, str]
@@ -192,35 +193,18 @@ class DPOEpisodeSampler:
     Args:
         data: text pairs; with `features` (N, D) attached (frozen embeddings of the items) the context
             features come with each batch, without them (the unconditional mode) the features are (N, 0).
-        targets: T target pairs per user.
-        max_context / min_context: training context sizes are uniform in [min, max]; every user needs at
-            least max_context + T pairs.
-        batch_users: B.
-        seed: all draws derive from it.
+        batch_users: B (fewer than the reward sampler's default: each user brings 2T sequences).
+        **sampling: targets, max_context, min_context and seed, as `EpisodeSampler` takes them.
     """
 
     def __init__(
-        self,
-        data: PreferenceSet,
-        *,
-        targets: int,
-        max_context: int,
-        min_context: int = 0,
-        batch_users: int = 2,
-        seed: int = 0,
+        self, data: PreferenceSet, *, batch_users: int = 2, **sampling: Unpack[SamplingArgs]
     ) -> None:
         _require_text(data, "the episode data")
         if data.features is None:
             data = data.with_features(torch.zeros(data.num_items, 0))  # index-only draws
         self.data = data
-        self.sampler = EpisodeSampler(
-            data,
-            targets=targets,
-            max_context=max_context,
-            min_context=min_context,
-            batch_users=batch_users,
-            seed=seed,
-        )
+        self.sampler = EpisodeSampler(data, batch_users=batch_users, **sampling)
 
     @property
     def type_names(self) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, Required, TypedDict
 
 import torch
 from torch import Tensor
@@ -23,6 +23,15 @@ def derived_seed(*parts: int | str) -> int:
     """A 63-bit seed from several parts, stable across runs and platforms."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+class SamplingArgs(TypedDict, total=False):
+    """`EpisodeSampler`'s keyword arguments but `batch_users`, for samplers that wrap it."""
+
+    targets: Required[int]
+    max_context: Required[int]
+    min_context: int
+    seed: int
 
 
 class EpisodeSampler:

@@ -46,19 +46,14 @@ _KEY_BYTES = 32
 
 
 class SupportsEmbed(Protocol):
-    """What the cache needs from an embedder (`base.Embedder` has it)."""
+    """What the cache needs from an embedder (`base.Embedder` has it, and so may a test double)."""
 
     name: str
     revision: str
     dim: int
 
-    def embed(
-        self,
-        prompts: Sequence[str | bytes],
-        responses: Sequence[str | bytes],
-        batch_size: int = 32,
-        progress: bool = False,
-    ) -> Tensor: ...
+    def embed(self, prompts: list[str], responses: list[str], *, batch_size: int) -> Tensor:
+        """(n, D) vectors of n checked pairs; the cache asks for nothing more."""
 
 
 def text_key(prompt: str, response: str) -> bytes:

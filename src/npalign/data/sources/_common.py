@@ -6,8 +6,9 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,28 @@ def rating_choice(rating_a: float, rating_b: float) -> float:
 def conflicting(choices: Iterable[float]) -> bool:
     """True when the non-tied choices point both ways (some label prefers a, another prefers b)."""
     return {choice for choice in choices if choice != TIE} == {0, 1}
+
+
+def rated_pairs(
+    rated: Sequence[tuple[str, Sequence[float]]],
+    where: str,
+    report: BuildReport,
+    keep_identical: bool,
+    too_few: str,
+) -> Iterator[tuple[str, str, list[float]]]:
+    """Every pair of one prompt's rated responses as (response_a, response_b, a choice per label).
+
+    A prompt with fewer than two responses is dropped under `too_few`; a pair of identical texts is
+    dropped unless `keep_identical`. Drops are counted as the pairs are drawn.
+    """
+    if len(rated) < 2:
+        report.drop(too_few, where)
+        return
+    for (response_a, ratings_a), (response_b, ratings_b) in combinations(rated, 2):
+        if response_a == response_b and not keep_identical:
+            report.drop("pairs_identical_responses", where)
+            continue
+        yield response_a, response_b, [rating_choice(a, b) for a, b in zip(ratings_a, ratings_b, strict=True)]
 
 
 def parse_rating(value: Any) -> float | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import combinations
 from typing import Any
 
 from npalign.data.records import Record
@@ -13,7 +12,7 @@ from npalign.data.sources._common import (
     BuildReport,
     Source,
     multi_label_row,
-    rating_choice,
+    rated_pairs,
     require,
     require_str,
 )
@@ -48,14 +47,9 @@ def build(
         groups[-1][2].append((response, ratings))
     rows: list[dict[str, Any]] = []
     for where, prompt, responses in groups:
-        if len(responses) < 2:
-            report.drop("prompts_with_fewer_than_two_responses", where)
-            continue
-        for (response_a, ratings_a), (response_b, ratings_b) in combinations(responses, 2):
-            if response_a == response_b and not options["keep_identical"]:
-                report.drop("pairs_identical_responses", where)
-                continue
-            choices = [rating_choice(a, b) for a, b in zip(ratings_a, ratings_b, strict=True)]
+        for response_a, response_b, choices in rated_pairs(
+            responses, where, report, options["keep_identical"], "prompts_with_fewer_than_two_responses"
+        ):
             if all(choice == TIE for choice in choices):
                 report.drop("pairs_all_labels_tied", where)
                 continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import combinations
 from typing import Any
 
 from npalign.data.records import Record
@@ -15,7 +14,7 @@ from npalign.data.sources._common import (
     conflicting,
     multi_label_row,
     parse_rating,
-    rating_choice,
+    rated_pairs,
     require,
     require_str,
 )
@@ -73,14 +72,9 @@ def build(
                 report.drop("completions_with_unparsable_rating", completion_where)
                 continue
             rated.append((response, tuple(float(r) for r in ratings if r is not None)))
-        if len(rated) < 2:
-            report.drop("prompts_with_fewer_than_two_rated_completions", where)
-            continue
-        for (response_a, ratings_a), (response_b, ratings_b) in combinations(rated, 2):
-            if response_a == response_b and not options["keep_identical"]:
-                report.drop("pairs_identical_responses", where)
-                continue
-            choices = [rating_choice(a, b) for a, b in zip(ratings_a, ratings_b, strict=True)]
+        for response_a, response_b, choices in rated_pairs(
+            rated, where, report, options["keep_identical"], "prompts_with_fewer_than_two_rated_completions"
+        ):
             if subset is None and all(choice == TIE for choice in choices):
                 report.drop("pairs_all_labels_tied", where)
                 continue
