@@ -35,3 +35,19 @@ def kill_once_checkpointed(
     process.send_signal(signal.SIGKILL)
     process.wait()
     return int(json.loads(state.read_text())["step"])
+
+
+def synth_command(out: str | Path, pairs: int, users: int, *extra: str) -> list[str]:
+    """`npalign synth` arguments for the paper's 1-D task with `pairs` pairs over `users` users."""
+    return [
+        "synth",
+        "--task",
+        "paper1d",
+        "--num-pairs",
+        str(pairs),
+        "--num-users",
+        str(users),
+        "--out",
+        str(out),
+        *extra,
+    ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import synth_command
 from npalign.cli.main import build_parser, main
 
 TINY = [
@@ -34,23 +35,7 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_synth_train_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "paper.jsonl"
-    assert (
-        main(
-            [
-                "synth",
-                "--task",
-                "paper1d",
-                "--num-pairs",
-                "2000",
-                "--num-users",
-                "40",
-                "--out",
-                str(data),
-                "--write-splits",
-            ]
-        )
-        == 0
-    )
+    assert main(synth_command(str(data), 2000, 40, "--write-splits")) == 0
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     assert len(rows) == 2000 and {"user_id", "chosen", "rejected", "user_type", "split"} <= set(rows[0])
     assert json.loads(Path(f"{data}.task.json").read_text())["name"] == "paper1d"
@@ -112,7 +97,7 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["train", "--data", str(empty), "--model", "btl", "--out", str(tmp_path / "r")]) == 2
     assert "is empty" in capsys.readouterr().err
     data = tmp_path / "d.jsonl"
-    main(["synth", "--task", "paper1d", "--num-pairs", "400", "--num-users", "40", "--out", str(data)])
+    main(synth_command(str(data), 400, 40))
     assert main(["train", "--data", str(data), "--model", "np-btl", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "fewer pairs than context + targets" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "optim.nope=1"]) == 2
@@ -141,22 +126,7 @@ def test_overrides_may_follow_options(tmp_path: Path) -> None:
     """`--out DIR key=value` and `key=value --out DIR` mean the same; an unknown flag is still refused."""
     from npalign.utils.io import read_json
 
-    assert (
-        main(
-            [
-                "synth",
-                "--task",
-                "paper1d",
-                "--num-pairs",
-                "2000",
-                "--num-users",
-                "20",
-                "--out",
-                str(tmp_path / "p.jsonl"),
-            ]
-        )
-        == 0
-    )
+    assert main(synth_command(str(tmp_path / "p.jsonl"), 2000, 20)) == 0
     args = [
         "train-reward",
         "--data",

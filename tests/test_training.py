@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import npalign
-from helpers import kill_once_checkpointed
+from helpers import kill_once_checkpointed, synth_command
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.episodes import EpisodeSampler
 from npalign.data.loaders import split_by_user
@@ -46,7 +46,13 @@ def trained_np(paper_splits, tmp_path_factory) -> Path:  # noqa: ANN001
     out = tmp_path_factory.mktemp("np") / "run"
     cfg = load_config(
         RewardTrainConfig,
-        overrides=[*SMALL, "model.kind=np-btl", "optim.steps=600", "eval.val_every=300", "run.save_every=300"],
+        overrides=[
+            *SMALL,
+            "model.kind=np-btl",
+            "optim.steps=600",
+            "eval.val_every=300",
+            "run.save_every=300",
+        ],
     )
     train_reward_model(cfg, train, val, out)
     return out
@@ -163,7 +169,9 @@ def test_every_kind_trains_saves_and_loads(kind: str, extra: list[str], paper_sp
     z = model.infer_user(torch.rand(3, 1), torch.rand(3, 1))
     probs = model.prefer_prob(torch.rand(10, 1), torch.rand(10, 1), z)
     assert probs.shape == (10,) and bool(((probs > 0) & (probs < 1)).all())
-    if "model.encoder_depth=3" in extra:  # the depths come back from the saved config: a strict load needs them
+    if (
+        "model.encoder_depth=3" in extra
+    ):  # the depths come back from the saved config: a strict load needs them
         pair_net = model.model.encoder.pair_net
         assert sum(isinstance(layer, torch.nn.Linear) for layer in pair_net) == 3
         assert len(model.model.head) == 1
@@ -206,7 +214,9 @@ def test_item_dropout_acts_in_training_only() -> None:
 
 @pytest.mark.parametrize("select_by", ["nll", "accuracy"])
 def test_the_kept_weights_are_the_best_validation_step_by_the_chosen_figure(
-    select_by: str, paper_splits, tmp_path: Path  # noqa: ANN001
+    select_by: str,
+    paper_splits,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     train, val, _ = paper_splits
     cfg = load_config(
@@ -223,7 +233,9 @@ def test_the_kept_weights_are_the_best_validation_step_by_the_chosen_figure(
     )
     out = tmp_path / select_by
     result = train_reward_model(cfg, train, val, out)
-    validations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_nll" in r]
+    validations = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_nll" in r
+    ]
     assert len(validations) == 6
     if select_by == "nll":
         best = min(validations, key=lambda r: r["val_nll"])
@@ -275,23 +287,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path) -
     from npalign.cli.main import main
 
     data = tmp_path / "paper.jsonl"
-    assert (
-        main(
-            [
-                "synth",
-                "--task",
-                "paper1d",
-                "--num-pairs",
-                "4000",
-                "--num-users",
-                "80",
-                "--out",
-                str(data),
-                "--write-splits",
-            ]
-        )
-        == 0
-    )
+    assert main(synth_command(str(data), 4000, 80, "--write-splits")) == 0
     train, val = tmp_path / "paper.train.jsonl", tmp_path / "paper.validation.jsonl"
     steps = 1500
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -381,7 +377,9 @@ def test_a_prior_head_is_kept_at_its_own_best_step_at_m0(paper_splits, tmp_path:
     out = tmp_path / "prior"
     cfg = load_config(RewardTrainConfig, overrides=overrides)
     result = train_reward_model(cfg, train, val, out)
-    validations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_nll" in r]
+    validations = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_nll" in r
+    ]
     best = max(validations, key=lambda r: r["val_accuracy_m3"])  # the rest answers m > 0 only
     best_prior = max(validations, key=lambda r: r["val_accuracy_m0"])
     summary = json.loads((out / "summary.json").read_text())
@@ -411,7 +409,9 @@ def test_a_prior_head_is_kept_at_its_own_best_step_at_m0(paper_splits, tmp_path:
 
 
 def test_a_resumed_run_keeps_the_prior_heads_best_weights(
-    paper_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    paper_splits,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
 ) -> None:
     """Stopped right after a checkpoint, then resumed: the saved parts equal an uninterrupted run's."""
     import npalign.training.reward as loop
@@ -419,7 +419,8 @@ def test_a_resumed_run_keeps_the_prior_heads_best_weights(
     train, val, _ = paper_splits
     overrides = [*SMALL, "model.prior_head=true", "optim.steps=160", "eval.val_every=20", "run.log_every=20"]
     cfg = load_config(
-        RewardTrainConfig, overrides=[*overrides, "run.save_every=40", "eval.contexts=[0,3]", "eval.select_by=accuracy"]
+        RewardTrainConfig,
+        overrides=[*overrides, "run.save_every=40", "eval.contexts=[0,3]", "eval.select_by=accuracy"],
     )
     train_reward_model(cfg, train, val, tmp_path / "uninterrupted")
 
@@ -439,14 +440,18 @@ def test_a_resumed_run_keeps_the_prior_heads_best_weights(
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     train_reward_model(cfg, train, val, tmp_path / "stopped", resume=True)
 
-    summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("uninterrupted", "stopped")]
+    summaries = [
+        json.loads((tmp_path / run / "summary.json").read_text()) for run in ("uninterrupted", "stopped")
+    ]
     assert [s["best_step"] for s in summaries] == [summaries[0]["best_step"]] * 2
     assert [s["best_prior_step"] for s in summaries] == [summaries[0]["best_prior_step"]] * 2
     steps = sorted([summaries[0]["best_step"], summaries[0]["best_prior_step"]])
     assert steps[0] <= 80 < steps[1], steps  # one part kept from before the stop, one from after
     reference = load_tensors(tmp_path / "uninterrupted" / "model.safetensors")
     resumed = load_tensors(tmp_path / "stopped" / "model.safetensors")
-    assert reference.keys() == resumed.keys() and all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert reference.keys() == resumed.keys() and all(
+        torch.equal(reference[k], resumed[k]) for k in reference
+    )
 
 
 def test_save_pretrained_and_to_round_trip_through_npalign_load(trained_np: Path, tmp_path: Path) -> None:
@@ -467,15 +472,22 @@ def test_save_pretrained_and_to_round_trip_through_npalign_load(trained_np: Path
 
 
 def test_a_second_writer_is_refused_and_a_bad_resume_rewrites_nothing(
-    paper_splits, trained_np: Path, tmp_path: Path  # noqa: ANN001
+    paper_splits,
+    trained_np: Path,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     """The run directory's guarantees: a lock against a concurrent writer, no second run over a first one,
     and a --resume that asks for another model leaves every file of the good run as it was."""
     from npalign.utils.rundir import run_lock
 
     train, val, _ = paper_splits
-    cfg = load_config(RewardTrainConfig, overrides=[*SMALL, "model.kind=btl", "optim.steps=5", "optim.warmup_steps=1"])
-    with run_lock(tmp_path / "busy"), pytest.raises(FileExistsError, match=r"another npalign process \(pid \d+\)"):
+    cfg = load_config(
+        RewardTrainConfig, overrides=[*SMALL, "model.kind=btl", "optim.steps=5", "optim.warmup_steps=1"]
+    )
+    with (
+        run_lock(tmp_path / "busy"),
+        pytest.raises(FileExistsError, match=r"another npalign process \(pid \d+\)"),
+    ):
         train_reward_model(cfg, train, val, tmp_path / "busy")
     with pytest.raises(FileExistsError, match="already holds a run"):
         train_reward_model(cfg, train, val, trained_np)
