@@ -99,7 +99,7 @@ def selection_score(record: dict[str, float], contexts: list[int], select_by: st
     return -sum(record[f"val_accuracy_m{m}"] for m in sizes) / len(sizes)
 
 
-def reward_run_record(cfg: RewardTrainConfig, data: PreferenceSet, out_dir: Path) -> dict[str, Any]:
+def reward_run_record(cfg: RewardTrainConfig, data: PreferenceSet) -> dict[str, Any]:
     """run.json of a reward run: what `npalign.load` needs to rebuild the model, and its provenance."""
     assert data.features is not None
     embedding = data.meta.get("embedding")
@@ -235,7 +235,7 @@ def _train(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw_model: PreferenceModel = accelerator.unwrap_model(model)
     if is_main:
-        write_run_files(out_dir, cfg, reward_run_record(cfg, train, out_dir))
+        write_run_files(out_dir, cfg, reward_run_record(cfg, train))
 
     def read_weights(folder: Path) -> None:
         load_state_strict(raw_model, load_tensors(folder / REWARD_WEIGHTS), f"checkpoint {folder}")
