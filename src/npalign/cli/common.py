@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import yaml
 from safetensors import SafetensorError
@@ -20,6 +22,30 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     SafetensorError,
 )
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `npalign` subcommand. Its `--help` comes from the docstring of `run`, as click takes it: the
+    first paragraph is the line in `npalign --help`, the rest the description of `npalign NAME --help`."""
+
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    add_flags: Callable[[argparse.ArgumentParser], None]
+    aliases: tuple[str, ...] = ()
+
+
+def add_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], commands: Sequence[Command]
+) -> None:
+    """Add a parser for each command; the parsed args carry `func`, the function that runs it."""
+    for command in commands:
+        summary, _, description = (inspect.getdoc(command.run) or "").partition("\n\n")
+        parser = subparsers.add_parser(
+            command.name, aliases=list(command.aliases), help=summary, description=description
+        )
+        command.add_flags(parser)
+        parser.set_defaults(func=command.run)
 
 
 def parse_contexts(values: Sequence[int | str]) -> list[int]:
@@ -154,19 +180,22 @@ def report_training(result: object, **figures: float | None) -> None:
 def add_evaluation_flags(
     parser: argparse.ArgumentParser,
     *,
-    contexts: list[str],
-    episodes: int,
-    targets: int,
-    data_help: str,
-    name_help: str,
+    run: str,
+    trained_by: str,
+    name_default: str,
+    data_help: str = "evaluation preference file",
 ) -> None:
-    """The flags both evaluation commands take: data and rows, context sizes, episodes, output."""
+    """The flags both evaluation commands take: the run directory (`--run` or `--{run}`, parsed as `run`),
+    data and rows, context sizes, episodes, output. Each command sets its protocol's defaults after."""
+    parser.add_argument(
+        f"--{run}", "--run", dest=run, required=True, help=f"run directory written by npalign {trained_by}"
+    )
     parser.add_argument("--data", required=True, help=data_help)
-    parser.add_argument("--contexts", nargs="+", default=contexts, help="context sizes m")
+    parser.add_argument("--contexts", nargs="+", help="context sizes m")
     parser.add_argument("--out", required=True, help="results JSON file")
-    parser.add_argument("--episodes", type=int, default=episodes, help="episodes per context size")
-    parser.add_argument("--targets", type=int, default=targets, help="target pairs per episode")
+    parser.add_argument("--episodes", type=int, help="episodes per context size")
+    parser.add_argument("--targets", type=int, help="target pairs per episode")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--name", default=None, help=name_help)
+    parser.add_argument("--name", default=None, help=f"model name in results.json (default: {name_default})")
     add_row_filters(parser)
     parser.add_argument("--cache", default=None, help="embedding cache directory")

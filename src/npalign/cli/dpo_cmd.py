@@ -12,9 +12,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from npalign.cli.common import (
+    Command,
+    add_commands,
     add_evaluation_flags,
     add_training_flags,
     parse_contexts,
@@ -22,8 +23,17 @@ from npalign.cli.common import (
     training_overrides,
 )
 
+# The flags of `generate` that `PolicyRunner.generate` takes as they are (parsed under its names).
+GENERATION_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
+
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
+    """train an NP-DPO policy (or plain DPO with mode=unconditional)
+
+    Train a causal LM with LoRA + FiLM steered by z from a user's context pairs, by DPO against the same
+    weights with adapters off. key=value arguments override the config, e.g. optim.lr=5e-5 dpo.beta=0.1
+    data.user_types=[academy].
+    """
     from npalign.config import PolicyTrainConfig, load_config
     from npalign.training.dpo import train_policy
     from npalign.training.loop import is_main_process, load_run_data
@@ -38,6 +48,12 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """generate with a trained policy for a user given by context pairs or a user type
+
+    Generate responses with z inferred from a user's (prompt, chosen, rejected) choices: from a
+    JSON/JSONL file (--context) or drawn from one user of a type in the run's training data
+    (--user-type). Without either, a conditional policy uses its population prior.
+    """
     from npalign.inference.policy import load_policy
 
     runner = load_policy(args.policy)
@@ -61,15 +77,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         context = user_context(data, args.user_type, args.context_size, seed=args.seed, user_id=args.user_id)
     if runner.conditional and context is None:
         print("generate: no --context or --user-type; using the population prior (m = 0).", file=sys.stderr)
-    responses = runner.generate(
-        args.prompt,
-        context=context,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
+    options = {name: getattr(args, name) for name in GENERATION_OPTIONS}
+    responses = runner.generate(args.prompt, context=context, **options)
     for prompt, response in zip(args.prompt, responses, strict=True):
         if args.json:
             print(json.dumps({"prompt": prompt, "response": response, "user_type": args.user_type}))
@@ -81,6 +90,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_dpo(args: argparse.Namespace) -> int:
+    """implicit-reward accuracy of a policy against context size, per user type
+
+    Score a trained policy at each context size m on fixed episodes whose target pairs are disjoint
+    from the context: 1[beta (log pi - log pi_ref)(chosen) > beta (log pi - log pi_ref)(rejected)],
+    mean ± s.e.m. over episodes, per user type. Writes results.json.
+    """
     from npalign.data.loaders import load_preferences
     from npalign.evaluation.dpo import evaluate_policy, results_record
     from npalign.evaluation.report import markdown_table
@@ -108,64 +123,52 @@ def cmd_evaluate_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Add train-dpo, generate and evaluate-dpo to the `npalign` sub-command parser."""
-    train = subparsers.add_parser(
-        "train-dpo",
-        help="train an NP-DPO policy (or plain DPO with mode=unconditional)",
-        description="Train a causal LM with LoRA + FiLM steered by z from a user's context pairs, by DPO "
-        "against the same weights with adapters off. key=value arguments override the config, e.g. "
-        "optim.lr=5e-5 dpo.beta=0.1 data.user_types=[academy].",
-    )
+def _train_dpo_flags(parser: argparse.ArgumentParser) -> None:
     add_training_flags(
-        train, config_required=True, config_help="YAML config (see configs/dpo/, configs/tiny/)"
+        parser, config_required=True, config_help="YAML config (see configs/dpo/, configs/tiny/)"
     )
-    train.set_defaults(func=cmd_train_dpo)
 
-    generate = subparsers.add_parser(
-        "generate",
-        help="generate with a trained policy for a user given by context pairs or a user type",
-        description="Generate responses with z inferred from a user's (prompt, chosen, rejected) choices: "
-        "from a JSON/JSONL file (--context) or drawn from one user of a type in the run's training data "
-        "(--user-type). Without either, a conditional policy uses its population prior.",
-    )
-    generate.add_argument(
+
+def _generate_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--policy", "--run", dest="policy", required=True, help="run directory written by npalign train-dpo"
     )
-    source = generate.add_mutually_exclusive_group()
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--context", default=None, help="JSON/JSONL rows {prompt, chosen, rejected}")
     source.add_argument("--user-type", default=None, help="draw the context from a user of this type")
-    generate.add_argument("--prompt", required=True, action="append", help="a prompt (repeat for several)")
-    generate.add_argument("--max-new-tokens", type=int, default=128)
-    generate.add_argument("--context-size", type=int, default=5, help="--user-type: context pairs (m)")
-    generate.add_argument("--user-id", default=None, help="--user-type: this user rather than a random one")
-    generate.add_argument("--data", default=None, help="--user-type: draw from this file, not the run's data")
-    generate.add_argument("--data-split", default=None, help="--data: use only rows of this split")
-    generate.add_argument("--seed", type=int, default=0, help="seeds the context draw and sampling")
-    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-p", type=float, default=1.0)
-    generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
-    generate.set_defaults(func=cmd_generate)
+    parser.add_argument("--prompt", required=True, action="append", help="a prompt (repeat for several)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--context-size", type=int, default=5, help="--user-type: context pairs (m)")
+    parser.add_argument("--user-id", default=None, help="--user-type: this user rather than a random one")
+    parser.add_argument("--data", default=None, help="--user-type: draw from this file, not the run's data")
+    parser.add_argument("--data-split", default=None, help="--data: use only rows of this split")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the context draw and sampling")
+    parser.add_argument(
+        "--sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding"
+    )
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
-    evaluate = subparsers.add_parser(
-        "evaluate-dpo",
-        help="implicit-reward accuracy of a policy against context size, per user type",
-        description="Score a trained policy at each context size m on fixed episodes whose target pairs "
-        "are disjoint from the context: 1[beta (log pi - log pi_ref)(chosen) > beta (log pi - log pi_ref)"
-        "(rejected)], mean ± s.e.m. over episodes, per user type. Writes results.json.",
-    )
-    evaluate.add_argument(
-        "--policy", "--run", dest="policy", required=True, help="run directory written by npalign train-dpo"
-    )
+
+def _evaluate_dpo_flags(parser: argparse.ArgumentParser) -> None:
     add_evaluation_flags(
-        evaluate,
-        contexts=["0", "1", "3", "5"],
-        episodes=200,
-        targets=9,
+        parser,
+        run="policy",
+        trained_by="train-dpo",
+        name_default="np-dpo / dpo",
         data_help="evaluation preference file (held-out prompts)",
-        name_help="model name in results.json (default np-dpo / dpo)",
     )
-    evaluate.add_argument("--batch-pairs", type=int, default=16, help="target pairs per forward pass")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
-    evaluate.set_defaults(func=cmd_evaluate_dpo)
+    parser.set_defaults(contexts=["0", "1", "3", "5"], episodes=200, targets=9)
+    parser.add_argument("--batch-pairs", type=int, default=16, help="target pairs per forward pass")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add train-dpo, generate and evaluate-dpo to the `npalign` sub-command parser."""
+    commands = [
+        Command("train-dpo", cmd_train_dpo, _train_dpo_flags),
+        Command("generate", cmd_generate, _generate_flags),
+        Command("evaluate-dpo", cmd_evaluate_dpo, _evaluate_dpo_flags),
+    ]
+    add_commands(subparsers, commands)

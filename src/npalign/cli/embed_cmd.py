@@ -26,45 +26,44 @@ import json
 import sys
 from pathlib import Path
 
-from npalign.cli.common import add_row_filters
+from npalign.cli.common import Command, add_commands, add_row_filters
 
 FEATURES_FILE = "features.safetensors"
 ITEMS_FILE = "items.jsonl"
 REPORT_FILE = "embedding.json"
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `embed` to the main parser's subcommands; the parsed args carry `func`."""
-    embed = subparsers.add_parser(
-        "embed",
-        help="embed the texts of a preference file (cached; resumable)",
-        description="Embed every (prompt, response) item of a preference file with a text embedder "
-        "and write DIR/features.safetensors (N, D), DIR/items.jsonl (the texts of row i) and "
-        "DIR/embedding.json (counts). Vectors go through the embedding cache, so no text is "
-        "embedded twice and train/evaluate reuse them.",
-    )
-    embed.add_argument("--data", required=True, help="preference file with text items")
-    embed.add_argument(
+def _embed_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="preference file with text items")
+    parser.add_argument(
         "--embedder",
         required=True,
         help="minilm, smollm2 (last token), smollm2-mean, smollm2-mean64, or a model folder",
     )
-    embed.add_argument("--out", required=True, help="output directory")
-    embed.add_argument("--cache", default=None, help="embedding cache directory (default: npalign cache)")
-    embed.add_argument(
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--cache", default=None, help="embedding cache directory (default: npalign cache)")
+    parser.add_argument(
         "--float16", action="store_true", help="store vectors as float16 (cache and features file)"
     )
-    add_row_filters(embed)
-    embed.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default 32)")
-    embed.add_argument("--quiet", action="store_true", help="no progress bar")
-    embed.set_defaults(func=run_embed)
+    add_row_filters(parser)
+    parser.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default 32)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `embed` to the main parser's subcommands; the parsed args carry `func`."""
+    add_commands(subparsers, [Command("embed", run_embed, _embed_flags)])
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    """Embed the items of `args.data` and write the features folder; print the counts as JSON.
+    """embed the texts of a preference file (cached; resumable)
 
-    Returns 0 on success, 2 when the input or options are invalid (the reason goes to stderr).
+    Embed every (prompt, response) item of a preference file with a text embedder and write
+    DIR/features.safetensors (N, D), DIR/items.jsonl (the texts of row i) and DIR/embedding.json
+    (counts). Vectors go through the embedding cache, so no text is embedded twice and train/evaluate
+    reuse them.
     """
+    # Prints the counts as JSON; returns 0, or 2 when the input or options are invalid (reason on stderr).
     from npalign.data.loaders import load_preferences
     from npalign.embedding.cache import StorageDtype
     from npalign.embedding.features import embed_preferences

@@ -13,6 +13,8 @@ from npalign import __version__
 from npalign.cli import data_cmd, dpo_cmd, embed_cmd
 from npalign.cli.common import (
     USER_ERRORS,
+    Command,
+    add_commands,
     add_evaluation_flags,
     add_training_flags,
     describe,
@@ -26,6 +28,12 @@ logger = logging.getLogger("npalign.cli")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """train BTL, DPL and NP-BTL on the paper's 1-D task; compare to the ceiling
+
+    Generate the paper's 1-D task (20,000 pairs, 400 users, split by user), train BTL, DPL and NP-BTL,
+    evaluate them on unseen users at m = 0, 1, 3, 5, 10 against the Bayes ceiling, print the table,
+    write results.json, results.md and accuracy.png.
+    """
     from npalign.cli.demo import run_synthetic_benchmark
     from npalign.evaluation.report import markdown_table
 
@@ -38,6 +46,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """write a synthetic dataset (user-grouped JSONL with user_type)
+
+    Write a synthetic heterogeneous-preference task as user-grouped JSONL rows with a split column
+    (by user, 80/10/10) and the task spec in FILE.task.json.
+    """
     from npalign.data.loaders import preferences_to_rows, split_by_user
     from npalign.data.synthetic import generate, task_spec
     from npalign.utils.io import atomic_path, write_json
@@ -98,6 +111,11 @@ def _features(data, embedder: str, cache: str | None):  # noqa: ANN001, ANN202 -
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """train a reward model (btl, dpl, np-btl, np-btl-latent); alias: train
+
+    Meta-train a reward model over users. key=value arguments override the config, e.g. optim.lr=3e-4
+    episodes.max_context=10.
+    """
     from npalign.config import RewardTrainConfig, load_config
     from npalign.training.loop import is_main_process, load_run_data
     from npalign.training.reward import train_reward_model
@@ -122,6 +140,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """accuracy of a reward model against context size on unseen targets; alias: evaluate
+
+    Score a trained reward model at each context size m on fixed episodes (targets disjoint from the
+    context), per user type, with the Bayes ceiling when the data is synthetic. Writes results.json
+    (one model), results.md, accuracy.png.
+    """
     from npalign.evaluation.report import markdown_table, write_report
     from npalign.evaluation.reward import bayes_ceiling, evaluate_reward_model
     from npalign.models.builders import load_reward_model
@@ -159,96 +183,59 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`npalign demo`: the paper's 1-D task end to end."""
-    demo = commands.add_parser(
-        "demo",
-        help="train BTL, DPL and NP-BTL on the paper's 1-D task; compare to the ceiling",
-        description="Generate the paper's 1-D task (20,000 pairs, 400 users, split by user), "
-        "train BTL, DPL and NP-BTL, evaluate them on unseen users at m = 0, 1, 3, 5, 10 against "
-        "the Bayes ceiling, print the table, write results.json, results.md and accuracy.png.",
-    )
-    demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
-    demo.add_argument("--episodes", type=int, default=10000, help="evaluation episodes per context size")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(func=cmd_demo)
+def _demo_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
+    parser.add_argument("--episodes", type=int, default=10000, help="evaluation episodes per context size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_synth(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`npalign synth`: write a synthetic dataset."""
-    synth = commands.add_parser(
-        "synth",
-        help="write a synthetic dataset (user-grouped JSONL with user_type)",
-        description="Write a synthetic heterogeneous-preference task as user-grouped JSONL "
-        "rows with a split column (by user, 80/10/10) and the task spec in FILE.task.json.",
-    )
-    synth.add_argument("--task", required=True, help="paper1d | mixture2d | dirichlet2d")
-    synth.add_argument("--out", required=True, help="output JSONL file")
-    synth.add_argument("--num-pairs", type=int, default=None)
-    synth.add_argument("--num-users", type=int, default=None)
-    synth.add_argument("--noise", type=float, default=None, help="Bradley-Terry temperature; 0 = noiseless")
-    synth.add_argument(
+def _synth_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="paper1d | mixture2d | dirichlet2d")
+    parser.add_argument("--out", required=True, help="output JSONL file")
+    parser.add_argument("--num-pairs", type=int, default=None)
+    parser.add_argument("--num-users", type=int, default=None)
+    parser.add_argument("--noise", type=float, default=None, help="Bradley-Terry temperature; 0 = noiseless")
+    parser.add_argument(
         "--users",
         choices=["types", "dirichlet"],
         default=None,
         help="discrete types or random convex mixtures of the basis rewards",
     )
-    synth.add_argument(
+    parser.add_argument(
         "--alpha", type=float, default=None, help="Dirichlet concentration (--users dirichlet)"
     )
-    synth.add_argument("--dim", type=int, default=None, help="item dimension (with --basis)")
-    synth.add_argument(
+    parser.add_argument("--dim", type=int, default=None, help="item dimension (with --basis)")
+    parser.add_argument(
         "--basis", default=None, help="';'-separated basis rewards, e.g. 'coord:0;bump:0.5,0.5'"
     )
-    synth.add_argument(
+    parser.add_argument(
         "--types", default=None, help="JSON: type name -> basis weights, e.g. '{\"a\": [1, 0]}'"
     )
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument(
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
         "--write-splits", action="store_true", help="also write FILE.train/.validation/.test files"
     )
-    synth.set_defaults(func=cmd_synth)
 
 
-def _add_train_reward(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`npalign train-reward` (alias `train`)."""
-    train = commands.add_parser(
-        "train-reward",
-        aliases=["train"],
-        help="train a reward model (btl, dpl, np-btl, np-btl-latent); alias: train",
-        description="Meta-train a reward model over users. key=value arguments override the "
-        "config, e.g. optim.lr=3e-4 episodes.max_context=10.",
-    )
-    train.add_argument(
+def _train_reward_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--model", choices=["btl", "dpl", "np-btl", "np-btl-latent"], default=None, help="model.kind"
     )
-    add_training_flags(train, config_required=False, config_help="YAML config (see configs/reward/)")
-    train.set_defaults(func=cmd_train)
+    add_training_flags(parser, config_required=False, config_help="YAML config (see configs/reward/)")
 
 
-def _add_evaluate_reward(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`npalign evaluate-reward` (alias `evaluate`)."""
-    evaluate = commands.add_parser(
-        "evaluate-reward",
-        aliases=["evaluate"],
-        help="accuracy of a reward model against context size on unseen targets; alias: evaluate",
-        description="Score a trained reward model at each context size m on fixed episodes "
-        "(targets disjoint from the context), per user type, with the Bayes ceiling when "
-        "the data is synthetic. Writes results.json (one model), results.md, accuracy.png.",
-    )
-    evaluate.add_argument(
-        "--model", "--run", dest="model", required=True, help="run directory written by npalign train-reward"
-    )
-    add_evaluation_flags(
-        evaluate,
-        contexts=["0", "1", "3", "5", "10"],
-        episodes=10000,
-        targets=20,
-        data_help="evaluation preference file",
-        name_help="model name in results.json (default: its kind)",
-    )
-    evaluate.set_defaults(func=cmd_evaluate)
+def _evaluate_reward_flags(parser: argparse.ArgumentParser) -> None:
+    add_evaluation_flags(parser, run="model", trained_by="train-reward", name_default="its kind")
+    parser.set_defaults(contexts=["0", "1", "3", "5", "10"], episodes=10000, targets=20)
+
+
+COMMANDS = (
+    Command("demo", cmd_demo, _demo_flags),
+    Command("synth", cmd_synth, _synth_flags),
+    Command("train-reward", cmd_train, _train_reward_flags, aliases=("train",)),
+    Command("evaluate-reward", cmd_evaluate, _evaluate_reward_flags, aliases=("evaluate",)),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,10 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    _add_demo(commands)
-    _add_synth(commands)
-    _add_train_reward(commands)
-    _add_evaluate_reward(commands)
+    add_commands(commands, COMMANDS)
     data_cmd.register(commands)
     dpo_cmd.register(commands)
     embed_cmd.register(commands)
@@ -276,7 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come anywhere, also after options (`--out DIR optim.steps=50`), which
     # argparse alone takes only as one contiguous block.
-    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+    if (
+        extra
+        and hasattr(args, "overrides")
+        and all("=" in item and not item.startswith("-") for item in extra)
+    ):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -7,14 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from npalign.config.sections import (
-    DataConfig,
-    EmbedderConfig,
-    EpisodeConfig,
-    EvalConfig,
-    OptimConfig,
-    RunConfig,
-)
+from npalign.config import sections
 
 # ----- the reward job ------------------------------------------------------------------------------------
 
@@ -83,7 +76,7 @@ class ModelConfig:
 
 
 @dataclass
-class RewardEvalConfig(EvalConfig):
+class RewardEvalConfig(sections.EvalConfig):
     """Reward validation, plus the final evaluation protocol.
 
     Attributes:
@@ -110,12 +103,12 @@ class RewardTrainConfig:
     """Everything a reward-model run needs; written resolved into the run directory as config.yaml."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
-    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: sections.DataConfig = field(default_factory=sections.DataConfig)
+    embedder: sections.EmbedderConfig = field(default_factory=sections.EmbedderConfig)
+    episodes: sections.EpisodeConfig = field(default_factory=sections.EpisodeConfig)
+    optim: sections.OptimConfig = field(default_factory=sections.OptimConfig)
     eval: RewardEvalConfig = field(default_factory=RewardEvalConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: sections.RunConfig = field(default_factory=sections.RunConfig)
 
 
 # ----- the policy job ------------------------------------------------------------------------------------
@@ -131,9 +124,9 @@ class PolicyModelConfig:
         base: "smollm2", a local model folder, a hub id, or a random base such as "tiny-random-llama".
         latent_dim: Z.
         encoder_hidden_dim / encoder_attention / encoder_num_heads: the context encoder.
+        film_layers: decoder blocks to modulate; null means every block.
         lora_r / lora_alpha / lora_dropout: peft LoRA settings.
         lora_target_modules: module names to adapt; null means the architecture's q/v projections.
-        film_layers: decoder blocks to modulate; null means every block.
         gradient_checkpointing: recompute decoder blocks in backward (less memory, ~1/3 more compute).
         bf16: keep the frozen base in bfloat16; LoRA, FiLM and the encoder stay float32.
     """
@@ -143,11 +136,11 @@ class PolicyModelConfig:
     encoder_hidden_dim: int = 256
     encoder_attention: bool = False
     encoder_num_heads: int = 8
+    film_layers: list[int] | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_target_modules: list[str] | None = None
-    film_layers: list[int] | None = None
     gradient_checkpointing: bool = False
     bf16: bool = False
 
@@ -169,8 +162,8 @@ class PolicyModelConfig:
 
 
 @dataclass
-class PolicyDataConfig(DataConfig):
-    """`DataConfig` with the policy's split defaults and token budgets.
+class PolicyDataConfig(sections.DataConfig):
+    """`sections.DataConfig` with the policy's split defaults and token budgets.
 
     Attributes:
         max_prompt_length: prompt tokens kept (from the left, so the generation prompt survives).
@@ -192,14 +185,14 @@ class PolicyDataConfig(DataConfig):
 
 
 @dataclass
-class PolicyEmbedderConfig(EmbedderConfig):
+class PolicyEmbedderConfig(sections.EmbedderConfig):
     """The embedder of the context pairs z is inferred from (the policy's default: minilm)."""
 
     name: str = "minilm"
 
 
 @dataclass
-class PolicyEpisodeConfig(EpisodeConfig):
+class PolicyEpisodeConfig(sections.EpisodeConfig):
     """Per step: B users, each with m ~ U[min_context, max_context] context pairs and T disjoint targets.
 
     The release: 2 users, 9 target pairs each, m in 0..6.
@@ -212,7 +205,7 @@ class PolicyEpisodeConfig(EpisodeConfig):
 
 
 @dataclass
-class PolicyOptimConfig(OptimConfig):
+class PolicyOptimConfig(sections.OptimConfig):
     """AdamW over LoRA + FiLM + encoder with linear warm-up then cosine decay (release lr 1e-5)."""
 
     lr: float = 1e-5
@@ -241,7 +234,7 @@ class DPOLossConfig:
 
 
 @dataclass
-class PolicyEvalConfig(EvalConfig):
+class PolicyEvalConfig(sections.EvalConfig):
     """Policy validation: implicit-reward accuracy on fixed episodes of validation users.
 
     Attributes:
@@ -261,8 +254,8 @@ class PolicyEvalConfig(EvalConfig):
 
 
 @dataclass
-class PolicyRunConfig(RunConfig):
-    """`RunConfig` with the policy's (slower) step defaults."""
+class PolicyRunConfig(sections.RunConfig):
+    """`sections.RunConfig` with the policy's (slower) step defaults."""
 
     save_every: int = 50
     log_every: int = 10

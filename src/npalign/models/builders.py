@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +14,8 @@ from npalign.utils.rundir import REWARD_WEIGHTS, read_run
 
 def build_reward_model(cfg: ModelConfig, embed_dim: int) -> PreferenceModel:
     """A PreferenceModel of `cfg.kind` over `embed_dim`-wide item features."""
-    return PreferenceModel(
-        cfg.kind,
-        embed_dim,
-        cfg.hidden_dim,
-        cfg.latent_dim,
-        attention=cfg.attention,
-        num_heads=cfg.num_heads,
-        min_scale=cfg.min_scale,
-        pooling=cfg.pooling,
-        encoder_depth=cfg.encoder_depth,
-        decoder_depth=cfg.decoder_depth,
-        item_dropout=cfg.item_dropout,
-        kl_weight=cfg.kl_weight,
-        num_samples=cfg.num_samples,
-        dpl_cdf=cfg.dpl_cdf,
-        prior_head=cfg.prior_head,
-        conditioning=cfg.conditioning,
-    )
+    options = asdict(cfg)  # the model section's keys are PreferenceModel's arguments, by name
+    return PreferenceModel(options.pop("kind"), embed_dim, **options)
 
 
 def load_reward_model(path: str | Path) -> tuple[PreferenceModel, dict[str, Any]]:

@@ -193,7 +193,9 @@ def dpo_metrics(
     }
 
 
-def dpo_episode_figures(chosen_rewards: Tensor, rejected_rewards: Tensor, losses: Tensor) -> dict[str, Tensor]:
+def dpo_episode_figures(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, losses: Tensor
+) -> dict[str, Tensor]:
     """Per-episode implicit-reward accuracy, margin and DPO loss of B users' T target pairs.
 
     Args:

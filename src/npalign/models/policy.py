@@ -56,14 +56,14 @@ class ConditionalPolicy(nn.Module):
     Args:
         base_model: the causal LM; it is modified in place (LoRA layers are injected) and frozen.
         embed_dim: D, the width of the frozen text embedder's features of context items.
-        latent_dim: Z.
-        encoder_hidden_dim / encoder_attention / encoder_num_heads: the ContextEncoder's settings.
-        lora_r / lora_alpha / lora_dropout: peft LoRA settings (release: 128 / 256 / 0.1).
-        lora_target_modules: module names to adapt; None means the q/v projections of the architecture.
-        film_layers: decoder blocks to modulate; None means all.
         embedder_name: id of the frozen embedder that made the context features (recorded, not loaded).
         base_model_id / base_model_revision: where `from_pretrained` reloads the base from; default to
             `base_model.config._name_or_path` and None.
+        latent_dim: Z.
+        encoder_hidden_dim / encoder_attention / encoder_num_heads: the ContextEncoder's settings.
+        film_layers: decoder blocks to modulate; None means all.
+        lora_r / lora_alpha / lora_dropout: peft LoRA settings (release: 128 / 256 / 0.1).
+        lora_target_modules: module names to adapt; None means the q/v projections of the architecture.
         gradient_checkpointing: recompute blocks in backward (non-reentrant; FiLM keeps working).
         bf16: cast the frozen base to bfloat16; LoRA, FiLM and encoder stay float32.
     """
@@ -73,18 +73,18 @@ class ConditionalPolicy(nn.Module):
         base_model: PreTrainedModel,
         *,
         embed_dim: int,
+        embedder_name: str = "",
+        base_model_id: str | None = None,
+        base_model_revision: str | None = None,
         latent_dim: int = 256,
         encoder_hidden_dim: int = 256,
         encoder_attention: bool = False,
         encoder_num_heads: int = 8,
+        film_layers: list[int] | None = None,
         lora_r: int = 128,
         lora_alpha: int = 256,
         lora_dropout: float = 0.1,
         lora_target_modules: list[str] | None = None,
-        film_layers: list[int] | None = None,
-        embedder_name: str = "",
-        base_model_id: str | None = None,
-        base_model_revision: str | None = None,
         gradient_checkpointing: bool = False,
         bf16: bool = False,
     ) -> None:
