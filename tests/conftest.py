@@ -93,19 +93,11 @@ def tiny_zephyr_tokenizer() -> PreTrainedTokenizerFast:
 # perturbations visibly move them.
 _INIT = 0.2
 # The tiny Llama and Qwen2 share one shape: 2 layers, width 16, grouped-query attention (2 heads, 1 KV head).
-_TINY_DECODER: dict[str, Any] = {
-    "vocab_size": TINY_VOCAB_SIZE,
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 128,
-    "initializer_range": _INIT,
-    "pad_token_id": 0,
-    "eos_token_id": 3,
-    "bos_token_id": None,
-}
+_TINY_DECODER: dict[str, Any] = dict(
+    vocab_size=TINY_VOCAB_SIZE, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+    num_key_value_heads=1, max_position_embeddings=128, initializer_range=_INIT,
+    pad_token_id=0, eos_token_id=3, bos_token_id=None,
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -126,19 +118,9 @@ def tiny_qwen2() -> PreTrainedModel:
 def tiny_gpt2() -> PreTrainedModel:
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=TINY_VOCAB_SIZE,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=128,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        initializer_range=_INIT,
-        pad_token_id=0,
-        eos_token_id=3,
-        bos_token_id=3,
-    )
+        vocab_size=TINY_VOCAB_SIZE, n_embd=16, n_layer=2, n_head=2, n_positions=128, initializer_range=_INIT,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, eos_token_id=3, bos_token_id=3,
+    )  # fmt: skip
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -149,13 +131,9 @@ TINY_CHAT_TEMPLATE = (
 )
 # The tiny BERT and Llama embedders share one shape over the real minilm vocabulary: 2 layers, width 32.
 _TINY_WORDPIECE_MODEL: dict[str, Any] = dict(
-    vocab_size=30522,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
+    vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
     initializer_range=0.2,
-)
+)  # fmt: skip
 
 
 def _minilm() -> str:
@@ -177,23 +155,15 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, width-32 random Llama with a WordPiece fast tokenizer and a chat template."""
     folder = tmp_path_factory.mktemp("tiny_llama")
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(Path(_minilm()) / "tokenizer.json"),
-        bos_token="[CLS]",
-        eos_token="[SEP]",
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        model_max_length=128,
-    )
+        tokenizer_file=str(Path(_minilm()) / "tokenizer.json"), model_max_length=128,
+        bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
+    )  # fmt: skip
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     config = LlamaConfig(
-        **_TINY_WORDPIECE_MODEL,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+        **_TINY_WORDPIECE_MODEL, num_key_value_heads=1, max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder

@@ -29,6 +29,11 @@ needs_shared = pytest.mark.skipif(
 )
 
 UF_LABELS = ("helpfulness", "honesty", "truthfulness", "instruction_following")
+HS2_LABELS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+DSP_USERS = ("academy", "business", "concise", "detailed", "entertainment", "literature")  # sorted
+PRISM_COLUMNS = dict(
+    prompt_column="opening_prompt", chosen_column="chosen_response", rejected_column="rejected_response"
+)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -43,6 +48,11 @@ def build(
     rows = read_rows(out)
     assert len(rows) == report.total_written
     return report, rows
+
+
+def by_label(labels: Sequence[str], *counts: int) -> dict[str, int]:
+    """{label: count}, the counts given in the labels' order."""
+    return dict(zip(labels, counts, strict=True))
 
 
 def multi_label_columns(labels: Sequence[str]) -> set[str]:
@@ -78,24 +88,12 @@ def test_ultrafeedback_all_aspects_counts_and_ties(tmp_path: Path) -> None:
     assert report.rows_read == 6
     assert report.counts["completions_read"] == 24
     assert report.dropped == {
-        "completions_with_unparsable_rating": 5,
-        "prompts_with_fewer_than_two_rated_completions": 1,
-        "pairs_identical_responses": 1,
-        "pairs_all_labels_tied": 1,
-    }
+        "completions_with_unparsable_rating": 5, "prompts_with_fewer_than_two_rated_completions": 1,
+        "pairs_identical_responses": 1, "pairs_all_labels_tied": 1,
+    }  # fmt: skip
     assert report.total_written == 22
-    assert report.ties_per_user_type == {
-        "helpfulness": 2,
-        "honesty": 3,
-        "truthfulness": 8,
-        "instruction_following": 9,
-    }
-    assert report.pairs_per_user_type == {
-        "helpfulness": 20,
-        "honesty": 19,
-        "truthfulness": 14,
-        "instruction_following": 13,
-    }
+    assert report.ties_per_user_type == by_label(UF_LABELS, 2, 3, 8, 9)
+    assert report.pairs_per_user_type == by_label(UF_LABELS, 20, 19, 14, 13)
     for row in rows:
         assert set(row) == multi_label_columns(UF_LABELS)
         assert all(row[f"choice_{lb}"] in (0, 1, 0.5) for lb in UF_LABELS)
@@ -118,10 +116,8 @@ def test_ultrafeedback_hh_keeps_only_strict_disagreement(tmp_path: Path) -> None
     report, rows = build("ultrafeedback", tmp_path, FIXTURES / "ultrafeedback_small.jsonl", subset="hh")
     assert report.user_types == ["helpfulness", "honesty"]
     assert report.dropped == {
-        "completions_with_unparsable_rating": 3,
-        "pairs_identical_responses": 1,
-        "pairs_without_conflict": 17,
-    }
+        "completions_with_unparsable_rating": 3, "pairs_identical_responses": 1, "pairs_without_conflict": 17,
+    }  # fmt: skip
     assert report.total_written == 10
     assert report.ties_per_user_type == {"helpfulness": 0, "honesty": 0}
     for row in rows:
@@ -139,11 +135,9 @@ def test_ultrafeedback_hht_not_unanimous(tmp_path: Path) -> None:
     """
     report, rows = build("ultrafeedback", tmp_path, FIXTURES / "ultrafeedback_small.jsonl", subset="hht")
     assert report.dropped == {
-        "completions_with_unparsable_rating": 4,
-        "prompts_with_fewer_than_two_rated_completions": 1,
-        "pairs_identical_responses": 1,
-        "pairs_without_conflict": 13,
-    }
+        "completions_with_unparsable_rating": 4, "prompts_with_fewer_than_two_rated_completions": 1,
+        "pairs_identical_responses": 1, "pairs_without_conflict": 13,
+    }  # fmt: skip
     assert report.total_written == 13
     labels = ("helpfulness", "honesty", "truthfulness")
     for row in rows:
@@ -220,18 +214,11 @@ def test_helpsteer2_consecutive_prompt_groups(tmp_path: Path) -> None:
     assert report.rows_read == 10
     assert report.counts["prompt_groups"] == 5
     assert report.dropped == {
-        "pairs_all_labels_tied": 1,
-        "prompts_with_fewer_than_two_responses": 1,
+        "pairs_all_labels_tied": 1, "prompts_with_fewer_than_two_responses": 1,
         "pairs_identical_responses": 1,
-    }
+    }  # fmt: skip
     assert report.total_written == 4
-    assert report.ties_per_user_type == {
-        "helpfulness": 0,
-        "correctness": 2,
-        "coherence": 1,
-        "complexity": 0,
-        "verbosity": 0,
-    }
+    assert report.ties_per_user_type == by_label(HS2_LABELS, 0, 2, 1, 0, 0)
     black_hole = next(r for r in rows if r["prompt"] == "Explain what a black hole is.")
     assert [black_hole[f"choice_{a}"] for a in report.user_types] == [0, 0.5, 0, 1, 0]
     assert_prompt_level_splits(rows)
@@ -241,13 +228,7 @@ def test_generic_column_mapping(tmp_path: Path) -> None:
     """PRISM-like table, 7 rows; user2's joke pair has chosen == rejected ("No.") -> 6 written:
     user0 2, user1 3, user2 1; types us 3, uk 3."""
     report, rows = build(
-        "generic",
-        tmp_path,
-        FIXTURES / "prism_small.jsonl",
-        prompt_column="opening_prompt",
-        chosen_column="chosen_response",
-        rejected_column="rejected_response",
-        type_column="study_locale",
+        "generic", tmp_path, FIXTURES / "prism_small.jsonl", **PRISM_COLUMNS, type_column="study_locale"
     )
     assert report.format == "user-grouped"
     assert report.dropped == {"pairs_identical_responses": 1}
@@ -260,14 +241,7 @@ def test_generic_column_mapping(tmp_path: Path) -> None:
 
 
 def test_generic_without_type_column_writes_empty_type(tmp_path: Path) -> None:
-    _, rows = build(
-        "generic",
-        tmp_path,
-        FIXTURES / "prism_small.jsonl",
-        prompt_column="opening_prompt",
-        chosen_column="chosen_response",
-        rejected_column="rejected_response",
-    )
+    _, rows = build("generic", tmp_path, FIXTURES / "prism_small.jsonl", **PRISM_COLUMNS)
     assert {row["user_type"] for row in rows} == {""}
 
 
@@ -284,19 +258,10 @@ def test_dsp_fixture_domain_and_length_users(tmp_path: Path) -> None:
     detailed rows. Total 46 + 56 = 102."""
     report, rows = build("dsp", tmp_path, FIXTURES / "dsp_small.json", length_users=True)
     assert report.rows_read == 3
-    assert report.pairs_per_user_type == {
-        "academy": 11,
-        "business": 11,
-        "concise": 28,
-        "detailed": 28,
-        "entertainment": 12,
-        "literature": 12,
-    }
+    assert report.pairs_per_user_type == by_label(DSP_USERS, 11, 11, 28, 28, 12, 12)
     assert report.dropped == {
-        "pairs_identical_responses": 2,
-        "length_pairs_tied": 1,
-        "length_pairs_identical_responses": 1,
-    }
+        "pairs_identical_responses": 2, "length_pairs_tied": 1, "length_pairs_identical_responses": 1,
+    }  # fmt: skip
     assert report.total_written == 102
     for row in rows:
         if row["user_type"] == "concise":
@@ -313,14 +278,7 @@ def test_dsp_fixture_without_normal(tmp_path: Path) -> None:
     report, rows = build(
         "dsp", tmp_path, FIXTURES / "dsp_small.json", include_normal=False, length_users=True
     )
-    assert report.pairs_per_user_type == {
-        "academy": 8,
-        "business": 8,
-        "concise": 16,
-        "detailed": 16,
-        "entertainment": 9,
-        "literature": 9,
-    }
+    assert report.pairs_per_user_type == by_label(DSP_USERS, 8, 8, 16, 16, 9, 9)
     normal_texts = {q["responses"]["normal"] for q in json.loads((FIXTURES / "dsp_small.json").read_text())}
     assert not any(row["chosen"] in normal_texts or row["rejected"] in normal_texts for row in rows)
 
@@ -403,12 +361,7 @@ def test_outputs_load_with_npalign_loader(tmp_path: Path) -> None:
     data, load_report = loaders.load_preferences(uf, split="train")
     assert data.num_pairs == 66
     assert data.type_names == sorted(UF_LABELS)
-    assert load_report.ties_dropped == {
-        "helpfulness": 2,
-        "honesty": 3,
-        "truthfulness": 8,
-        "instruction_following": 9,
-    }
+    assert load_report.ties_dropped == by_label(UF_LABELS, 2, 3, 8, 9)
     dsp = tmp_path / "dsp.jsonl"
     report = build_dataset("dsp", input=str(FIXTURES / "dsp_small.json"), out=dsp, length_users=True)
     data, _ = loaders.load_preferences(dsp)
@@ -455,15 +408,7 @@ def test_generic_missing_column_lists_existing_columns(tmp_path: Path) -> None:
 
 
 def test_bad_values_are_errors(tmp_path: Path) -> None:
-    hs2 = {
-        "prompt": "p",
-        "response": "r",
-        "helpfulness": 5,
-        "correctness": 1,
-        "coherence": 1,
-        "complexity": 1,
-        "verbosity": 1,
-    }
+    hs2 = {"prompt": "p", "response": "r", **dict.fromkeys(HS2_LABELS, 1), "helpfulness": 5}
     bad = write_lines(tmp_path / "hs2.jsonl", [json.dumps(hs2)])
     with pytest.raises(
         ValueError, match=r"line 1: field 'helpfulness' is 5; HelpSteer2 ratings are integers 0-4"
@@ -519,21 +464,8 @@ def make_parser() -> argparse.ArgumentParser:
 def test_cli_data_build_prints_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "dsp.jsonl"
     args = make_parser().parse_args(
-        [
-            "data",
-            "build",
-            "dsp",
-            "--input",
-            str(FIXTURES / "dsp_small.json"),
-            "--out",
-            str(out),
-            "--no-normal",
-            "--length-users",
-            "--seed",
-            "1",
-            "--splits",
-            "0.5,0.25,0.25",
-        ]
+        ["data", "build", "dsp", "--input", str(FIXTURES / "dsp_small.json"), "--out", str(out)]
+        + ["--no-normal", "--length-users", "--seed", "1", "--splits", "0.5,0.25,0.25"]
     )
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
@@ -546,45 +478,21 @@ def test_cli_data_build_prints_report(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_cli_column_mapping_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = make_parser()
     out = tmp_path / "prism.jsonl"
+    prism = str(FIXTURES / "prism_small.jsonl")
+    build_prism = ["data", "build", "generic", "--input", prism, "--out", str(out)]
     args = parser.parse_args(
-        [
-            "data",
-            "build",
-            "generic",
-            "--input",
-            str(FIXTURES / "prism_small.jsonl"),
-            "--out",
-            str(out),
-            "--column",
-            "prompt=opening_prompt",
-            "chosen_column=chosen_response",
-            "rejected=rejected_response",
-            "--column",
-            "type=study_locale",
-        ]
+        build_prism
+        + ["--column", "prompt=opening_prompt", "chosen_column=chosen_response", "rejected=rejected_response"]
+        + ["--column", "type=study_locale"]
     )
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["pairs_per_user_type"] == {"uk": 3, "us": 3}
 
-    args = parser.parse_args(
-        [
-            "data",
-            "build",
-            "generic",
-            "--input",
-            str(FIXTURES / "prism_small.jsonl"),
-            "--out",
-            str(out),
-            "--column",
-            "colour=red",
-        ]
-    )
+    args = parser.parse_args([*build_prism, "--column", "colour=red"])
     assert args.func(args) == 2
     assert "--column 'colour=red'" in capsys.readouterr().err
 
-    args = parser.parse_args(
-        ["data", "build", "generic", "--input", str(FIXTURES / "prism_small.jsonl"), "--out", str(out)]
-    )
+    args = parser.parse_args(build_prism)
     assert args.func(args) == 2
     assert "column 'prompt' (prompt_column)" in capsys.readouterr().err
     with pytest.raises(SystemExit):

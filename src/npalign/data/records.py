@@ -135,13 +135,12 @@ def parse_json_text(text: str, path: Path) -> list[Record]:
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                records.append((f"{path} line {number}", json.loads(line)))
             except json.JSONDecodeError as error:
                 raise ValueError(
                     f"input {path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); "
                     "fix or remove that line."
                 ) from None
-            records.append((f"{path} line {number}", item))
     for where, item in records:
         if not isinstance(item, dict):
             raise ValueError(

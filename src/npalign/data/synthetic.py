@@ -24,36 +24,23 @@ from npalign.types import EpisodeBatch, PreferenceSet
 TASKS: dict[str, dict[str, Any]] = {
     # The paper's task, exactly: two types that agree below 0.5 and disagree above it.
     "paper1d": {
-        "dim": 1,
-        "basis": ["paper1d_type0", "paper1d_type1"],
+        "dim": 1, "basis": ["paper1d_type0", "paper1d_type1"],
         "types": {"type0": [1.0, 0.0], "type1": [0.0, 1.0]},
-        "users": "types",
-        "noise": 0.0,
-        "num_pairs": 20000,
-        "num_users": 400,
+        "users": "types", "noise": 0.0, "num_pairs": 20000, "num_users": 400,
     },
     # Three types, each a different mixture of three basis rewards over the unit square.
     "mixture2d": {
-        "dim": 2,
-        "basis": ["coord:0", "coord:1", "bump:0.5,0.5"],
+        "dim": 2, "basis": ["coord:0", "coord:1", "bump:0.5,0.5"],
         "types": {"east": [1.0, 0.0, 0.5], "north": [0.0, 1.0, 0.5], "centre": [0.25, 0.25, 1.0]},
-        "users": "types",
-        "noise": 0.0,
-        "num_pairs": 30000,
-        "num_users": 600,
+        "users": "types", "noise": 0.0, "num_pairs": 30000, "num_users": 600,
     },
     # Continuous preferences: every user a random convex mixture of the same three basis rewards.
     "dirichlet2d": {
-        "dim": 2,
-        "basis": ["coord:0", "coord:1", "bump:0.5,0.5"],
+        "dim": 2, "basis": ["coord:0", "coord:1", "bump:0.5,0.5"],
         "types": {"east": [1.0, 0.0, 0.0], "north": [0.0, 1.0, 0.0], "centre": [0.0, 0.0, 1.0]},
-        "users": "dirichlet",
-        "alpha": 0.5,
-        "noise": 0.0,
-        "num_pairs": 30000,
-        "num_users": 600,
+        "users": "dirichlet", "alpha": 0.5, "noise": 0.0, "num_pairs": 30000, "num_users": 600,
     },
-}
+}  # fmt: skip
 
 BASIS_HELP = (
     "basis functions: paper1d_type0, paper1d_type1, coord:i (y_i), linear:w1,...,wd (w . y), "

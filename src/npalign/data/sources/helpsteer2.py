@@ -68,10 +68,4 @@ def _helpsteer2_rating(row: dict[str, Any], attribute: str, where: str) -> float
     return float(value)
 
 
-SOURCE = Source(
-    name="helpsteer2",
-    build=build,
-    format=MULTI_LABEL,
-    options={"keep_identical": False},
-    hub_id="nvidia/HelpSteer2",
-)
+SOURCE = Source(name="helpsteer2", build=build, format=MULTI_LABEL, hub_id="nvidia/HelpSteer2")

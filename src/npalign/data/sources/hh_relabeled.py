@@ -6,27 +6,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from npalign.data.records import Record
-from npalign.data.sources._common import (
-    USER_GROUPED,
-    BuildReport,
-    Source,
-    require,
-    require_str,
-    user_row,
-)
+from npalign.data.sources import _common as common
 
 
 def build(
-    records: Sequence[Record], report: BuildReport, subset: str | None, options: dict[str, Any]
+    records: Sequence[Record], report: common.BuildReport, subset: str | None, options: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """HH-RLHF relabelled by objective: user = objective; chosen = responses[label]."""
     hint = "each row has 'prompt', 'responses' (two strings), 'label' (0 or 1) and 'objective'"
     rows: list[dict[str, Any]] = []
     for where, row in records:
-        prompt = require_str(row, "prompt", where, hint)
-        objective = require_str(row, "objective", where, hint)
-        responses = require(row, "responses", where, hint)
-        label = require(row, "label", where, hint)
+        prompt = common.require_str(row, "prompt", where, hint)
+        objective = common.require_str(row, "objective", where, hint)
+        responses = common.require(row, "responses", where, hint)
+        label = common.require(row, "label", where, hint)
         if not objective:
             raise ValueError(
                 f"{where}: field 'objective' is empty; it names the user type (helpful/harmless)."
@@ -42,20 +35,17 @@ def build(
                 f"{where}: field 'label' is {label!r}; it must be 0 or 1 (index of the preferred response)."
             )
         chosen, rejected = responses[label], responses[1 - label]
-        if not chosen.strip() or not rejected.strip():
-            report.drop("pairs_empty_response", where)
-        elif chosen == rejected and not options["keep_identical"]:
-            report.drop("pairs_identical_responses", where)
+        if reason := common.drop_reason(chosen, rejected, options["keep_identical"]):
+            report.drop(f"pairs_{reason}", where)
         else:
-            rows.append(user_row(objective, prompt, chosen, rejected, objective))
+            rows.append(common.user_row(objective, prompt, chosen, rejected, objective))
     report.user_types = sorted({row["user_type"] for row in rows})
     return rows
 
 
-SOURCE = Source(
+SOURCE = common.Source(
     name="hh-relabeled",
     build=build,
-    format=USER_GROUPED,
-    options={"keep_identical": False},
+    format=common.USER_GROUPED,
     default_file="hh_rlhf_relabeled_dpl/both/test.jsonl.gz",
 )

@@ -98,10 +98,4 @@ def _ultrafeedback_rating(annotations: Any, aspect: str) -> float | None:
     return parse_rating(entry.get("Rating"))
 
 
-SOURCE = Source(
-    name="ultrafeedback",
-    build=build,
-    format=MULTI_LABEL,
-    options={"keep_identical": False},
-    hub_id="openbmb/UltraFeedback",
-)
+SOURCE = Source(name="ultrafeedback", build=build, format=MULTI_LABEL, hub_id="openbmb/UltraFeedback")
