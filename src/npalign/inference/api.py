@@ -4,6 +4,7 @@
     z = model.infer_user(chosen, rejected)        # (C, D) each; C may be 0
     model.reward(items, z)                         # (N, D) -> (N,)
     model.prefer_prob(a, b, z)                     # (N, D) twice -> (N,)
+    model.next_query(chosen, rejected, a, b)       # which of N candidate pairs to ask next (inference/elicit.py)
 
 Everything also takes a leading batch dimension of B users.
 """
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from npalign.inference.elicit import STRATEGIES, QueryChoice, score_candidates
 from npalign.models.builders import load_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.types import Posterior, UserLatent
@@ -156,9 +158,70 @@ class RewardPredictor:
         probs = self.model.prefer_prob(a_batch, b_batch, latent, self.generator)
         return probs[0] if single else probs
 
+    @torch.inference_mode()
+    def next_query(
+        self,
+        context_chosen: Any,
+        context_rejected: Any,
+        candidates_a: Any,
+        candidates_b: Any,
+        *,
+        strategy: str = "info-gain",
+        reference: tuple[Any, Any] | None = None,
+        seed: int = 0,
+    ) -> QueryChoice:
+        """Which candidate pair to ask this user next, and every candidate's score (`inference/elicit.py`).
+
+        Args:
+            context_chosen: (C, D) the user's preferred items so far; C = 0 is allowed.
+            context_rejected: (C, D) the other items.
+            candidates_a / candidates_b: (N, D) the N pairs one could ask, N >= 1.
+            strategy: one of `elicit.STRATEGIES`: info-gain (expected predictive information gain, with
+                the model as its own simulator), bald (latent kind only), uncertainty, d-optimal, random.
+            reference: info-gain's pool of (R, D) pairs whose predictions the answer should move; None
+                uses the candidates (at most `elicit.MAX_REFERENCE` of them).
+            seed: seeds `random`, the default reference pool and the latent kind's z draws.
+        Returns:
+            QueryChoice(index, scores (N,), strategy); higher scores = ask first.
+        """
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}.")
+        chosen = self._pairs(context_chosen, context_rejected, "context_chosen", "context_rejected")
+        a, b = self._pairs(candidates_a, candidates_b, "candidates_a", "candidates_b")
+        if a.shape[0] == 0:
+            raise ValueError("candidates_a and candidates_b are empty; pass at least one candidate pair.")
+        pool = None
+        if reference is not None:
+            if len(reference) != 2:
+                raise ValueError("reference must be a pair (reference_a, reference_b) of (R, D) features.")
+            pool = self._pairs(reference[0], reference[1], "reference[0]", "reference[1]")
+            if pool[0].shape[0] == 0:
+                raise ValueError("reference is empty; pass at least one pair or None for the candidates.")
+        scores = score_candidates(self.model, *chosen, a, b, strategy, reference=pool, seed=seed)
+        return QueryChoice(int(scores.argmax()), scores, strategy)
+
+    def _pairs(self, first: Any, second: Any, first_name: str, second_name: str) -> tuple[Tensor, Tensor]:
+        """Validate one user's pairs: (N, D) features twice, finite, equal shapes; on the model's device."""
+        first_t = _as_tensor(first, first_name, self.embed_dim).to(self.device)
+        second_t = _as_tensor(second, second_name, self.embed_dim).to(self.device)
+        if first_t.dim() != 2:
+            raise ValueError(
+                f"{first_name} must be (N, {self.embed_dim}) for one user; got {tuple(first_t.shape)}."
+            )
+        if first_t.shape != second_t.shape:
+            raise ValueError(
+                f"{first_name} {tuple(first_t.shape)} and {second_name} {tuple(second_t.shape)} differ "
+                "in shape; pair them up."
+            )
+        return first_t, second_t
+
 
 def load(
-    path: str | Path, *, seed: int = 0, cache_dir: str | Path | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> RewardPredictor | TextRewardPredictor | PolicyRunner:
     """Load any npalign run directory for inference (strictly; no pickle), by the kind its run.json names.
 

@@ -4,6 +4,7 @@
     z = model.infer_user(prompts, chosen, rejected)    # C texts each; C = 0 gives the population prior
     model.reward(prompts, responses, z)                # N texts each -> (N,)
     model.prefer_prob(prompts, a, b, z)                # p(a > b) for the user, (N,)
+    model.next_query(prompts, chosen, rejected, candidate_prompts, candidate_a, candidate_b)
 
 Texts are embedded on the fly by the embedder the run recorded (built once, on first use), through
 the disk cache when `cache_dir` is given. The feature-level `RewardPredictor` stays reachable as
@@ -22,6 +23,7 @@ from npalign.embedding.cache import StorageDtype
 from npalign.embedding.embedders import Embedder, build_embedder
 from npalign.embedding.features import embed_texts, to_features
 from npalign.inference.api import RewardPredictor
+from npalign.inference.elicit import QueryChoice
 from npalign.types import UserLatent
 
 
@@ -173,3 +175,53 @@ class TextRewardPredictor:
         if len(a) != len(b):
             raise ValueError(f"got {len(a)} responses in a but {len(b)} in b; pair them up.")
         return self.features.prefer_prob(self.embed(prompts, a, "a"), self.embed(prompts, b, "b"), z)
+
+    def next_query(
+        self,
+        prompts: Sequence[str],
+        chosen: Sequence[str],
+        rejected: Sequence[str],
+        candidate_prompts: Sequence[str],
+        candidate_a: Sequence[str],
+        candidate_b: Sequence[str],
+        *,
+        strategy: str = "info-gain",
+        reference: tuple[Sequence[str], Sequence[str], Sequence[str]] | None = None,
+        seed: int = 0,
+    ) -> QueryChoice:
+        """Which of N candidate pairs to ask this user next, given C choices, all as texts.
+
+        Args:
+            prompts / chosen / rejected: the user's C choices so far (prompts may be one str); C = 0 is allowed.
+            candidate_prompts / candidate_a / candidate_b: the N pairs one could ask (prompts may be one str).
+            strategy / seed: as `RewardPredictor.next_query`.
+            reference: info-gain's pool as (prompts, a, b) texts; None uses the candidates.
+        Returns:
+            QueryChoice(index, scores (N,), strategy); higher scores = ask first.
+        """
+        if len(chosen) != len(rejected):
+            raise ValueError(
+                f"got {len(chosen)} chosen but {len(rejected)} rejected responses; pair them up."
+            )
+        if len(candidate_a) != len(candidate_b):
+            raise ValueError(
+                f"got {len(candidate_a)} responses in candidate_a but {len(candidate_b)} in candidate_b; "
+                "pair them up."
+            )
+        if len(candidate_a) == 0:
+            raise ValueError("candidate_a and candidate_b are empty; pass at least one candidate pair.")
+        pool = None
+        if reference is not None:
+            pool = (
+                self.embed(reference[0], reference[1], "reference a"),
+                self.embed(reference[0], reference[2], "reference b"),
+            )
+        return self.features.next_query(
+            self.embed(prompts, chosen, "chosen") if chosen else [],
+            self.embed(prompts, rejected, "rejected") if rejected else [],
+            self.embed(candidate_prompts, candidate_a, "candidate_a"),
+            self.embed(candidate_prompts, candidate_b, "candidate_b"),
+            strategy=strategy,
+            reference=pool,
+            seed=seed,
+        )

@@ -1,0 +1,145 @@
+"""Active elicitation (`RewardPredictor.next_query`): which pair a trained NP-BTL asks a new user next."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import npalign
+from npalign.config import RewardTrainConfig, load_config
+from npalign.data.loaders import split_by_user
+from npalign.data.synthetic import generate, task_spec
+from npalign.inference.api import RewardPredictor
+from npalign.inference.elicit import STRATEGIES, info_gain
+from npalign.training.reward import train_reward_model
+
+SMALL = [
+    "model.hidden_dim=32",
+    "model.latent_dim=8",
+    "episodes.batch_users=32",
+    "optim.warmup_steps=20",
+    "eval.val_episodes=16",
+    "run.progress=false",
+    "optim.lr=3e-3",
+]
+
+
+@pytest.fixture(scope="module")
+def paper_np(tmp_path_factory: pytest.TempPathFactory) -> RewardPredictor:
+    """A small NP-BTL on the paper's two-type 1-D task: the types agree below 0.5 and disagree above."""
+    data = generate(task_spec("paper1d", num_pairs=4000, num_users=80), seed=0)
+    train, val, _ = split_by_user(data, (0.8, 0.1, 0.1), seed=0)
+    out = tmp_path_factory.mktemp("elicit") / "run"
+    overrides = [*SMALL, "model.kind=np-btl", "optim.steps=500", "eval.val_every=500", "run.save_every=500"]
+    train_reward_model(load_config(RewardTrainConfig, overrides=overrides), train, val, out)
+    model = npalign.load(str(out))
+    assert isinstance(model, RewardPredictor)
+    return model
+
+
+def _pairs(low: float, high: float, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` pairs of distinct items drawn uniformly from [low, high], as (count, 1) twice."""
+    items = low + (high - low) * torch.rand(count, 2, generator=torch.Generator().manual_seed(seed))
+    return items[:, :1], items[:, 1:]
+
+
+def _type0_context(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A type0 user's choices on pairs the types disagree on (both items above 0.5: type0 picks the larger)."""
+    a, b = _pairs(0.55, 0.95, count, seed=1)
+    return torch.maximum(a, b), torch.minimum(a, b)
+
+
+def test_a_pair_whose_answer_cannot_change_the_prediction_scores_lowest(paper_np: RewardPredictor) -> None:
+    chosen, rejected = _type0_context(2)
+    a, b = _pairs(0.0, 1.0, 30, seed=2)
+    a = torch.cat([a, chosen[:1], rejected[1:], torch.tensor([[0.7]])])  # duplicate, reversed duplicate,
+    b = torch.cat([b, rejected[:1], chosen[1:], torch.tensor([[0.7]])])  # and two identical items
+    uninformative = [30, 31, 32]
+    for strategy in ("info-gain", "d-optimal"):
+        scores = paper_np.next_query(chosen, rejected, a, b, strategy=strategy).scores
+        assert (scores[uninformative] == scores.min()).all(), strategy
+        assert (scores[:30] > scores.min()).all(), strategy
+    scores = paper_np.next_query(chosen, rejected, a, b, strategy="uncertainty").scores
+    assert scores[32] == scores.min()  # p = 1/2 exactly, yet the answer says nothing about the user
+    # Identical items score 0 under info-gain by construction (both answers give one context), not by the
+    # rule that floors known answers.
+    gain = info_gain(paper_np.model, chosen, rejected, a[32:], b[32:], a, b, torch.Generator())
+    assert gain.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_after_no_choices_a_pair_the_types_disagree_on_beats_pairs_they_agree_on(
+    paper_np: RewardPredictor,
+) -> None:
+    conflict_a = torch.tensor([[0.95], [0.9], [0.85], [0.8], [0.75]])  # type0 prefers these, type1 ...
+    conflict_b = conflict_a - 0.2  # ... these (both items above 0.5)
+    agree_a, agree_b = _pairs(0.05, 0.45, 20, seed=4)  # both types prefer the larger
+    a, b = torch.cat([conflict_a, agree_a]), torch.cat([conflict_b, agree_b])
+    empty = torch.zeros(0, 1)
+    targets = _pairs(0.0, 1.0, 64, seed=9)  # what the answer should help predict: pairs over all items
+    choice = paper_np.next_query(empty, empty, a, b, strategy="info-gain", reference=targets)
+    assert choice.index < 5
+    assert choice.scores[:5].min() > choice.scores[5:].max()
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "bald"])
+def test_scores_ignore_the_context_order_and_follow_the_candidate_order(
+    paper_np: RewardPredictor, strategy: str
+) -> None:
+    chosen, rejected = _type0_context(4)
+    a, b = _pairs(0.0, 1.0, 80, seed=5)  # more than MAX_REFERENCE: the default pool must not depend on order
+    scores = paper_np.next_query(chosen, rejected, a, b, strategy=strategy).scores
+    context_order = torch.tensor([2, 0, 3, 1])
+    reordered = paper_np.next_query(chosen[context_order], rejected[context_order], a, b, strategy=strategy)
+    torch.testing.assert_close(reordered.scores, scores, rtol=1e-4, atol=1e-6)
+    if strategy == "random":
+        return  # uniform draws in candidate order: reproducible, not equivariant
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(6))
+    permuted = paper_np.next_query(chosen, rejected, a[order], b[order], strategy=strategy)
+    torch.testing.assert_close(permuted.scores, scores[order], rtol=1e-4, atol=1e-6)
+
+
+def test_random_is_reproducible_by_seed(paper_np: RewardPredictor) -> None:
+    a, b = _pairs(0.0, 1.0, 50, seed=7)
+    empty = torch.zeros(0, 1)
+    first = paper_np.next_query(empty, empty, a, b, strategy="random", seed=3)
+    again = paper_np.next_query(empty, empty, a, b, strategy="random", seed=3)
+    other = paper_np.next_query(empty, empty, a, b, strategy="random", seed=4)
+    torch.testing.assert_close(first.scores, again.scores)
+    assert not torch.equal(first.scores, other.scores)
+
+
+def test_bald_is_for_the_latent_kind_only(paper_np: RewardPredictor) -> None:
+    a, b = _pairs(0.0, 1.0, 5, seed=8)
+    with pytest.raises(ValueError, match="latent NP-BTL"):
+        paper_np.next_query([], [], a, b, strategy="bald")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"candidates_a": torch.zeros(0, 1), "candidates_b": torch.zeros(0, 1)}, "empty"),
+        (
+            {"candidates_a": torch.zeros(4, 2), "candidates_b": torch.zeros(4, 2)},
+            r"candidates_a must .*\(N, 1\)",
+        ),
+        ({"context_chosen": torch.zeros(2, 3), "context_rejected": torch.zeros(2, 3)}, "context_chosen must"),
+        ({"candidates_a": torch.tensor([[float("nan")]] * 4)}, "candidates_a contains NaN"),
+        ({"context_rejected": torch.tensor([[float("inf")]] * 2)}, "context_rejected contains NaN or inf"),
+        ({"candidates_b": torch.zeros(3, 1)}, "differ in shape"),
+        ({"context_chosen": torch.zeros(1, 2, 1), "context_rejected": torch.zeros(1, 2, 1)}, "for one user"),
+        ({"strategy": "greedy"}, "strategy='greedy' is not one of"),
+        ({"reference": (torch.zeros(0, 1), torch.zeros(0, 1))}, "reference is empty"),
+        ({"reference": (torch.zeros(3, 1), torch.zeros(2, 1))}, "reference.* differ in shape"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_argument(
+    paper_np: RewardPredictor, change: dict, match: str
+) -> None:
+    arguments = {
+        "context_chosen": torch.full((2, 1), 0.8),
+        "context_rejected": torch.full((2, 1), 0.6),
+        "candidates_a": torch.rand(4, 1),
+        "candidates_b": torch.rand(4, 1),
+    } | change
+    with pytest.raises(ValueError, match=match):
+        paper_np.next_query(**arguments)
