@@ -13,6 +13,8 @@ from npalign.inference.api import RewardPredictor
 from npalign.inference.elicit import STRATEGIES, info_gain
 from npalign.training.reward import train_reward_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a busy machine
+
 SMALL = [
     "model.hidden_dim=32",
     "model.latent_dim=8",
