@@ -4,8 +4,9 @@ Usage:
     npalign data build NAME [--input FILE] [--subset hh|hht] [--out FILE] [--seed N]
                             [--splits TRAIN,VALIDATION,TEST] [--no-normal] [--length-users]
                             [--keep-identical] [--column KEY=VALUE ...]
+                            [--short-tokens N] [--cap N] [--users-per-type N] [--tokenizer NAME]
 
-NAME is one of ultrafeedback, helpsteer2, generic, dsp, hh-relabeled. The report is printed as JSON.
+NAME is one of ultrafeedback, helpsteer2, generic, dsp, hh-relabeled, style. The report is printed as JSON.
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY=VALUE",
         help=f"generic: column mapping, KEY in {list(COLUMN_ROLES)} (or KEY_column), e.g. user=worker_id",
     )
+    style = build.add_argument_group("style (controlled style users; see npalign.data.sources.style)")
+    style.add_argument(
+        "--short-tokens", type=int, default=None, help="token budget of the short side (default 48)"
+    )
+    style.add_argument(
+        "--cap",
+        type=int,
+        default=None,
+        help="response cap in tokens, end-of-turn token included (default 160)",
+    )
+    style.add_argument("--users-per-type", type=int, default=None, help="users per style type (default 4)")
+    style.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer that counts tokens: a default model name or path (default smollm2)",
+    )
     build.set_defaults(func=run_build)
 
 
@@ -101,6 +118,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["length_users"] = True
     if args.keep_identical:
         options["keep_identical"] = True
+    for flag in ("short_tokens", "cap", "users_per_type", "tokenizer"):
+        if getattr(args, flag) is not None:
+            options[flag] = getattr(args, flag)
     for item in args.column:
         key, separator, value = item.partition("=")
         role = key.removesuffix("_column")

@@ -19,6 +19,7 @@ Sources (`build_dataset(name, ...)`; one module each, registered in `SOURCES`):
 | generic | any user-grouped table (PRISM-like) | user-grouped | a column of the table, or none |
 | dsp | DSP domain-specific preference (test) | user-grouped | academy, business, entertainment, literature (+ concise, detailed) |
 | hh-relabeled | HH-RLHF relabelled by objective (DPL) | user-grouped | helpful, harmless |
+| style | any prompts + responses (DSP by default), transformed | user-grouped | concise, detailed, list, prose and their four combinations |
 
 Rules shared by every source:
 
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from npalign.data.records import HUB_PREFIX, Record, missing_input_message, read_hub, read_local
-from npalign.data.sources import dsp, generic, helpsteer2, hh_relabeled, ultrafeedback
+from npalign.data.sources import dsp, generic, helpsteer2, hh_relabeled, style, ultrafeedback
 from npalign.data.sources._common import BuildReport, Source, check_fractions, finish, resolve_options
 from npalign.data.sources.dsp import DSP_DOMAINS
 from npalign.data.sources.ultrafeedback import ULTRAFEEDBACK_SUBSETS
@@ -60,7 +61,8 @@ __all__ = [
 ]
 
 SOURCES: dict[str, Source] = {
-    module.SOURCE.name: module.SOURCE for module in (ultrafeedback, helpsteer2, generic, dsp, hh_relabeled)
+    module.SOURCE.name: module.SOURCE
+    for module in (ultrafeedback, helpsteer2, generic, dsp, hh_relabeled, style)
 }
 """name -> Source; `npalign data build NAME` offers these names."""
 
@@ -80,19 +82,20 @@ def build_dataset(
     """Build one dataset into npalign's JSONL format and write it to `out`.
 
     Args:
-        name: one of `SOURCES`: ultrafeedback, helpsteer2, generic, dsp, hh-relabeled.
+        name: one of `SOURCES`: ultrafeedback, helpsteer2, generic, dsp, hh-relabeled, style.
         input: a local file (.jsonl, .json, each optionally .gz, or .parquet), a `save_to_disk` folder,
             or "hf:<owner>/<name>" for a Hugging Face hub dataset. None means the builder's default:
             the hub dataset for ultrafeedback / helpsteer2, the copy under the shared data folder
             (`$NPALIGN_DATA_DIR`, else `shared/data` next to or inside the repository) for dsp /
-            hh-relabeled; generic has no default.
+            hh-relabeled / style; generic has no default.
         out: output JSONL path, replaced atomically.
         subset: ultrafeedback only: "hh" (helpfulness and honesty strictly disagree) or "hht"
             (helpfulness, honesty, truthfulness not unanimous).
         splits: (train, validation, test) fractions of the prompts; non-negative, summing to 1.
         seed: salt of the prompt hash that assigns splits.
         **options: builder options; see `SOURCES[name].options` (e.g. dsp: include_normal, length_users;
-            generic: user_column, prompt_column, chosen_column, rejected_column, type_column; all:
+            generic: user_column, prompt_column, chosen_column, rejected_column, type_column; style:
+            short_tokens, cap, end_tokens, min_ratio, users_per_type, tokenizer; all:
             keep_identical).
     Returns:
         The BuildReport; the file at `out` holds `report.total_written` rows.

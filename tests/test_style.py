@@ -1,0 +1,178 @@
+"""Controlled style users (data.sources.style) and their script judges (evaluation.style)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from npalign.cli.main import main
+from npalign.data.sources import build_dataset
+from npalign.data.sources.style import USER_TYPES
+from npalign.evaluation.style import has_list, list_line_share, match_table, matches_user, num_tokens
+
+CAP, SHORT = 24, 14
+
+
+def _counting_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per word or punctuation mark (everything is <unk>): counts are easy to check by hand."""
+    backend = Tokenizer(models.WordLevel(vocab={"<unk>": 0}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>")
+
+
+SENTENCES = [f"Cats nap {word}." for word in ("one", "two", "three", "four", "five", "six")]
+RECORDS: list[dict[str, Any]] = [
+    {"prompt": f"Tell me about cats {i}?", "response": " ".join(SENTENCES[: 3 + i % 4])} for i in range(12)
+] + [
+    {"prompt": "Too short?", "response": "Cats sleep. Dogs bark."},  # fits the short budget whole: one length
+    {
+        "prompt": "Listed?",
+        "response": "Here is a list:\n1. Cats sleep a lot today.\n- Dogs bark at night.\n* Birds sing.",
+    },
+]
+
+
+def _build(
+    tmp_path: Path, name: str = "style.jsonl", seed: int = 0, **options: Any
+) -> tuple[Any, list[dict]]:
+    source = tmp_path / "source.jsonl"
+    source.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    out = tmp_path / name
+    options = {
+        "tokenizer": _counting_tokenizer(),
+        "short_tokens": SHORT,
+        "cap": CAP,
+        "users_per_type": 2,
+        **options,
+    }
+    report = build_dataset("style", input=str(source), out=out, seed=seed, **options)
+    return report, [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def _units(text: str) -> list[str]:
+    """A list's lines without their marker, or a paragraph as one unit."""
+    return [line.removeprefix("- ") for line in text.splitlines()] if text.startswith("- ") else [text]
+
+
+def test_pairs_differ_on_one_axis_and_fit_the_cap_with_the_end_token(tmp_path: Path) -> None:
+    report, rows = _build(tmp_path)
+    tokenizer = _counting_tokenizer()
+    assert report.counts["response_cap_tokens"] == CAP and report.counts["short_tokens"] == SHORT
+    assert report.dropped["responses_too_short_for_two_lengths"] == 1
+    assert report.counts["responses_cut_at_cap"] > 0  # six 5-token list lines do not fit 24
+    assert sorted(report.pairs_per_user_type) == sorted(USER_TYPES)
+    for row in rows:
+        chosen, rejected = row["chosen"], row["rejected"]
+        for side in (chosen, rejected):
+            assert num_tokens(side, tokenizer) + 1 <= CAP
+        if chosen.startswith("- ") != rejected.startswith(
+            "- "
+        ):  # format pair: the same sentences, same words
+            listed, prose = (chosen, rejected) if chosen.startswith("- ") else (rejected, chosen)
+            assert " ".join(_units(listed)) == prose and len(_units(listed)) >= 2
+        else:  # length pair: same format, and the short side is where the long side starts
+            shorter, longer = sorted((chosen, rejected), key=len)
+            assert longer.startswith(shorter) and longer[len(shorter)] in " \n"
+            assert num_tokens(shorter, tokenizer) + 1 <= SHORT
+    listed = [row for row in rows if row["prompt"] == "Listed?" and row["user_type"] == "list"]
+    assert listed and all(row["chosen"].startswith("- Here is a list:\n- Cats sleep") for row in listed)
+
+
+def test_users_prefer_their_side_and_opposed_users_disagree_on_every_shared_pair(tmp_path: Path) -> None:
+    _, rows = _build(tmp_path)
+    by_type: dict[str, set[tuple[str, str, str]]] = {}
+    for row in rows:
+        by_type.setdefault(row["user_type"], set()).add((row["prompt"], row["chosen"], row["rejected"]))
+        tokens = (
+            num_tokens(row["chosen"], _counting_tokenizer()),
+            num_tokens(row["rejected"], _counting_tokenizer()),
+        )
+        for part in row["user_type"].split("+"):
+            if part == "concise" and row["chosen"].startswith("- ") == row["rejected"].startswith("- "):
+                assert tokens[0] < tokens[1]
+            if part == "list" and row["chosen"].startswith("- ") != row["rejected"].startswith("- "):
+                assert row["chosen"].startswith("- ")
+    for first, second in [("concise", "detailed"), ("list", "prose"), ("concise+list", "detailed+list"),
+                          ("concise+list", "concise+prose"), ("detailed+prose", "detailed+list")]:  # fmt: skip
+        flipped = {(prompt, rejected, chosen) for prompt, chosen, rejected in by_type[second]}
+        shared = {(prompt, *sorted(sides)) for prompt, *sides in by_type[first]}
+        shared &= {(prompt, *sorted(sides)) for prompt, *sides in by_type[second]}
+        assert shared, (first, second)
+        assert by_type[first] & flipped == {
+            pair for pair in by_type[first] if (pair[0], *sorted(pair[1:])) in shared
+        }
+        assert not by_type[first] & by_type[second]
+    # a combined user's chosen side always shows both of its preferences
+    for _, chosen, _ in by_type["concise+list"]:
+        assert chosen.startswith("- ") and num_tokens(chosen, _counting_tokenizer()) + 1 <= SHORT
+
+
+def test_build_is_deterministic_splits_by_prompt_and_deals_disjoint_prompts_to_users(tmp_path: Path) -> None:
+    _, rows = _build(tmp_path)
+    _, again = _build(tmp_path, name="again.jsonl")
+    assert (tmp_path / "style.jsonl").read_bytes() == (tmp_path / "again.jsonl").read_bytes()
+    splits: dict[str, set[str]] = {}
+    owners: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        splits.setdefault(row["prompt"], set()).add(row["split"])
+        owners.setdefault((row["user_type"], row["prompt"]), set()).add(row["user_id"])
+    assert all(len(found) == 1 for found in splits.values())
+    assert all(len(users) == 1 for users in owners.values())  # one user of each type per prompt
+    assert {row["user_id"] for row in rows} == {f"{t}-{i}" for t in USER_TYPES for i in range(2)}
+    _, other_seed = _build(tmp_path, name="seed1.jsonl", seed=1)
+    assert {(r["user_id"], r["prompt"]) for r in other_seed} != {(r["user_id"], r["prompt"]) for r in rows}
+
+
+def test_bad_options_name_the_option(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="short_tokens=24 must be below cap=24"):
+        _build(tmp_path, short_tokens=24)
+    with pytest.raises(ValueError, match="min_ratio"):
+        _build(tmp_path, min_ratio=0.5)
+
+
+def test_cli_builds_style_with_a_tokenizer_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _counting_tokenizer().save_pretrained(tmp_path / "tok")
+    (tmp_path / "tok" / "config.json").write_text("{}")  # load_tokenizer takes a save_pretrained folder
+    source = tmp_path / "source.jsonl"
+    source.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    out = tmp_path / "cli.jsonl"
+    argv = ["data", "build", "style", "--input", str(source), "--out", str(out), "--tokenizer", str(tmp_path / "tok"),
+            "--short-tokens", str(SHORT), "--cap", str(CAP), "--users-per-type", "2"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["options"]["cap"] == CAP and report["users"] == 2 * len(USER_TYPES)
+    assert report["total_written"] == len(out.read_text().splitlines())
+
+
+def test_judges_on_hand_written_answers() -> None:
+    tokenizer = _counting_tokenizer()
+    listed = "Here you go:\n- Cats sleep.\n- Dogs bark.\n\n1. Birds sing."
+    prose = "Cats sleep. Dogs bark - loudly - at night."
+    one_line = "- Cats sleep a lot."
+    assert num_tokens("Cats sleep, dogs bark.", tokenizer) == 6
+    assert list_line_share(listed) == pytest.approx(3 / 4) and list_line_share("") == 0.0
+    assert (
+        has_list(listed)
+        and not has_list(prose)
+        and not has_list(one_line)
+        and has_list(one_line, min_lines=1)
+    )
+    assert matches_user(listed, "list", 20) and not matches_user(listed, "prose", 20)
+    assert matches_user(prose, "concise+prose", 10, short_tokens=48)
+    assert not matches_user(prose, "detailed+prose", 10, short_tokens=48)
+    assert matches_user(listed, "detailed+list", 60, short_tokens=48)
+    with pytest.raises(ValueError, match="unknown style user type"):
+        matches_user(prose, "concise+detailed", 10)
+    answers = [
+        {"user": "concise+list", "answer": "- A.\n- B.", "num_tokens": 6},
+        {"user": "concise+list", "answer": "A. B.", "num_tokens": 4},
+        {"user": "detailed+prose", "answer": "A long answer. " * 20, "num_tokens": 60},
+    ]
+    table = match_table(answers)
+    assert table["concise+list"]["concise+list"] == 0.5 and table["concise+list"]["concise+prose"] == 0.5
+    assert table["detailed+prose"]["detailed+prose"] == 1.0 and table["detailed+prose"]["concise"] == 0.0
