@@ -10,7 +10,7 @@ from npalign.config import RewardTrainConfig, load_config
 from npalign.data.loaders import split_by_user
 from npalign.data.synthetic import generate, task_spec
 from npalign.inference.api import RewardPredictor
-from npalign.inference.elicit import STRATEGIES, info_gain
+from npalign.inference.elicit import STRATEGIES, Query, info_gain
 from npalign.training.reward import train_reward_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a busy machine
@@ -65,7 +65,7 @@ def test_a_pair_whose_answer_cannot_change_the_prediction_scores_lowest(paper_np
     assert scores[32] == scores.min()  # p = 1/2 exactly, yet the answer says nothing about the user
     # Identical items score 0 under info-gain by construction (both answers give one context), not by the
     # rule that floors known answers.
-    gain = info_gain(paper_np.model, chosen, rejected, a[32:], b[32:], a, b, torch.Generator())
+    gain = info_gain(Query(paper_np.model, chosen, rejected, a[32:], b[32:], torch.Generator()), a, b)
     assert gain.item() == pytest.approx(0.0, abs=1e-6)
 
 

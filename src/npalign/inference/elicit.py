@@ -68,6 +68,24 @@ class QueryChoice:
     strategy: str
 
 
+@dataclass(frozen=True)
+class Query:
+    """What every strategy reads: the model, one user's context and the candidate pairs.
+
+    Attributes:
+        context_chosen / context_rejected: (C, D); C may be 0.
+        candidates_a / candidates_b: (N, D).
+        generator: seeds the strategies that sample.
+    """
+
+    model: PreferenceModel
+    context_chosen: Tensor
+    context_rejected: Tensor
+    candidates_a: Tensor
+    candidates_b: Tensor
+    generator: torch.Generator
+
+
 def _bernoulli_entropy(p: Tensor) -> Tensor:
     p = p.clamp(1e-7, 1 - 1e-7)
     return -(p * p.log() + (1 - p) * (1 - p).log())
@@ -124,16 +142,7 @@ def default_reference(
     return candidates_a[keep], candidates_b[keep]
 
 
-def info_gain(
-    model: PreferenceModel,
-    context_chosen: Tensor,
-    context_rejected: Tensor,
-    candidates_a: Tensor,
-    candidates_b: Tensor,
-    reference_a: Tensor,
-    reference_b: Tensor,
-    generator: torch.Generator,
-) -> Tensor:
+def info_gain(query: Query, reference_a: Tensor, reference_b: Tensor) -> Tensor:
     """Expected predictive information gain of each candidate on the reference pool (module docstring).
 
     Args:
@@ -143,6 +152,8 @@ def info_gain(
     Returns:
         (N,) nats, >= 0; all 0 for btl / dpl, whose predictions ignore the context.
     """
+    model, context_chosen, context_rejected = query.model, query.context_chosen, query.context_rejected
+    candidates_a, candidates_b, generator = query.candidates_a, query.candidates_b, query.generator
     N, C = candidates_a.shape[0], context_chosen.shape[0]
     latent = _context_latent(model, context_chosen, context_rejected)
     if latent is None:
@@ -166,15 +177,10 @@ def info_gain(
     return gain.mean(-1).clamp_min(0.0)  # (N,)
 
 
-def bald(
-    model: PreferenceModel,
-    context_chosen: Tensor,
-    context_rejected: Tensor,
-    candidates_a: Tensor,
-    candidates_b: Tensor,
-    generator: torch.Generator,
-) -> Tensor:
+def bald(query: Query) -> Tensor:
     """I(answer; z) under q(z | context) from `model.num_samples` draws: (N,) nats."""
+    model, context_chosen, context_rejected = query.model, query.context_chosen, query.context_rejected
+    candidates_a, candidates_b, generator = query.candidates_a, query.candidates_b, query.generator
     latent = _context_latent(model, context_chosen, context_rejected)
     if not isinstance(latent, Posterior):
         raise ValueError(
@@ -186,29 +192,19 @@ def bald(
     return (_bernoulli_entropy(per_sample.mean(0)) - _bernoulli_entropy(per_sample).mean(0)).clamp_min(0.0)
 
 
-def uncertainty(
-    model: PreferenceModel,
-    context_chosen: Tensor,
-    context_rejected: Tensor,
-    candidates_a: Tensor,
-    candidates_b: Tensor,
-    generator: torch.Generator,
-) -> Tensor:
+def uncertainty(query: Query) -> Tensor:
     """-|p(a > b | context) - 1/2|: (N,) in [-1/2, 0]."""
+    model, context_chosen, context_rejected = query.model, query.context_chosen, query.context_rejected
+    candidates_a, candidates_b, generator = query.candidates_a, query.candidates_b, query.generator
     latent = _context_latent(model, context_chosen, context_rejected)
     prob = _prefer_prob(model, candidates_a[None], candidates_b[None], latent, generator)[0]  # (N,)
     return -(prob - 0.5).abs()
 
 
-def d_optimal(
-    model: PreferenceModel,
-    context_chosen: Tensor,
-    context_rejected: Tensor,
-    candidates_a: Tensor,
-    candidates_b: Tensor,
-    generator: torch.Generator,
-) -> Tensor:
+def d_optimal(query: Query) -> Tensor:
     """phi^T A^-1 phi with phi = a - b on item features and A the logistic design matrix: (N,) >= 0."""
+    model, context_chosen, context_rejected = query.model, query.context_chosen, query.context_rejected
+    candidates_a, candidates_b, generator = query.candidates_a, query.candidates_b, query.generator
     D = candidates_a.shape[-1]
     design = D_OPTIMAL_RIDGE * torch.eye(D, device=candidates_a.device)  # (D, D)
     if context_chosen.shape[0]:
@@ -245,18 +241,18 @@ def score_candidates(
     N = candidates_a.shape[0]
     if strategy == "random":
         return torch.rand(N, generator=generator).to(candidates_a.device)
-    args = (model, context_chosen, context_rejected, candidates_a, candidates_b)
+    query = Query(model, context_chosen, context_rejected, candidates_a, candidates_b, generator)
     if strategy == "info-gain":
         if reference is None:
             reference = default_reference(candidates_a, candidates_b, generator)
-        scores = info_gain(*args, *reference, generator)
+        scores = info_gain(query, *reference)
     elif strategy == "bald":
-        scores = bald(*args, generator)
+        scores = bald(query)
     elif strategy == "uncertainty":
-        scores = uncertainty(*args, generator)
+        scores = uncertainty(query)
     else:
         assert strategy == "d-optimal", strategy
-        scores = d_optimal(*args, generator)
+        scores = d_optimal(query)
     floor = -0.5 if strategy == "uncertainty" else 0.0
     known = already_known(context_chosen, context_rejected, candidates_a, candidates_b)
     return scores.masked_fill(known, floor)
