@@ -48,9 +48,8 @@ from npalign.config import PolicyTrainConfig, RewardTrainConfig, load_config
 from npalign.data.dpo_episodes import filter_user_types, user_context
 from npalign.data.loaders import load_preferences
 from npalign.data.sources import DSP_DOMAINS, build_dataset
-from npalign.embedding.cache import EmbeddingCache
 from npalign.embedding.embedders import build_embedder
-from npalign.embedding.features import embed_items, embedding_cache_root
+from npalign.embedding.features import embed_preferences
 from npalign.embedding.hub import load_tokenizer
 from npalign.evaluation.dpo import evaluate_policy
 from npalign.inference.api import RewardPredictor
@@ -86,14 +85,14 @@ def train_judges(
 ) -> dict[str, Any]:
     """One BTL per domain on the original DSP responses; returns {domain: {path, heldout_accuracy}}."""
     embedder = build_embedder(embedder_name, device=DEVICE)
-    store = EmbeddingCache.for_embedder(embedding_cache_root(cache), embedder)
     judges: dict[str, Any] = {}
     for domain in DSP_DOMAINS:
         folder = work / "judges" / domain
         train, _ = load_preferences(data_path, split="train")
         test, _ = load_preferences(data_path, split="test")
-        train = embed_items(filter_user_types(train, [domain]), embedder, store, batch_size=64, progress=True)
-        test = embed_items(filter_user_types(test, [domain]), embedder, store, batch_size=64, progress=True)
+        options = {"cache_dir": cache, "batch_size": 64, "progress": True}
+        train = embed_preferences(filter_user_types(train, [domain]), embedder, **options)
+        test = embed_preferences(filter_user_types(test, [domain]), embedder, **options)
         if not (folder / "model.safetensors").is_file():
             budget = [f"optim.steps={steps}", f"embedder={embedder_name}"]
             budget += [f"run.save_every={steps}", f"run.log_every={steps}"]

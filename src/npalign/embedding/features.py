@@ -12,8 +12,8 @@ embedder's vectors rescaled to unit RMS, `v * sqrt(D) / ||v||` (`to_features`). 
 L2-normalise (minilm's coordinates are ~0.05), and at that scale NP-BTL's z pathway, which acts through
 products of small first-layer activations, never leaves its saddle: on DSP with minilm it used no context
 after 2,000 steps, and learnt to within 200 once the inputs were rescaled. Unit-RMS inputs are what the
-models' default initialisation expects, the NP-DPO context encoder's included. The reward stack reads
-them through `embed_preferences`, the policy stack through `embed_items`; the cache keeps raw vectors.
+models' default initialisation expects, the NP-DPO context encoder's included. Both jobs read them
+through `embed_preferences`; the cache keeps raw vectors.
 """
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ FEATURE_CONVENTION = "unit-rms"
 def default_cache_dir() -> Path:
     """Where embeddings are cached when no directory is given: `<npalign cache>/embeddings`."""
     return cache_root() / EMBEDDINGS_DIR
-
-
-def embedding_cache_root(cache: str | None) -> Path:
-    """Where embeddings are cached: `cache`, else `<npalign cache>/embeddings` (`default_cache_dir()`)."""
-    return Path(cache) if cache else default_cache_dir()
 
 
 @dataclass
@@ -220,15 +215,3 @@ def embed_preferences(
     )
     # A fresh meta dict: `with_features` shares the caller's, which must not change under it.
     return replace(data.with_features(features), meta={**data.meta, "embedding": report.to_dict()})
-
-
-def embed_items(
-    data: PreferenceSet, embedder: Embedder, cache: EmbeddingCache, *, batch_size: int, progress: bool
-) -> PreferenceSet:
-    """`data` with its items' features attached, (N, D) (`to_features` of the frozen embeddings), through
-    an already opened cache."""
-    assert data.item_prompts is not None and data.item_responses is not None
-    vectors = cache.get_or_compute(
-        embedder, data.item_prompts, data.item_responses, batch_size=batch_size, progress=progress
-    )  # (N, D)
-    return data.with_features(to_features(vectors))

@@ -22,8 +22,7 @@ import torch
 
 from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler
 from npalign.data.episodes import context_sweep
-from npalign.embedding.cache import EmbeddingCache
-from npalign.embedding.features import embed_items, embedding_cache_root
+from npalign.embedding.features import embed_preferences
 from npalign.evaluation.reward import type_weighted
 from npalign.inference.policy import PolicyRunner
 from npalign.models.losses import dpo_episode_figures
@@ -68,9 +67,7 @@ def evaluate_policy(
             "a file with prompt, chosen and rejected text columns."
         )
     if runner.conditional:
-        embedder = runner.embedder
-        cache = EmbeddingCache.for_embedder(embedding_cache_root(embedding_cache), embedder)
-        data = embed_items(data, embedder, cache, batch_size=32, progress=progress)
+        data = embed_preferences(data, runner.embedder, cache_dir=embedding_cache, progress=progress)
     sampler = DPOEpisodeSampler(data, targets=targets, max_context=max(contexts))
     prompt_length, response_length = (
         int(runner.run["max_prompt_length"]),

@@ -30,9 +30,8 @@ from transformers import PreTrainedTokenizerBase
 from npalign.config import PolicyTrainConfig
 from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_types
 from npalign.data.episodes import context_sweep, derived_seed
-from npalign.embedding.cache import EmbeddingCache
 from npalign.embedding.embedders import build_embedder
-from npalign.embedding.features import FEATURE_CONVENTION, embed_items, embedding_cache_root
+from npalign.embedding.features import FEATURE_CONVENTION, embed_preferences
 from npalign.models.losses import dpo_episode_figures, dpo_loss, dpo_metrics, sequence_logprobs
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training import loop
@@ -137,10 +136,11 @@ def _embed_splits(
     embedder = build_embedder(
         cfg.embedder.name, max_length=cfg.embedder.max_length, device=accelerator.device
     )
-    cache = EmbeddingCache.for_embedder(embedding_cache_root(cfg.embedder.cache), embedder)
     show = cfg.run.progress and accelerator.is_main_process
     embedded = {
-        name: embed_items(data, embedder, cache, batch_size=cfg.embedder.batch_size, progress=show)
+        name: embed_preferences(
+            data, embedder, cache_dir=cfg.embedder.cache, batch_size=cfg.embedder.batch_size, progress=show
+        )
         for name, data in splits.items()
     }
     record = {
