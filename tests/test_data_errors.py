@@ -103,3 +103,13 @@ def test_data_build_missing_relative_input(
     assert main(["data", "build", "generic", "--input", "data/nofile", "--out", "o.jsonl"]) == 2
     assert "input data/nofile: no such file" in _error_line(capsys, "data build")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_training_says_what_min_pairs_dropped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """trl_standard.jsonl: alice has 2 pairs, bob 3; data.min_pairs=3 drops alice, and the command says so
+    on stderr before it goes on (here to refuse bob's 3 pairs as too few for an episode)."""
+    fixture = Path(__file__).parent / "fixtures" / "trl_standard.jsonl"
+    argv = ["train-reward", "--data", str(fixture), "--embedder", "minilm", "--out", str(tmp_path / "r")]
+    main([*argv, "data.min_pairs=3"])
+    err = capsys.readouterr().err
+    assert "trl_standard.jsonl (train): dropped 1 users with fewer than data.min_pairs pairs (2 pairs)" in err

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import yaml
 from safetensors import SafetensorError
+
+if TYPE_CHECKING:
+    from npalign.data.loaders import LoadReport
 
 # What a command may raise for a bad input: reported as one line, exit code 2. AssertionError is not here
 # on purpose (an assert that fires is a bug, and its traceback is what a bug report needs), nor is
@@ -199,3 +204,17 @@ def add_evaluation_flags(
     parser.add_argument("--name", default=None, help=f"model name in results.json (default: {name_default})")
     add_row_filters(parser)
     parser.add_argument("--cache", default=None, help="embedding cache directory")
+
+
+def report_drops(reports: dict[str, LoadReport]) -> None:
+    """Say on stderr what loading dropped from each file (ties, users under data.min_pairs): never silently."""
+    for name, report in reports.items():
+        where = f"{report.source} ({name})"
+        if any(report.ties_dropped.values()):
+            print(f"{where}: dropped ties per label {report.ties_dropped}", file=sys.stderr)
+        if report.users_dropped_min_pairs:
+            print(
+                f"{where}: dropped {report.users_dropped_min_pairs} users with fewer than data.min_pairs pairs "
+                f"({report.pairs_dropped_min_pairs} pairs)",
+                file=sys.stderr,
+            )

@@ -19,6 +19,7 @@ from npalign.cli.common import (
     add_evaluation_flags,
     add_training_flags,
     parse_contexts,
+    report_drops,
     report_training,
     training_overrides,
 )
@@ -39,7 +40,8 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
     from npalign.training.loop import is_main_process, load_run_data
 
     cfg = load_config(PolicyTrainConfig, args.config, training_overrides(args))
-    train, val, _ = load_run_data(cfg.data)
+    train, val, reports = load_run_data(cfg.data)
+    report_drops(reports)
     result = train_policy(cfg, train, val, args.out, resume=args.resume)
     if is_main_process():  # under accelerate launch the main process reports the run
         best = result.best_val_accuracy if result.best_val_accuracy > -1 else None

@@ -19,6 +19,7 @@ from npalign.cli.common import (
     add_training_flags,
     describe,
     parse_contexts,
+    report_drops,
     report_training,
     training_overrides,
     user_error,
@@ -95,8 +96,7 @@ def _load(path: str, split: str | None, labels: list[str] | None):  # noqa: ANN2
     from npalign.data.loaders import load_preferences
 
     data, report = load_preferences(path, split=split, labels=labels)
-    if any(report.ties_dropped.values()):
-        print(f"{path}: dropped ties per label {report.ties_dropped}", file=sys.stderr)
+    report_drops({split or "all rows": report})
     return data
 
 
@@ -122,15 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(RewardTrainConfig, args.config, training_overrides(args, **{"model.kind": args.model}))
     train, val, reports = load_run_data(cfg.data)
-    for name, report in reports.items():
-        if any(report.ties_dropped.values()):
-            print(f"{report.source} ({name}): dropped ties per label {report.ties_dropped}", file=sys.stderr)
-        if report.users_dropped_min_pairs:
-            print(
-                f"{report.source} ({name}): dropped {report.users_dropped_min_pairs} users with fewer than "
-                f"data.min_pairs={cfg.data.min_pairs} pairs ({report.pairs_dropped_min_pairs} pairs)",
-                file=sys.stderr,
-            )
+    report_drops(reports)
     train = _features(train, cfg.embedder.name, cfg.embedder.cache)
     val = None if val is None else _features(val, cfg.embedder.name, cfg.embedder.cache)
     result = train_reward_model(cfg, train, val, args.out, resume=args.resume)
