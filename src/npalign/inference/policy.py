@@ -36,18 +36,13 @@ ContextTriple = tuple[str, str, str]
 
 
 def _run_directory(path: Path) -> tuple[Path, Path]:
-    """(run directory, policy folder) for a run directory or a policy folder inside one."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist; pass the --out directory of `npalign train-dpo`.")
-    if (path / RUN_FILE).is_file():
-        return path, path / POLICY_DIR
-    for parent in (path.parent, path.parent.parent):  # run/policy or run/checkpoint/policy
-        if (parent / RUN_FILE).is_file():
-            return parent, path
-    raise FileNotFoundError(
-        f"{path} is not an NP-DPO run directory (no {RUN_FILE} in it or above it); pass the --out folder of "
-        "`npalign train-dpo`."
-    )
+    """(run directory, policy folder) for a run directory or a policy folder inside one
+    (run/policy, run/checkpoint/policy)."""
+    for run_dir in (path, path.parent, path.parent.parent):
+        if (run_dir / RUN_FILE).is_file():
+            return run_dir, run_dir / POLICY_DIR if run_dir == path else path
+    read_run(path, "policy")  # no run.json here: raises the run-directory error that fits (missing, 0.1, none)
+    raise AssertionError(f"read_run accepted {path} without a {RUN_FILE}")
 
 
 class PolicyRunner:
