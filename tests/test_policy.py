@@ -400,3 +400,24 @@ def test_bf16_base_with_float32_trainable_parts(
     logps.sum().backward()
     film_grad = policy.film.gamma["0"].weight.grad
     assert film_grad is not None and film_grad.dtype == torch.float32 and film_grad.abs().sum() > 0
+
+
+def test_lora_layers_adapt_only_those_blocks_and_survive_save_and_load(
+    tiny_gpt2: PreTrainedModel, pair_batch: dict[str, Tensor], tmp_path: Path
+) -> None:
+    fresh_base = copy.deepcopy(tiny_gpt2)
+    policy = make_policy(tiny_gpt2, film_layers=[1], lora_layers=[1]).eval()
+    targets = policy.config["lora"]["target_modules"]
+    assert targets == ["transformer.h.1.attn.c_attn"]  # explicit names: peft matches them exactly
+    assert policy._lora_names and all(".h.1." in name for name in policy._lora_names)
+    perturb_trainable(policy)
+    policy.save_pretrained(tmp_path / "policy")
+    loaded = ConditionalPolicy.from_pretrained(tmp_path / "policy", base_model=fresh_base)
+    args = (pair_batch["input_ids"], pair_batch["attention_mask"], pair_batch["completion_mask"])
+    with torch.no_grad():
+        z = policy.encode_context(*contexts(users=8))
+        torch.testing.assert_close(
+            loaded.sequence_logprobs(*args, z), policy.sequence_logprobs(*args, z), rtol=0, atol=0
+        )
+    with pytest.raises(ValueError, match=r"lora_layers \[7\] are outside the model's 2 decoder blocks"):
+        make_policy(copy.deepcopy(fresh_base), lora_layers=[7])

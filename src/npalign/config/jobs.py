@@ -127,6 +127,8 @@ class PolicyModelConfig:
         film_layers: decoder blocks to modulate; null means every block.
         lora_r / lora_alpha / lora_dropout: peft LoRA settings.
         lora_target_modules: module names to adapt; null means the architecture's q/v projections.
+        lora_layers: decoder blocks whose target modules get LoRA; null means every block (with
+            film_layers, the last few blocks keep the backward pass short on a CPU).
         gradient_checkpointing: recompute decoder blocks in backward (less memory, ~1/3 more compute).
         bf16: keep the frozen base in bfloat16; LoRA, FiLM and the encoder stay float32.
     """
@@ -141,6 +143,7 @@ class PolicyModelConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_target_modules: list[str] | None = None
+    lora_layers: list[int] | None = None
     gradient_checkpointing: bool = False
     bf16: bool = False
 

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from npalign.embedding.style_stats import STYLE_STATISTICS, STYLE_SUFFIX
+
 logger = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "last"]
@@ -118,6 +120,8 @@ class Embedder(ABC):
         on_too_long: "truncate" (count and warn) or "error".
         truncated_count: texts truncated since this embedder was built (the first truncation logs a
             warning, later ones an info line with the running count).
+        style: append the response's style statistics to its features (`style_stats`; set by
+            `build_embedder` for names ending in "+style"). The vectors, and so the cache, are unchanged.
     """
 
     kind: str = ""
@@ -158,9 +162,20 @@ class Embedder(ABC):
         self.dim = int(model.config.hidden_size)
         self.revision = f"{model_revision}|{format_tag}|max_length={self.max_length}|{FORMAT_VERSION}"
         self.truncated_count = 0
+        self.style = False
+
+    @property
+    def feature_name(self) -> str:
+        """The name runs record and `build_embedder` takes back: `name`, plus "+style" with style statistics."""
+        return self.name + (STYLE_SUFFIX if self.style else "")
+
+    @property
+    def feature_dim(self) -> int:
+        """D of the features (`features.to_item_features`): `dim`, plus the style statistics if any."""
+        return self.dim + (len(STYLE_STATISTICS) if self.style else 0)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, max_length={self.max_length})"
+        return f"{type(self).__name__}(name={self.feature_name!r}, dim={self.feature_dim}, max_length={self.max_length})"
 
     def _min_length(self) -> int:
         return 2

@@ -37,6 +37,7 @@ from npalign.embedding.hub import (
     model_revision,
     resolve_model,
 )
+from npalign.embedding.style_stats import split_style_suffix
 
 __all__ = [
     "EMBEDDER_NAMES",
@@ -73,7 +74,8 @@ def build_embedder(
     dtype: torch.dtype = torch.float32,
 ) -> Embedder:
     """An embedder by name (`EMBEDDER_NAMES`: "minilm", "smollm2" (last token), "smollm2-mean",
-    "smollm2-mean64"), or a model folder / hub id.
+    "smollm2-mean64"), or a model folder / hub id; any of them with the suffix "+style" (e.g.
+    "minilm+style") also appends the response's style statistics to its features (`style_stats`).
 
     For folders and hub ids, the config's `architectures` picks the kind (…ForCausalLM -> causal LM,
     anything else -> encoder); `pooling` picks "last" (default) or "mean" for causal LMs and appends
@@ -88,6 +90,18 @@ def build_embedder(
         pooling: for causal LMs given by path or hub id; named defaults fix their own.
         dtype: model weights dtype; vectors are float32 either way.
     """
+    base_name, style = split_style_suffix(name)
+    if style:
+        embedder = build_embedder(
+            base_name,
+            device=device,
+            max_length=max_length,
+            on_too_long=on_too_long,
+            pooling=pooling,
+            dtype=dtype,
+        )
+        embedder.style = True
+        return embedder
     if on_too_long not in ("truncate", "error"):
         raise ValueError(f"on_too_long={on_too_long!r}; use 'truncate' or 'error'.")
     if pooling not in (None, "last", "mean"):

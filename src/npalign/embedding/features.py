@@ -13,22 +13,26 @@ L2-normalise (minilm's coordinates are ~0.05), and at that scale NP-BTL's z path
 products of small first-layer activations, never leaves its saddle: on DSP with minilm it used no context
 after 2,000 steps, and learnt to within 200 once the inputs were rescaled. Unit-RMS inputs are what the
 models' default initialisation expects, the NP-DPO context encoder's included. Both jobs read them
-through `embed_preferences`; the cache keeps raw vectors.
+through `embed_preferences`; the cache keeps raw vectors. An embedder named "<name>+style" appends four
+style statistics of the response (length, sentences, list lines; `style_stats`) to those features.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from npalign.embedding.cache import EmbeddingCache, StorageDtype
 from npalign.embedding.embedders import Embedder, build_embedder
 from npalign.embedding.hub import cache_root
+from npalign.embedding.style_stats import style_statistics
 from npalign.types import PreferenceSet
 
 logger = logging.getLogger(__name__)
@@ -92,8 +96,18 @@ def to_features(vectors: Tensor) -> Tensor:
     return vectors.float() * (vectors.shape[-1] ** 0.5) / norms
 
 
+def to_item_features(embedder: Embedder, responses: Sequence[str], vectors: Tensor) -> Tensor:
+    """The features of N items from their embedder vectors: `to_features(vectors)`, (N, D), followed by the
+    responses' style statistics (N, 4) when the embedder has them (names ending in "+style", `style_stats`)."""
+    features = to_features(vectors)
+    if not embedder.style:
+        return features
+    return torch.cat([features, style_statistics(responses)], dim=-1)
+
+
 def resolve_embedder(embedder: str | Embedder) -> Embedder:
-    """An `Embedder` from a name ("minilm", "smollm2", "smollm2-mean", "smollm2-mean64", a model folder) or as is."""
+    """An `Embedder` from a name ("minilm", "smollm2", "smollm2-mean", "smollm2-mean64", a model folder, any of
+    them + "+style") or as is."""
     if isinstance(embedder, Embedder):
         return embedder
     if not isinstance(embedder, str) or not embedder.strip():
@@ -125,7 +139,7 @@ def embed_texts(
             opening it with the other raises, so keep float16 caches under their own `cache_dir`.
         batch_size: items per forward pass.
     Returns:
-        (N, D) float32 features (`to_features` of the vectors) in the order of the inputs, and the report.
+        (N, D) float32 features (`to_item_features` of the vectors) in the order of the inputs, and the report.
     Raises:
         ValueError: a bad text (empty, not UTF-8; naming its index), or a cache folder made by another
             embedder, revision or dtype.
@@ -167,7 +181,7 @@ def embed_texts(
         report.max_length,
         report.seconds,
     )
-    return to_features(vectors), report
+    return to_item_features(model, responses, vectors), report
 
 
 def embed_preferences(

@@ -6,26 +6,13 @@ A judge here is a pure function of the answer text (and its token count), so any
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from npalign.data.sources.style import USER_TYPES, num_tokens, user_preferences
+from npalign.embedding.style_stats import list_line_share, list_lines
 
 __all__ = ["has_list", "list_line_share", "list_lines", "match_table", "matches_user", "num_tokens"]
-
-_LIST_LINE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S")
-
-
-def list_lines(text: str) -> int:
-    """Lines that start with a list marker ("- ", "* ", "• ", "1. ", "1) ") followed by text."""
-    return sum(bool(_LIST_LINE.match(line)) for line in text.splitlines())
-
-
-def list_line_share(text: str) -> float:
-    """List lines / non-empty lines; 0.0 for an empty text."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return list_lines(text) / len(lines) if lines else 0.0
 
 
 def has_list(text: str, min_lines: int = 2) -> bool:

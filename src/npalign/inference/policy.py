@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
 from npalign.embedding.embedders import Embedder, build_embedder
-from npalign.embedding.features import FEATURE_CONVENTION, to_features
+from npalign.embedding.features import FEATURE_CONVENTION, to_item_features
 from npalign.models.bases import load_base
 from npalign.models.film import sequence_latents
 from npalign.models.policy import ConditionalPolicy
@@ -41,7 +41,9 @@ def _run_directory(path: Path) -> tuple[Path, Path]:
     for run_dir in (path, path.parent, path.parent.parent):
         if (run_dir / RUN_FILE).is_file():
             return run_dir, run_dir / POLICY_DIR if run_dir == path else path
-    read_run(path, "policy")  # no run.json here: raises the run-directory error that fits (missing, 0.1, none)
+    read_run(
+        path, "policy"
+    )  # no run.json here: raises the run-directory error that fits (missing, 0.1, none)
     raise AssertionError(f"read_run accepted {path} without a {RUN_FILE}")
 
 
@@ -121,7 +123,7 @@ class PolicyRunner:
 
     @torch.no_grad()
     def context_features(self, context: Sequence[ContextTriple]) -> tuple[Tensor, Tensor]:
-        """Features of a user's context pairs (`to_features` of the frozen embeddings): chosen (C, D) and
+        """Features of a user's context pairs (`to_item_features` of the frozen embeddings): chosen (C, D) and
         rejected (C, D)."""
         for index, triple in enumerate(context):
             if not (isinstance(triple, tuple | list) and len(triple) == 3):
@@ -129,8 +131,13 @@ class PolicyRunner:
                     f"context[{index}] must be a (prompt, chosen, rejected) triple of strings; got {triple!r}."
                 )
         prompts = [str(prompt) for prompt, _, _ in context]
-        chosen = to_features(self.embedder.embed(prompts, [str(c) for _, c, _ in context]))  # (C, D)
-        rejected = to_features(self.embedder.embed(prompts, [str(r) for _, _, r in context]))  # (C, D)
+        chosen_texts, rejected_texts = [str(c) for _, c, _ in context], [str(r) for _, _, r in context]
+        chosen = to_item_features(
+            self.embedder, chosen_texts, self.embedder.embed(prompts, chosen_texts)
+        )  # (C, D)
+        rejected = to_item_features(
+            self.embedder, rejected_texts, self.embedder.embed(prompts, rejected_texts)
+        )
         return chosen, rejected
 
     @torch.no_grad()

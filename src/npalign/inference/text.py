@@ -21,7 +21,7 @@ from torch import Tensor
 
 from npalign.embedding.cache import StorageDtype
 from npalign.embedding.embedders import Embedder, build_embedder
-from npalign.embedding.features import embed_texts, to_features
+from npalign.embedding.features import embed_texts, to_item_features
 from npalign.inference.api import RewardPredictor
 from npalign.inference.elicit import QueryChoice
 from npalign.types import UserLatent
@@ -57,9 +57,9 @@ class TextRewardPredictor:
                 "this model was trained on feature vectors (no embedder recorded); use RewardPredictor "
                 "and pass features, not texts."
             )
-        if embedder is not None and embedder.dim != predictor.embed_dim:
+        if embedder is not None and embedder.feature_dim != predictor.embed_dim:
             raise ValueError(
-                f"embedder {embedder.name!r} gives {embedder.dim}-d vectors but the model expects "
+                f"embedder {embedder.feature_name!r} gives {embedder.feature_dim}-d features but the model expects "
                 f"{predictor.embed_dim}-d ones from {predictor.embedder!r}."
             )
         self.features = predictor
@@ -106,16 +106,16 @@ class TextRewardPredictor:
         """The embedder, built from the recorded name on first use."""
         if self._embedder is None:
             embedder = build_embedder(self.embedder_name)
-            if embedder.dim != self.embed_dim:
+            if embedder.feature_dim != self.embed_dim:
                 raise ValueError(
-                    f"embedder {self.embedder_name!r} now gives {embedder.dim}-d vectors but the model was "
+                    f"embedder {self.embedder_name!r} now gives {embedder.feature_dim}-d features but the model was "
                     f"trained on {self.embed_dim}-d ones; the embedder's model changed since training."
                 )
             self._embedder = embedder
         return self._embedder
 
     def embed(self, prompts: Sequence[str], responses: Sequence[str], what: str = "responses") -> Tensor:
-        """Features of N (prompt, response) items, as training saw them (`embedding.to_features`): (N, D).
+        """Features of N (prompt, response) items, as training saw them (`embedding.to_item_features`): (N, D).
 
         Args:
             prompts: N prompts, or one prompt (a str) shared by every response.
@@ -131,7 +131,8 @@ class TextRewardPredictor:
                 "(or a single str for all)."
             )
         if self.cache_dir is None:
-            return to_features(self.embedder.embed(prompt_list, list(responses), batch_size=self.batch_size))
+            vectors = self.embedder.embed(prompt_list, list(responses), batch_size=self.batch_size)
+            return to_item_features(self.embedder, list(responses), vectors)
         features, _ = embed_texts(
             prompt_list,
             list(responses),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import warnings
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from npalign.embedding import hub
+from npalign.models.film import decoder_blocks
 from npalign.models.random_bases import RANDOM_BASE_SEED, RANDOM_BASES, build_random_base, weights_digest
 
 
@@ -41,6 +43,33 @@ _FALLBACK_LORA_TARGETS = ["q_proj", "v_proj"]
 def default_lora_targets(model_type: str) -> list[str]:
     """The q/v projection module names of an architecture (GPT-2 fuses them in `c_attn`)."""
     return list(_DEFAULT_LORA_TARGETS.get(model_type, _FALLBACK_LORA_TARGETS))
+
+
+def layer_lora_targets(base_model: nn.Module, targets: list[str], layers: list[int]) -> list[str]:
+    """The full names of the modules called `targets` (e.g. q_proj) inside the decoder blocks `layers`.
+
+    Explicit names keep LoRA, and so its backward pass, to those blocks; peft matches them exactly, and
+    the policy's record holds them, so loading needs nothing more.
+
+    Raises:
+        ValueError: a layer index outside the model's blocks, or no such module in those blocks.
+    """
+    blocks = decoder_blocks(base_model)
+    bad = [i for i in layers if not 0 <= i < len(blocks)]
+    if bad:
+        raise ValueError(
+            f"lora_layers {bad} are outside the model's {len(blocks)} decoder blocks (0..{len(blocks) - 1})."
+        )
+    block_names = {id(module): name for name, module in base_model.named_modules()}
+    names = []
+    for index in sorted(set(layers)):
+        prefix = block_names[id(blocks[index])]
+        names += [
+            f"{prefix}.{name}" for name, _ in blocks[index].named_modules() if name.split(".")[-1] in targets
+        ]
+    if not names:
+        raise ValueError(f"LoRA found no modules named {targets} in decoder blocks {sorted(set(layers))}.")
+    return names
 
 
 def inject_lora(

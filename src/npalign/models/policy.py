@@ -21,7 +21,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from npalign.models.bases import default_lora_targets, inject_lora
+from npalign.models.bases import default_lora_targets, inject_lora, layer_lora_targets
 from npalign.models.bases import load_base as load_base  # re-exported: training/dpo.py imports it from here
 from npalign.models.encoder import ContextEncoder
 from npalign.models.film import FiLM, attach_film, sequence_latents
@@ -64,6 +64,8 @@ class ConditionalPolicy(nn.Module):
         film_layers: decoder blocks to modulate; None means all.
         lora_r / lora_alpha / lora_dropout: peft LoRA settings (release: 128 / 256 / 0.1).
         lora_target_modules: module names to adapt; None means the q/v projections of the architecture.
+        lora_layers: decoder blocks whose target modules get LoRA; None means every block. Blocks below
+            the lowest LoRA and FiLM block then need no backward pass.
         gradient_checkpointing: recompute blocks in backward (non-reentrant; FiLM keeps working).
         bf16: cast the frozen base to bfloat16; LoRA, FiLM and encoder stay float32.
     """
@@ -85,6 +87,7 @@ class ConditionalPolicy(nn.Module):
         lora_alpha: int = 256,
         lora_dropout: float = 0.1,
         lora_target_modules: list[str] | None = None,
+        lora_layers: list[int] | None = None,
         gradient_checkpointing: bool = False,
         bf16: bool = False,
     ) -> None:
@@ -95,6 +98,8 @@ class ConditionalPolicy(nn.Module):
         targets = (
             default_lora_targets(model_type) if lora_target_modules is None else list(lora_target_modules)
         )
+        if lora_layers is not None:
+            targets = layer_lora_targets(base_model, targets, lora_layers)
         base_model.requires_grad_(False)
         if bf16:
             base_model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers wraps `to` opaquely

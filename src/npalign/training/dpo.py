@@ -117,6 +117,7 @@ def build_policy(
         lora_alpha=model.lora_alpha,
         lora_dropout=model.lora_dropout,
         lora_target_modules=model.lora_target_modules,
+        lora_layers=model.lora_layers,
         film_layers=model.film_layers,
         embedder_name=cfg.embedder.name if cfg.conditional else "",
         base_model_id=model.base,
@@ -144,13 +145,13 @@ def _embed_splits(
         for name, data in splits.items()
     }
     record = {
-        "name": embedder.name,
+        "name": embedder.feature_name,
         "revision": embedder.revision,
         "dim": embedder.dim,
         "max_length": cfg.embedder.max_length,
         "features": FEATURE_CONVENTION,
     }
-    return embedded, record, embedder.dim
+    return embedded, record, embedder.feature_dim
 
 
 def policy_run_record(
