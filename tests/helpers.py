@@ -8,6 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
 
 def kill_once_checkpointed(
     command: list[str],
@@ -51,3 +54,10 @@ def synth_command(out: str | Path, pairs: int, users: int, *extra: str) -> list[
         str(out),
         *extra,
     ]
+
+
+def counting_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per word or punctuation mark (everything is <unk>): counts are easy to check by hand."""
+    backend = Tokenizer(models.WordLevel(vocab={"<unk>": 0}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>")

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from helpers import counting_tokenizer
 from npalign.cli.data_cmd import register
 from npalign.data.sources import (
+    DSP_DOMAINS,
     SPLIT_NAMES,
     BuildReport,
     build_dataset,
@@ -253,32 +255,50 @@ def test_generic_without_type_column_writes_empty_type(tmp_path: Path) -> None:
 def test_dsp_fixture_domain_and_length_users(tmp_path: Path) -> None:
     """3 queries. Domain pairs: 3 x 4 domains x 4 others = 48; query 3 has academy == business, so
     academy>business and business>academy are identical (2 dropped) -> 46: academy 11, business 11,
-    entertainment 12, literature 12. Length pairs: 3 x C(5,2) = 30; query 2 entertainment/literature
-    tie in length (57 chars), query 3 academy/business identical -> 28 pairs -> 28 concise + 28
-    detailed rows. Total 46 + 56 = 102."""
+    entertainment 12, literature 12. The length users compare each domain response with its own first
+    sentences; the fixture's responses are one sentence each, so all 12 give one length only."""
     report, rows = build("dsp", tmp_path, FIXTURES / "dsp_small.json", length_users=True)
     assert report.rows_read == 3
-    assert report.pairs_per_user_type == by_label(DSP_USERS, 11, 11, 28, 28, 12, 12)
+    assert report.pairs_per_user_type == by_label(DSP_USERS[:2] + DSP_USERS[4:], 11, 11, 12, 12)
     assert report.dropped == {
-        "pairs_identical_responses": 2, "length_pairs_tied": 1, "length_pairs_identical_responses": 1,
+        "pairs_identical_responses": 2, "length_responses_too_short_for_two_lengths": 12,
     }  # fmt: skip
-    assert report.total_written == 102
-    for row in rows:
-        if row["user_type"] == "concise":
-            assert len(row["chosen"]) < len(row["rejected"])
-        if row["user_type"] == "detailed":
-            assert len(row["chosen"]) > len(row["rejected"])
-        assert row["user_id"] == row["user_type"]
+    assert report.total_written == 46
     assert_prompt_level_splits(rows)
+
+
+def test_dsp_length_users_compare_a_response_with_itself_under_the_cap(tmp_path: Path) -> None:
+    """Each domain response, short against long: the short side's sentences start the long side, both
+    fit the cap with the end token (one token per word here), and `normal` is never used."""
+    sentences = [f"Point {word} matters." for word in ("one", "two", "three", "four", "five", "six", "seven")]
+    queries = [
+        {"query": f"Question {q}?", "responses": {
+            **{d: f"{d.title()} says: " + " ".join(sentences[: 3 + (q + i) % 4]) for i, d in enumerate(DSP_DOMAINS)},
+            "normal": "A normal answer. It is short."}}
+        for q in range(3)
+    ]  # fmt: skip
+    source = tmp_path / "dsp.json"
+    source.write_text(json.dumps(queries))
+    tokenizer = counting_tokenizer()
+    report, rows = build("dsp", tmp_path, source, length_users=True, include_normal=False,
+                         short_tokens=9, cap=14, tokenizer=tokenizer)  # fmt: skip
+    length_rows = [row for row in rows if row["user_type"] in ("concise", "detailed")]
+    # "Academy says: Point one matters." is 7 tokens, each later sentence 4: the short side is the first
+    # sentence (7 + 1 <= 9), the long side the first two (11 + 1 <= 14), cut there from 3-6 sentences.
+    assert report.dropped == {} and len(length_rows) == 2 * 12
+    assert all(row["chosen" if row["user_type"] == "detailed" else "rejected"].count(".") == 2 for row in length_rows)
+    for row in length_rows:
+        short, long = (row["chosen"], row["rejected"]) if row["user_type"] == "concise" else (row["rejected"], row["chosen"])
+        assert long.startswith(short) and len(long) > len(short)
+        assert "normal" not in short.lower() and len(tokenizer(long)["input_ids"]) + 1 <= 14
+    assert report.options["tokenizer"] and isinstance(report.options["tokenizer"], str)
 
 
 def test_dsp_fixture_without_normal(tmp_path: Path) -> None:
     """Without `normal`: domain pairs 3 x 4 x 3 = 36 - 2 identical = 34 (academy 8, business 8,
-    entertainment 9, literature 9); length pairs 3 x C(4,2) = 18 - 1 tie - 1 identical = 16 -> 32 rows."""
-    report, rows = build(
-        "dsp", tmp_path, FIXTURES / "dsp_small.json", include_normal=False, length_users=True
-    )
-    assert report.pairs_per_user_type == by_label(DSP_USERS, 8, 8, 16, 16, 9, 9)
+    entertainment 9, literature 9), and no row holds a `normal` text."""
+    report, rows = build("dsp", tmp_path, FIXTURES / "dsp_small.json", include_normal=False)
+    assert report.pairs_per_user_type == by_label(DSP_USERS[:2] + DSP_USERS[4:], 8, 8, 9, 9)
     normal_texts = {q["responses"]["normal"] for q in json.loads((FIXTURES / "dsp_small.json").read_text())}
     assert not any(row["chosen"] in normal_texts or row["rejected"] in normal_texts for row in rows)
 
@@ -365,8 +385,8 @@ def test_outputs_load_with_npalign_loader(tmp_path: Path) -> None:
     dsp = tmp_path / "dsp.jsonl"
     report = build_dataset("dsp", input=str(FIXTURES / "dsp_small.json"), out=dsp, length_users=True)
     data, _ = loaders.load_preferences(dsp)
-    assert data.num_pairs == report.total_written == 102
-    assert data.num_users == 6
+    assert data.num_pairs == report.total_written == 46
+    assert data.num_users == 4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -469,10 +489,13 @@ def test_cli_data_build_prints_report(tmp_path: Path, capsys: pytest.CaptureFixt
     )
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["total_written"] == 66  # 34 domain pairs + 2 x 16 length pairs (see test above)
-    assert report["options"] == {"include_normal": False, "length_users": True, "keep_identical": False}
+    assert report["total_written"] == 34  # 34 domain pairs; no length pairs from one-sentence answers
+    assert report["options"] == {
+        "include_normal": False, "length_users": True, "keep_identical": False,
+        "short_tokens": 48, "cap": 128, "min_ratio": 1.5, "tokenizer": "smollm2",
+    }  # fmt: skip
     assert report["split_fractions"] == [0.5, 0.25, 0.25]
-    assert len(read_rows(out)) == 66
+    assert len(read_rows(out)) == 34
 
 
 def test_cli_column_mapping_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,22 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
+from helpers import counting_tokenizer
 from npalign.cli.main import main
 from npalign.data.sources import build_dataset
 from npalign.data.sources.style import USER_TYPES
 from npalign.evaluation.style import has_list, list_line_share, match_table, matches_user, num_tokens
 
 CAP, SHORT = 24, 14
-
-
-def _counting_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per word or punctuation mark (everything is <unk>): counts are easy to check by hand."""
-    backend = Tokenizer(models.WordLevel(vocab={"<unk>": 0}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>")
 
 
 SENTENCES = [f"Cats nap {word}." for word in ("one", "two", "three", "four", "five", "six")]
@@ -44,7 +36,7 @@ def _build(
     source.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
     out = tmp_path / name
     options = {
-        "tokenizer": _counting_tokenizer(),
+        "tokenizer": counting_tokenizer(),
         "short_tokens": SHORT,
         "cap": CAP,
         "users_per_type": 2,
@@ -61,7 +53,7 @@ def _units(text: str) -> list[str]:
 
 def test_pairs_differ_on_one_axis_and_fit_the_cap_with_the_end_token(tmp_path: Path) -> None:
     report, rows = _build(tmp_path)
-    tokenizer = _counting_tokenizer()
+    tokenizer = counting_tokenizer()
     assert report.counts["response_cap_tokens"] == CAP and report.counts["short_tokens"] == SHORT
     assert report.dropped["responses_too_short_for_two_lengths"] == 1
     assert report.counts["responses_cut_at_cap"] > 0  # six 5-token list lines do not fit 24
@@ -89,8 +81,8 @@ def test_users_prefer_their_side_and_opposed_users_disagree_on_every_shared_pair
     for row in rows:
         by_type.setdefault(row["user_type"], set()).add((row["prompt"], row["chosen"], row["rejected"]))
         tokens = (
-            num_tokens(row["chosen"], _counting_tokenizer()),
-            num_tokens(row["rejected"], _counting_tokenizer()),
+            num_tokens(row["chosen"], counting_tokenizer()),
+            num_tokens(row["rejected"], counting_tokenizer()),
         )
         for part in row["user_type"].split("+"):
             if part == "concise" and row["chosen"].startswith("- ") == row["rejected"].startswith("- "):
@@ -109,7 +101,7 @@ def test_users_prefer_their_side_and_opposed_users_disagree_on_every_shared_pair
         assert not by_type[first] & by_type[second]
     # a combined user's chosen side always shows both of its preferences
     for _, chosen, _ in by_type["concise+list"]:
-        assert chosen.startswith("- ") and num_tokens(chosen, _counting_tokenizer()) + 1 <= SHORT
+        assert chosen.startswith("- ") and num_tokens(chosen, counting_tokenizer()) + 1 <= SHORT
 
 
 def test_build_is_deterministic_splits_by_prompt_and_deals_disjoint_prompts_to_users(tmp_path: Path) -> None:
@@ -136,7 +128,7 @@ def test_bad_options_name_the_option(tmp_path: Path) -> None:
 
 
 def test_cli_builds_style_with_a_tokenizer_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _counting_tokenizer().save_pretrained(tmp_path / "tok")
+    counting_tokenizer().save_pretrained(tmp_path / "tok")
     (tmp_path / "tok" / "config.json").write_text("{}")  # load_tokenizer takes a save_pretrained folder
     source = tmp_path / "source.jsonl"
     source.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
@@ -150,7 +142,7 @@ def test_cli_builds_style_with_a_tokenizer_folder(tmp_path: Path, capsys: pytest
 
 
 def test_judges_on_hand_written_answers() -> None:
-    tokenizer = _counting_tokenizer()
+    tokenizer = counting_tokenizer()
     listed = "Here you go:\n- Cats sleep.\n- Dogs bark.\n\n1. Birds sing."
     prose = "Cats sleep. Dogs bark - loudly - at night."
     one_line = "- Cats sleep a lot."
