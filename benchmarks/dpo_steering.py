@@ -16,7 +16,7 @@ Steps (each cached in --work, so a rerun resumes):
 6. accuracy implicit-reward accuracy on unseen test pairs against m per user type (no type may fall).
 
     python benchmarks/dpo_steering.py --quick --out out/dpo_steering_quick.json   # end to end, minutes
-    python benchmarks/dpo_steering.py --bf16 --generation-batch 136 --baseline-steps 300 \
+    python benchmarks/dpo_steering.py --bf16 --generation-batch 136 \
         --out out/dpo_steering/steering.json                                     # the measurement (a GPU)
     python benchmarks/dpo_steering.py --render benchmarks/results/dpo_h100/steering.json   # its tables again
 
@@ -221,7 +221,7 @@ def main() -> None:
         "--baseline-steps",
         type=int,
         default=None,
-        help="train the unconditional baseline for this many steps instead of --steps (a shorter budget)",
+        help="train the unconditional baseline for this many steps (default: --steps, the fair comparison)",
     )
     parser.add_argument("--queries", type=int, default=None, help="held-out queries (default: settings)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: settings (128; quick 32)")
@@ -293,16 +293,23 @@ def main() -> None:
     np_dpo = load_policy(runs["conditional"], device=DEVICE)
     baseline = load_policy(runs["unconditional"], device=DEVICE)
     users = [*DSP_DOMAINS, *LENGTH_USERS]
-    z = {
-        user: np_dpo.infer_z(user_context(train_data, user, settings.context_size, seed=0)) for user in users
+    # Every user answers from `contexts_per_user` contexts (seeds 0, 1, ...): answers[user] is seed 0's,
+    # answers[f"{user}@{seed}"] the others', so that the spread over the contexts drawn is reported.
+    seeds = range(1 if quick else settings.contexts_per_user)
+    z_by_seed = {
+        (user, seed): np_dpo.infer_z(user_context(train_data, user, settings.context_size, seed=seed))
+        for user in users
+        for seed in seeds
     }
+    z = {user: z_by_seed[(user, 0)] for user in users}
 
     answers: dict[str, list[str]] = {}
     generation_seconds: list[float] = []
-    for user in users:
-        answers[user], seconds = generate_all(np_dpo, queries, z[user], args)
+    for (user, seed), user_z in z_by_seed.items():
+        key = user if seed == 0 else f"{user}@{seed}"
+        answers[key], seconds = generate_all(np_dpo, queries, user_z, args)
         generation_seconds.append(seconds)
-        log(f"generated for {user}: {seconds:.1f} s")
+        log(f"generated for {key}: {seconds:.1f} s")
     answers["baseline"], seconds = generate_all(baseline, queries, None, args)
     generation_seconds.append(seconds)
     per_answer = sum(generation_seconds) / (len(generation_seconds) * len(queries))
@@ -316,7 +323,15 @@ def main() -> None:
             for other in DSP_DOMAINS
             if other != domain
         }
+        by_context = []
+        for seed in seeds:
+            tag = "" if seed == 0 else f"@{seed}"
+            own_c = judge_scores(judges, domain, queries, answers[domain + tag])
+            rates = [win_rate(own_c, judge_scores(judges, domain, queries, answers[o + tag]))
+                     for o in DSP_DOMAINS if o != domain]  # fmt: skip
+            by_context.append(sum(rates) / len(rates))
         steering[domain] = {
+            "win_rate_vs_other_users_by_context": by_context,
             "judge_heldout_accuracy": judges[domain]["heldout_accuracy"],
             "win_rate_vs_other_users": others,
             "win_rate_vs_other_users_mean": sum(others.values()) / len(others),
@@ -331,6 +346,10 @@ def main() -> None:
     tokens = answer_tokens(np_dpo.tokenizer, answers)
     length: dict[str, Any] = {user: float(statistics.median(tokens[user])) for user in LENGTH_USERS}
     length["concise_shorter_percent"] = 100 * (1 - length["concise"] / max(length["detailed"], 1e-9))
+    length["by_context"] = {
+        user: [float(statistics.median(tokens[user if seed == 0 else f"{user}@{seed}"])) for seed in seeds]
+        for user in LENGTH_USERS
+    }
     length["interpolation"] = {
         str(t): float(statistics.median(tokens[f"concise_to_detailed_t{t}"])) for t in settings.interpolation
     }
@@ -410,6 +429,7 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens,
             "max_response_length": args.max_response_length,
             "context_size": settings.context_size,
+            "contexts_per_user": len(seeds),
             "judge_embedder": args.judge_embedder,
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
