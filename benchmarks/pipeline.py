@@ -191,6 +191,7 @@ class DPOSteeringSettings(Settings):
     policy_config: str
     splits: list[float]
     context_size: int
+    contexts_per_user: int
     interpolation: list[float]
     max_response_length: int
     eval_seed: int
@@ -293,11 +294,77 @@ class PoolingSettings(Settings):
         return load_settings(self.identify, IdentifySettings)
 
 
+@dataclass
+class DPOStyleRunSettings:
+    """The sizes of one dpo_style.py run (full or --quick)."""
+
+    steps: int                 # training steps of NP-DPO and of the baseline
+    prompts: int               # held-out prompts answered greedily
+    sampled_prompts: int       # of those, answered by sampling too
+    interpolation_prompts: int
+    contexts_per_user: int
+    max_new_tokens: int
+    eval_episodes: int         # implicit-reward accuracy episodes per m
+    eval_contexts: list[int]
+
+
+@dataclass
+class DPOStyleSettings(Settings):
+    """dpo_style.yaml: the style data, the recipe, who answers, the judges' thresholds, and both budgets."""
+
+    policy_config: str
+    build: dict[str, Any]      # `build_dataset("style", ...)` options: splits, cap, short_tokens, ...
+    users: list[str]           # the user types that answer (each prefers a value on both axes)
+    context_size: int
+    paths: list[list[str]]     # interpolation paths, [from, to]
+    interpolation: list[float]
+    sampling: dict[str, float]  # temperature, top_p
+    generation_batch: int
+    seed: int
+    full: DPOStyleRunSettings
+    quick: DPOStyleRunSettings
+    quick_overrides: list[str]
+
+    @classmethod
+    def prepare(cls, raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+        if isinstance(raw.get("policy_config"), str):
+            raw = {**raw, "policy_config": str((folder / raw["policy_config"]).resolve())}
+        return raw
+
+    def __post_init__(self) -> None:
+        check_overrides(PolicyTrainConfig, self.quick_overrides, "quick_overrides", self.policy_config)
+
+
+@dataclass
+class StyleContextSettings(Settings):
+    """style_context.yaml: the style data, the context embedders compared, NP-BTL and the draws."""
+
+    build: dict[str, Any]
+    embedders: list[str]
+    reward_config: str
+    overrides: list[str]
+    context_size: int
+    centroid_contexts: int
+    test_contexts: int
+    seed: int
+
+    @classmethod
+    def prepare(cls, raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+        if isinstance(raw.get("reward_config"), str):
+            raw = {**raw, "reward_config": str((folder / raw["reward_config"]).resolve())}
+        return raw
+
+    def __post_init__(self) -> None:
+        check_overrides(RewardTrainConfig, self.overrides, "overrides", self.reward_config)
+
+
 SCHEMAS: dict[str, type[Settings]] = {
     "dsp": TextBenchmarkSettings,
     "hh_relabeled": TextBenchmarkSettings,
     "synthetic": SyntheticSettings,
     "dpo_steering": DPOSteeringSettings,
+    "dpo_style": DPOStyleSettings,
+    "style_context": StyleContextSettings,
     "dsp_pooling": PoolingSettings,
     "dsp_identify": IdentifySettings,
 }
