@@ -7,7 +7,8 @@ Steps (each cached in --work, so a rerun resumes where it stopped):
              pairs for the same number of steps.
 3. contexts  for each answering user type, `contexts_per_user` contexts of 4 choices on *training* prompts,
              2 per axis (a context with no pair on an axis cannot tell which way the user leans on it).
-4. answers   greedy on the held-out prompts for every (user, context), NP-DPO's m = 0 and the baseline;
+4. answers   greedy on the held-out prompts for every (user, context), NP-DPO's m = 0 and the baseline
+             (NP-DPO's answers and accuracy come before the baseline is trained);
              sampled on the first `sampled_prompts` of them (each user's first context); along
              z = (1 - t) z_from + t z_to on the interpolation paths. Every answer is one row of
              answers.jsonl: {"user", "context_id", "prompt", "answer", "num_tokens", "decoding", "t"}.
@@ -156,16 +157,19 @@ class Answers:
         log(f"{user} {context_id or ''} {decoding} t={t}: {len(prompts)} answers in {seconds:.0f} s")
 
 
-def generate_answers(
+def test_prompts(rows: list[dict[str, Any]], run: DPOStyleRunSettings) -> list[str]:
+    return sorted({r["prompt"] for r in rows if r["split"] == "test"})[: run.prompts]
+
+
+def policy_answers(
     settings: DPOStyleSettings,
     run: DPOStyleRunSettings,
     rows: list[dict[str, Any]],
     policy: PolicyRunner,
-    baseline: PolicyRunner,
     answers: Answers,
 ) -> dict[str, list[list[ContextTriple]]]:
-    test_prompts = sorted({r["prompt"] for r in rows if r["split"] == "test"})[: run.prompts]
-    sampled = test_prompts[: run.sampled_prompts]
+    """NP-DPO's answers: every user and context, m = 0, sampled, the interpolation paths; the contexts."""
+    prompts = test_prompts(rows, run)
     contexts = {
         user: draw_contexts(rows, user, run.contexts_per_user, settings.context_size, settings.seed)
         for user in settings.users
@@ -173,19 +177,25 @@ def generate_answers(
     z = {user: [policy.infer_z(context) for context in user_contexts] for user, user_contexts in contexts.items()}
     for user in settings.users:
         for index, user_z in enumerate(z[user]):
-            answers.add(policy, (user, f"{user}/{index}", "greedy", None), test_prompts, user_z, settings, run)
-    answers.add(policy, ("m=0", None, "greedy", None), test_prompts, None, settings, run)
-    answers.add(baseline, ("baseline", None, "greedy", None), test_prompts, None, settings, run)
+            answers.add(policy, (user, f"{user}/{index}", "greedy", None), prompts, user_z, settings, run)
+    answers.add(policy, ("m=0", None, "greedy", None), prompts, None, settings, run)
     for user in settings.users:
-        answers.add(policy, (user, f"{user}/0", "sampled", None), sampled, z[user][0], settings, run)
-    answers.add(policy, ("m=0", None, "sampled", None), sampled, None, settings, run)
-    answers.add(baseline, ("baseline", None, "sampled", None), sampled, None, settings, run)
-    on_path = test_prompts[: run.interpolation_prompts]
+        answers.add(policy, (user, f"{user}/0", "sampled", None), prompts[: run.sampled_prompts], z[user][0], settings, run)
+    answers.add(policy, ("m=0", None, "sampled", None), prompts[: run.sampled_prompts], None, settings, run)
     for start, end in settings.paths:
         for t in settings.interpolation:
             path_z = policy.interpolate(z[start][0], z[end][0], t)
-            answers.add(policy, (f"{start}->{end}", f"{start}/0->{end}/0", "greedy", t), on_path, path_z, settings, run)
+            key = (f"{start}->{end}", f"{start}/0->{end}/0", "greedy", t)
+            answers.add(policy, key, prompts[: run.interpolation_prompts], path_z, settings, run)
     return contexts
+
+
+def baseline_answers(
+    settings: DPOStyleSettings, run: DPOStyleRunSettings, rows: list[dict[str, Any]], baseline: PolicyRunner, answers: Answers
+) -> None:
+    prompts = test_prompts(rows, run)
+    answers.add(baseline, ("baseline", None, "greedy", None), prompts, None, settings, run)
+    answers.add(baseline, ("baseline", None, "sampled", None), prompts[: run.sampled_prompts], None, settings, run)
 
 
 # ----- 5-6: judges and figures --------------------------------------------------------------------------------
@@ -364,18 +374,22 @@ def main() -> None:
         with clock.stage("data"):
             data = build_data(settings, args.work / "style.jsonl")
             rows = list(read_jsonl(data))
+        # NP-DPO's figures first, then the baseline's: a run cut short still reports the policy.
         with clock.stage("train_np_dpo"):
             policy_summary = train(settings, run, data, args.work / "np_dpo", "conditional", args.quick)
-        with clock.stage("train_baseline"):
-            baseline_summary = train(settings, run, data, args.work / "dpo_baseline", "unconditional", args.quick)
-        policy, baseline = load_policy(args.work / "np_dpo"), load_policy(args.work / "dpo_baseline")
+        policy = load_policy(args.work / "np_dpo")
         answers = Answers(args.out / "answers.jsonl", policy.tokenizer)
-        with clock.stage("generate"):
-            contexts = generate_answers(settings, run, rows, policy, baseline, answers)
+        with clock.stage("generate_np_dpo"):
+            contexts = policy_answers(settings, run, rows, policy, answers)
         with clock.stage("implicit_accuracy"):
             test, _ = load_preferences(data, split="test")
             accuracy = evaluate_policy(policy, test, contexts=run.eval_contexts, episodes=run.eval_episodes,
                                        targets=4, seed=settings.seed, progress=True)  # fmt: skip
+        write_json({"accuracy": accuracy, "contexts": contexts, "policy": policy_summary}, args.work / "np_dpo_figures.json")
+        with clock.stage("train_baseline"):
+            baseline_summary = train(settings, run, data, args.work / "dpo_baseline", "unconditional", args.quick)
+        with clock.stage("generate_baseline"):
+            baseline_answers(settings, run, rows, load_policy(args.work / "dpo_baseline"), answers)
         report = {
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "quick": args.quick,
