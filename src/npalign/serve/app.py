@@ -227,7 +227,9 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": field_of(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+            {"field": "body", "message": f"is not valid JSON (at character {e.get('loc', ('', '?'))[-1]})."}
+            if e.get("type") == "json_invalid"
+            else {"field": field_of(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
             for e in error.errors()
         ]
         first = problems[0] if problems else {"field": "body", "message": "invalid request"}

@@ -147,7 +147,7 @@ class UserStore:
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(
-                f"--store {url!r}: use sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DB."
+                f"--store {url}: use sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DB."
             )
         if self.dialect == "sqlite":
             arguments = {"check_same_thread": False, "timeout": 30}
