@@ -124,6 +124,7 @@ def train_text_model(out: Path, cache: Path) -> Path:
     from npalign.embedding.features import embed_preferences
     from npalign.training.reward import train_reward_model
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / "texts.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in text_rows()))
     train = embed_preferences(load_preferences(path, split="train")[0], "minilm", cache_dir=cache)
@@ -131,3 +132,66 @@ def train_text_model(out: Path, cache: Path) -> Path:
     cfg = load_config(RewardTrainConfig, overrides=[*SERVE_TRAIN, "model.kind=np-btl", "embedder=minilm"])
     train_reward_model(cfg, train, val, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# a real `npalign serve` process (test_serve_process.py)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(method: str, url: str, body: object | None = None, timeout: float = 30.0) -> tuple[int, dict]:
+    """(status, JSON body) of one request; raises OSError when the server cannot be reached."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class ServerProcess:
+    """`python -m npalign.cli.main serve ...` on a free port; `kill()` is SIGKILL, as a crash would be."""
+
+    def __init__(self, run: Path, store: str, env: dict[str, str], *extra: str) -> None:
+        import sys
+        import tempfile
+
+        # not a pipe: a server that logs much must never block on it
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in kill()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "npalign.cli.main", "serve", "--model", str(run), "--store", store]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), *extra], env=env, stdout=subprocess.DEVNULL, stderr=self.log
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"the server exited: {self.log.read().decode()}")
+            try:
+                if http("GET", f"{self.url}/healthz", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.kill()
+        raise RuntimeError("the server did not answer /healthz within 120 s")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
