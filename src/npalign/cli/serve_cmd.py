@@ -109,11 +109,12 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     policy = None
     if args.policy is not None:
-        policy = load(args.policy)
-        if not isinstance(policy, PolicyRunner):
+        loaded = load(args.policy)
+        if not isinstance(loaded, PolicyRunner):
             raise ValueError(
                 f"--policy {args.policy} is a reward model run; pass a policy (npalign train-dpo)."
             )
+        policy = loaded
     try:
         store = UserStore(args.store, max_choices_per_user=limits.max_choices_per_user)
     except SQLAlchemyError as error:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # User ids and choice ids: what fits in a URL path segment and a log line unquoted.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -176,9 +176,6 @@ def user_from_label(label: Any, field: str) -> UserRequest:
         )
     try:
         return UserRequest.model_validate(label)
-    except ValueError as error:
-        errors = getattr(error, "errors", lambda: [])()
-        if errors:
-            first = errors[0]
-            raise FieldError(f"{field}.{field_of(first.get('loc', ()))}", str(first.get("msg"))) from None
-        raise FieldError(field, str(error)) from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise FieldError(f"{field}.{field_of(first.get('loc', ()))}", str(first.get("msg"))) from None

@@ -48,7 +48,7 @@ class ServedModel:
         *,
         cache_size: int = 10_000,
     ) -> None:
-        if isinstance(predictor, PolicyRunner):  # type: ignore[unreachable]
+        if isinstance(predictor, PolicyRunner):
             raise ValueError(
                 "--model is a policy run; pass a reward model with --model and the policy with --policy."
             )

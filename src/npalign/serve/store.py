@@ -244,7 +244,7 @@ class UserStore:
                     known[r.choice_id] = StoredChoice(
                         json.loads(r.prompt), json.loads(r.chosen), json.loads(r.rejected), r.choice_id
                     )
-            rows = []
+            rows: list[dict[str, Any]] = []
             for index, choice in enumerate(new):
                 if choice.choice_id is not None:
                     if choice.choice_id in known:
