@@ -5,7 +5,8 @@ Load, on localhost, `--seconds` per setting (60; `--quick`: 3): p50 / p99 latenc
 and of `/get_reward` (16 queries, the user named in each label), at concurrency 1, 8 and 64, with the
 failed requests counted. The baseline is the same call in process through `npalign.load` (z inferred
 once, as the server caches it). Text requests carry fresh responses each time (as RLHF rollouts do), so
-both sides embed them through the embedding cache.
+both sides run minilm on 16 new texts per call (the server embeds responses without the disk cache; the
+baseline is `npalign.load` without a cache folder, the same path).
 
 Faults: 8 clients append choices (each with a choice_id) while the server is killed with SIGKILL; the
 server restarts on the same store; every acknowledged choice must be stored exactly once, positions
@@ -239,7 +240,7 @@ def run_load(feature_run: Path, text_run: Path, folder: Path, seconds: float) ->
         server.kill()
 
     # text model: fresh responses every request, as rollouts are
-    text = npalign.load(str(text_run), cache_dir=cache)
+    text = npalign.load(str(text_run))  # responses skip the disk cache, as in the server (serve/served.py)
     text_choices = [{"prompt": f"question {i}", "chosen": sentence(900 + i, 3), "rejected": sentence(950 + i, 12),
                      "choice_id": f"t{i}"} for i in range(CHOICES)]  # fmt: skip
     prompt = "question 7"

@@ -88,8 +88,6 @@ class NPAlignReward:
         timeout_s: with a URL: seconds per request.
     """
 
-    __name__ = "npalign_reward"  # TRL names each reward function's metrics after its __name__
-
     def __init__(
         self,
         model_dir_or_url: str,
@@ -99,6 +97,7 @@ class NPAlignReward:
         cache_dir: str | None = None,
         timeout_s: float = 180.0,
     ) -> None:
+        self.__name__ = "npalign_reward"  # TRL names each reward function's metrics after its __name__
         self.url = (
             model_dir_or_url.rstrip("/") if model_dir_or_url.startswith(("http://", "https://")) else None
         )

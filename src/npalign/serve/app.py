@@ -117,7 +117,7 @@ class Guard:
             await self.app(scope, replay, send_and_count)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or ("unmatched" if status_seen[0] == 404 else path)
+            label = getattr(route, "path", None) or "unmatched"  # never the raw path: clients choose it
             self.metrics.requests.labels(label, scope.get("method", ""), str(status_seen[0])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 

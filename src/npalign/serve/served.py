@@ -8,6 +8,11 @@ No model logic lives here: items are checked against the model (texts or D-wide 
 field), then handed to `RewardPredictor` / `TextRewardPredictor` / `PolicyRunner`. A user's z is cached
 with the store's revision token for that user, so a server process recomputes it as soon as any process
 changed the user's choices.
+
+Texts: a user's choices are embedded through the predictor's disk cache (they are few, and embedded
+again whenever z is recomputed or the server restarts). Responses to score are embedded directly, with
+an in-memory LRU in front: rollouts are new texts, and writing each request's handful of vectors as a
+new cache shard would make every later cache open slower, without end.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import torch
 
+from npalign.embedding.features import to_features
 from npalign.inference.api import RewardPredictor
 from npalign.inference.policy import PolicyRunner
 from npalign.inference.text import TextRewardPredictor
@@ -59,6 +65,10 @@ class ServedModel:
         # torch modules and the embedding cache are used from one thread at a time; the store is not locked.
         self.lock = threading.Lock()
         self._latents: OrderedDict[tuple[str, str], tuple[str, Any]] = OrderedDict()
+        self._features: OrderedDict[tuple[str, str], torch.Tensor] = (
+            OrderedDict()
+        )  # (prompt, response) -> (D,)
+        self.feature_cache_size = 4096
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -193,24 +203,45 @@ class ServedModel:
 
     # ----- answers ---------------------------------------------------------------------------------------
 
+    def features(self, prompts: Sequence[str], items: Sequence[Any]) -> torch.Tensor:
+        """(N, D) model features of N items: the vectors themselves, or texts embedded (LRU, no disk).
+
+        Call with `self.lock` held.
+        """
+        if not isinstance(self.predictor, TextRewardPredictor):
+            return torch.tensor(items, dtype=torch.float32).reshape(len(items), self.predictor.embed_dim)
+        keys = list(zip(prompts, items, strict=True))
+        missing = list(dict.fromkeys(key for key in keys if key not in self._features))
+        if missing:
+            vectors = self.predictor.embedder.embed(
+                [p for p, _ in missing], [r for _, r in missing], batch_size=self.predictor.batch_size
+            )  # (M, D)
+            for key, row in zip(missing, to_features(vectors), strict=True):
+                self._features[key] = row
+        rows = []
+        for key in keys:
+            self._features.move_to_end(key)
+            rows.append(self._features[key])
+        while len(self._features) > max(self.feature_cache_size, len(keys)):
+            self._features.popitem(last=False)
+        return torch.stack(rows) if rows else torch.zeros(0, self.predictor.embed_dim)
+
     def reward(self, prompts: Sequence[str], items: Sequence[Any], z: UserLatent) -> list[float]:
         with self.lock:
-            if isinstance(self.predictor, TextRewardPredictor):
-                rewards = self.predictor.reward(list(prompts), list(items), z)
-            else:
-                rewards = self.predictor.reward(torch.tensor(items, dtype=torch.float32), z)
+            model = (
+                self.predictor.features if isinstance(self.predictor, TextRewardPredictor) else self.predictor
+            )
+            rewards = model.reward(self.features(prompts, items), z)
         return [float(r) for r in rewards]
 
     def prefer(
         self, prompts: Sequence[str], a: Sequence[Any], b: Sequence[Any], z: UserLatent
     ) -> list[float]:
         with self.lock:
-            if isinstance(self.predictor, TextRewardPredictor):
-                probs = self.predictor.prefer_prob(list(prompts), list(a), list(b), z)
-            else:
-                probs = self.predictor.prefer_prob(
-                    torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32), z
-                )
+            model = (
+                self.predictor.features if isinstance(self.predictor, TextRewardPredictor) else self.predictor
+            )
+            probs = model.prefer_prob(self.features(prompts, a), self.features(prompts, b), z)
         return [float(p) for p in probs]
 
     def generate(self, prompts: Sequence[str], z: torch.Tensor | None, **settings: Any) -> list[str]:

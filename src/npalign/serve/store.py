@@ -43,7 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class UserStore:
         # Two replicas starting at once may both try to create the tables; the loser's error is harmless.
         try:
             metadata.create_all(self.engine)
-        except (IntegrityError, OperationalError) as error:
+        except (IntegrityError, OperationalError, ProgrammingError) as error:
             if self.dialect != "postgresql":
                 raise
             logger.info("tables were created by another process at the same time: %s", error)
