@@ -26,7 +26,7 @@ from npalign.inference.api import RewardPredictor
 from npalign.inference.policy import PolicyRunner
 from npalign.inference.text import TextRewardPredictor
 from npalign.integrations.trl import reward_function
-from npalign.serve.app import create_app
+from npalign.serve.app import check_limits, create_app
 from npalign.serve.schemas import Choice, Limits
 from npalign.serve.served import ServedModel
 from npalign.serve.store import UserStore, metadata
@@ -505,6 +505,7 @@ def test_limits_on_body_items_text_and_choices(
         422,
         "prompt",
     )
+    check_limits({"responses": [[0.5] * 384]}, limits)  # a feature vector is as wide as D, not an item limit
 
 
 def test_injection_strings_are_data_not_sql(text_run: Path, store: UserStore, cache_dir: Path) -> None:

@@ -177,8 +177,13 @@ class Metrics:
         self.items = Counter("npalign_items_scored", "responses scored", registry=self.registry)
 
 
-def _check_limits(value: Any, limits: Limits, field: str = "") -> None:
-    """Every list at most `max_items` long and every string at most `max_text_chars`, naming the first past."""
+def check_limits(value: Any, limits: Limits, field: str = "") -> None:
+    """Every list at most `max_items` long and every string at most `max_text_chars`, naming the first past.
+
+    A list of numbers is a feature vector, whose width the model checks (D may well exceed `max_items`).
+    """
+    if isinstance(value, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        return
     if isinstance(value, str):
         if len(value) > limits.max_text_chars:
             raise FieldError(
@@ -190,10 +195,10 @@ def _check_limits(value: Any, limits: Limits, field: str = "") -> None:
                 field or "body", f"has {len(value)} entries; the limit is {limits.max_items} per request."
             )
         for index, item in enumerate(value):
-            _check_limits(item, limits, f"{field}[{index}]")
+            check_limits(item, limits, f"{field}[{index}]")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_limits(item, limits, f"{field}.{key}" if field else str(key))
+            check_limits(item, limits, f"{field}.{key}" if field else str(key))
 
 
 def create_app(
@@ -284,7 +289,7 @@ def create_app(
     def append_choices(body: AppendChoices, user_id: str = user_path) -> AppendResponse:
         """Append choices to a user (created on the first); committed before the answer. A choice_id sent
         again with the same content is not stored twice, so a client may retry."""
-        _check_limits(body.model_dump(), limits)
+        check_limits(body.model_dump(), limits)
         if not body.choices:
             raise FieldError("choices", "is empty; send at least one choice.")
         choices: list[StoredChoice] = served.check_choices(body.choices, "choices")
@@ -322,7 +327,7 @@ def create_app(
     @app.post("/v1/reward", responses=ERRORS)
     def reward(body: RewardRequest) -> RewardResponse:
         """Rewards of responses for one user (stored, or given inline by their context)."""
-        _check_limits(body.model_dump(), limits)
+        check_limits(body.model_dump(), limits)
         items = served.check_items(body.responses, "responses")
         prompts = served.prompts_for(body.prompt, body.prompts, len(items), "responses")
         z, count = user_latent(body, "reward")
@@ -332,7 +337,7 @@ def create_app(
     @app.post("/v1/prefer", responses=ERRORS)
     def prefer(body: PreferRequest) -> PreferResponse:
         """p(a[i] preferred to b[i]) for one user."""
-        _check_limits(body.model_dump(), limits)
+        check_limits(body.model_dump(), limits)
         a, b = served.check_items(body.a, "a"), served.check_items(body.b, "b")
         if len(a) != len(b):
             raise FieldError("b", f"has {len(b)} entries but a has {len(a)}; pair them up.")
@@ -343,7 +348,7 @@ def create_app(
     @app.post("/v1/generate", responses=ERRORS)
     def generate(body: GenerateRequest) -> GenerateResponse:
         """The policy's answers to prompts for one user (decoding options as transformers' generate)."""
-        _check_limits(body.model_dump(), limits)
+        check_limits(body.model_dump(), limits)
         if served.policy is None:
             raise FieldError("policy", "this server has no policy; start it with --policy DIR.", status=404)
         if body.max_new_tokens > limits.max_new_tokens:
@@ -364,7 +369,7 @@ def create_app(
     def get_reward(body: GetRewardRequest) -> GetRewardResponse:
         """OpenRLHF's remote reward model (`--reward.remote_url http://HOST:PORT/get_reward`): each label names
         the sample's user, as {"user_id": ...} or {"context": [...]} (or that object as a JSON string)."""
-        _check_limits(body.model_dump(), limits)
+        check_limits(body.model_dump(), limits)
         if not served.text:
             raise FieldError(
                 "query", "this server's model reads feature vectors; /get_reward needs a text model."
