@@ -21,6 +21,7 @@ from npalign.serve.store import UserStore, metadata
 
 POSTGRES = os.environ.get("NPALIGN_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(not POSTGRES, reason="NPALIGN_TEST_POSTGRES_URL unset")
+pytestmark = pytest.mark.slow  # each test starts one to three server processes
 SRC = Path(__file__).resolve().parents[1] / "src"
 STABLE = [
     {"chosen": [0.9, 0.1], "rejected": [0.1, 0.9], "choice_id": "s1"},
@@ -155,10 +156,10 @@ def crash_and_restart(run: Path, store: str, env: dict[str, str], replicas: int)
         assert all(r == before[0] for r in before)
         appenders = Appenders([server.url for server in servers])
         appenders.start()
-        appenders.wait_for(60)
+        appenders.wait_for(40)
         servers[0].kill()  # mid-stream: some requests are in flight, some acknowledged
         if replicas > 1:  # the clients carry on through the other replica
-            appenders.wait_for(sum(map(len, appenders.acknowledged.values())) + 40)
+            appenders.wait_for(sum(map(len, appenders.acknowledged.values())) + 20)
             appenders.stop.set()
         appenders.join()
         servers[0] = ServerProcess(run, store, env)
