@@ -61,3 +61,147 @@ def counting_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab={"<unk>": 0}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>")
+
+
+# ---------------------------------------------------------------------------------------------------
+# tiny trained reward models for the server tests (test_serve.py, test_serve_process.py)
+
+SERVE_TRAIN = [
+    "model.hidden_dim=16",
+    "model.latent_dim=4",
+    "episodes.batch_users=8",
+    "episodes.targets=4",
+    "episodes.max_context=3",
+    "optim.steps=20",
+    "optim.warmup_steps=5",
+    "optim.lr=3e-3",
+    "eval.contexts=[0,1,3]",
+    "eval.targets=4",
+    "eval.val_episodes=8",
+    "eval.val_every=10",
+    "run.save_every=10",
+    "run.log_every=10",
+    "run.progress=false",
+]
+SERVE_WORDS = "the cat sat on a warm mat while rain fell over quiet hills and rivers ran far".split(" ")  # noqa: SIM905
+
+
+def train_feature_model(out: Path, kind: str = "np-btl") -> Path:
+    """A tiny reward model on the 2-d mixture task (feature vectors), trained in a second or two."""
+    from npalign.config import RewardTrainConfig, load_config
+    from npalign.data.loaders import split_by_user
+    from npalign.data.synthetic import generate, task_spec
+    from npalign.training.reward import train_reward_model
+
+    data = generate(task_spec("mixture2d", num_pairs=1200, num_users=24), seed=0)
+    train, val, _ = split_by_user(data, (0.8, 0.1, 0.1), seed=0)
+    cfg = load_config(RewardTrainConfig, overrides=[*SERVE_TRAIN, f"model.kind={kind}"])
+    train_reward_model(cfg, train, val, out)
+    return out
+
+
+def text_rows() -> list[dict]:
+    """'concise' users prefer the shorter of two answers, 'verbose' users the longer: 16 prompts x 3 pairs x 4
+    users, split by prompt (10 train / 6 validation)."""
+    rows = []
+    for p in range(16):
+        prompt = f"question {p}: tell me about {SERVE_WORDS[p % 16]} and {SERVE_WORDS[(3 * p) % 16]}"
+        answers = [
+            " ".join(SERVE_WORDS[(p + 5 * k + i) % 16] for i in range(length))
+            for k, length in enumerate((3, 8, 14))
+        ]
+        for user_type in ("concise", "verbose"):
+            for copy in range(2):
+                for short, long in ((0, 1), (0, 2), (1, 2)):
+                    chosen, rejected = (short, long) if user_type == "concise" else (long, short)
+                    rows.append(
+                        {
+                            "user_id": f"{user_type}-{copy}",
+                            "user_type": user_type,
+                            "prompt": prompt,
+                            "chosen": answers[chosen],
+                            "rejected": answers[rejected],
+                            "split": "train" if p < 10 else "validation",
+                        }
+                    )
+    return rows
+
+
+def train_text_model(out: Path, cache: Path) -> Path:
+    """A tiny NP-BTL over texts embedded by the real (offline) minilm embedder, through `cache`."""
+    from npalign.config import RewardTrainConfig, load_config
+    from npalign.data.loaders import load_preferences
+    from npalign.embedding.features import embed_preferences
+    from npalign.training.reward import train_reward_model
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / "texts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in text_rows()))
+    train = embed_preferences(load_preferences(path, split="train")[0], "minilm", cache_dir=cache)
+    val = embed_preferences(load_preferences(path, split="validation")[0], "minilm", cache_dir=cache)
+    cfg = load_config(RewardTrainConfig, overrides=[*SERVE_TRAIN, "model.kind=np-btl", "embedder=minilm"])
+    train_reward_model(cfg, train, val, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# a real `npalign serve` process (test_serve_process.py)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(method: str, url: str, body: object | None = None, timeout: float = 30.0) -> tuple[int, dict]:
+    """(status, JSON body) of one request; raises OSError when the server cannot be reached."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class ServerProcess:
+    """`python -m npalign.cli.main serve ...` on a free port; `kill()` is SIGKILL, as a crash would be."""
+
+    def __init__(self, run: Path, store: str, env: dict[str, str], *extra: str) -> None:
+        import sys
+        import tempfile
+
+        # not a pipe: a server that logs much must never block on it
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in kill()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "npalign.cli.main", "serve", "--model", str(run), "--store", store]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), *extra], env=env, stdout=subprocess.DEVNULL, stderr=self.log
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"the server exited: {self.log.read().decode()}")
+            try:
+                if http("GET", f"{self.url}/healthz", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.kill()
+        raise RuntimeError("the server did not answer /healthz within 120 s")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.log.close()

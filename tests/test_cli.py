@@ -25,7 +25,7 @@ TINY = [
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert {"demo", "synth", "train", "evaluate", "data"} <= set(commands)
+    assert {"demo", "synth", "train", "evaluate", "data", "serve"} <= set(commands)
     for name in commands:
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])

@@ -1,0 +1,1 @@
+"""Adapters that let RL trainers call npalign reward models, e.g. TRL's reward functions (L3.5, integrations)."""

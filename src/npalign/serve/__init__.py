@@ -1,0 +1,1 @@
+"""HTTP serving of reward models and policies: `npalign serve` (L3, serve)."""

@@ -1,0 +1,410 @@
+"""The HTTP API of `npalign serve`: FastAPI routes over `ServedModel` and `UserStore` (L3, serve).
+
+    app = create_app(ServedModel(npalign.load("runs/np_btl")), UserStore("sqlite:///users.db"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Routes are thin: validate, look the user up, call the predictor. Every bad request is a 4xx whose JSON
+body is {"error": message, "field": the part of the request at fault}; a 500 is a bug. Appended choices
+are committed before the 200 goes out. With an API key every route but /healthz needs
+`Authorization: Bearer KEY`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from npalign import __version__
+from npalign.serve.schemas import (
+    ID_PATTERN,
+    AppendChoices,
+    AppendResponse,
+    ErrorResponse,
+    FieldError,
+    GenerateRequest,
+    GenerateResponse,
+    GetRewardRequest,
+    GetRewardResponse,
+    Limits,
+    PreferRequest,
+    PreferResponse,
+    RewardRequest,
+    RewardResponse,
+    UserRequest,
+    UserResponse,
+    field_of,
+    user_from_label,
+)
+from npalign.serve.served import ServedModel, UnknownUser
+from npalign.serve.store import ChoiceConflict, StoredChoice, TooManyChoices, UserStore
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = ("/healthz",)  # answered without the API key (load balancers' health checks)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 422)
+}
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status)
+
+
+class Guard:
+    """Outermost ASGI layer: the API key, the body-size limit, and the request metrics.
+
+    The body is read here up to the limit (a larger Content-Length is refused before reading), so no
+    route ever sees a request past `max_body_bytes`.
+    """
+
+    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope.get("path", "")
+        status_seen = [500]
+
+        async def send_and_count(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_seen[0] = int(message["status"])
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope, path)
+            if refusal is None:
+                body, refusal = await self._read_body(scope, receive)
+            if refusal is not None:
+                await refusal(scope, receive, send_and_count)
+                return
+            replayed = [False]
+
+            async def replay() -> Message:
+                if not replayed[0]:
+                    replayed[0] = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_and_count)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"  # never the raw path: clients choose it
+            self.metrics.requests.labels(label, scope.get("method", ""), str(status_seen[0])).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+    def _refusal(self, scope: Scope, path: str) -> JSONResponse | None:
+        if self.api_key is not None and path not in OPEN_PATHS:
+            headers = dict(scope.get("headers", []))
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                return _error(
+                    401, "authorization", "send the server's API key as 'Authorization: Bearer KEY'."
+                )
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                if not value.isdigit():
+                    return _error(400, "content-length", "is not a number.")
+                if int(value) > self.max_body_bytes:
+                    return _error(
+                        413,
+                        "body",
+                        f"is {int(value)} bytes; this server takes at most {self.max_body_bytes}.",
+                    )
+        return None
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, JSONResponse | None]:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"", _error(400, "body", "the client disconnected before sending the whole body.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", _error(
+                    413, "body", f"is over {self.max_body_bytes} bytes, the most this server takes."
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "npalign_requests", "HTTP requests by route, method and status", ["route", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "npalign_request_seconds", "request latency by route", ["route"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )  # fmt: skip
+        self.cache = Gauge(
+            "npalign_z_cache", "z cache lookups since start", ["result"], registry=self.registry
+        )
+        self.items = Counter("npalign_items_scored", "responses scored", registry=self.registry)
+
+
+def check_limits(value: Any, limits: Limits, field: str = "") -> None:
+    """Every list at most `max_items` long and every string at most `max_text_chars`, naming the first past.
+
+    A list of numbers is a feature vector, whose width the model checks (D may well exceed `max_items`).
+    """
+    if isinstance(value, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        return
+    if isinstance(value, str):
+        if len(value) > limits.max_text_chars:
+            raise FieldError(
+                field or "body", f"has {len(value)} characters; the limit is {limits.max_text_chars}."
+            )
+    elif isinstance(value, list):
+        if len(value) > limits.max_items:
+            raise FieldError(
+                field or "body", f"has {len(value)} entries; the limit is {limits.max_items} per request."
+            )
+        for index, item in enumerate(value):
+            check_limits(item, limits, f"{field}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_limits(item, limits, f"{field}.{key}" if field else str(key))
+
+
+def create_app(
+    served: ServedModel,
+    store: UserStore,
+    *,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+) -> ASGIApp:
+    """The ASGI app: FastAPI routes (OpenAPI docs at /docs) inside the `Guard` layer.
+
+    Args:
+        served: the reward model (and policy) to answer with.
+        store: where users' choices live.
+        api_key: when given, every route but /healthz needs `Authorization: Bearer api_key`.
+        limits: request limits (default `Limits()`).
+    """
+    limits = limits or Limits()
+    metrics = Metrics()
+    app = FastAPI(
+        title="npalign",
+        version=__version__,
+        description="Personalised rewards and generation for users known by a few pairwise choices.",
+    )
+    app.state.served, app.state.store, app.state.limits = served, store, limits
+
+    @app.exception_handler(FieldError)
+    async def on_field_error(_: Request, error: FieldError) -> JSONResponse:
+        return _error(error.status, error.field, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": "body", "message": f"is not valid JSON (at character {e.get('loc', ('', '?'))[-1]})."}
+            if e.get("type") == "json_invalid"
+            else {"field": field_of(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+            for e in error.errors()
+        ]
+        first = problems[0] if problems else {"field": "body", "message": "invalid request"}
+        response = _error(422, first["field"], first["message"])
+        response.body = json.dumps({**json.loads(bytes(response.body)), "errors": problems}).encode()
+        response.headers["content-length"] = str(len(response.body))
+        return response
+
+    @app.exception_handler(Exception)
+    async def on_bug(_: Request, error: Exception) -> JSONResponse:
+        logger.exception("a request failed inside the server: a bug", exc_info=error)
+        return JSONResponse(
+            {"error": f"internal error ({type(error).__name__}); please report it", "field": ""}, 500
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error(
+            error.status_code, "path" if error.status_code in (404, 405) else "body", str(error.detail)
+        )
+
+    def user_latent(request: UserRequest, job: str) -> tuple[Any, int]:
+        """(z, number of choices) of the user a request names by user_id or inline context."""
+        if (request.user_id is None) == (request.context is None):
+            raise FieldError("user_id", "send either user_id (a stored user) or context (a list of choices).")
+        if request.context is not None:
+            choices = served.check_choices(request.context, "context")
+            if job == "reward":
+                return served.latent(choices), len(choices)
+            return served.policy_latent(choices), len(choices)
+        try:
+            return served.cached(job, request.user_id or "", store)
+        except UnknownUser:
+            raise FieldError(
+                "user_id", f"{request.user_id!r} is not a stored user; append choices first.", status=404
+            ) from None
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        """200 once the model is loaded (the app exists only after it is)."""
+        return {"status": "ok", "kind": served.kind, "text": served.text, "policy": served.policy is not None}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        metrics.cache.labels("hit").set(served.cache_hits)
+        metrics.cache.labels("miss").set(served.cache_misses)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    user_path = Path(pattern=ID_PATTERN, max_length=128, description="1-128 letters, digits, . _ : @ -")
+
+    @app.post("/v1/users/{user_id}/choices", responses=ERRORS)
+    def append_choices(body: AppendChoices, user_id: str = user_path) -> AppendResponse:
+        """Append choices to a user (created on the first); committed before the answer. A choice_id sent
+        again with the same content is not stored twice, so a client may retry."""
+        check_limits(body.model_dump(), limits)
+        if not body.choices:
+            raise FieldError("choices", "is empty; send at least one choice.")
+        choices: list[StoredChoice] = served.check_choices(body.choices, "choices")
+        try:
+            record = store.append(user_id, choices)
+        except ChoiceConflict as error:
+            raise FieldError(f"choices[{error.index}].choice_id", str(error), status=409) from None
+        except TooManyChoices as error:
+            raise FieldError("choices", str(error), status=409) from None
+        return AppendResponse(user_id=user_id, num_choices=record.num_choices)
+
+    @app.get("/v1/users/{user_id}", responses=ERRORS)
+    def get_user(user_id: str = user_path) -> UserResponse:
+        """A stored user: how many choices, their revision, and the reward model's z for them."""
+        try:
+            latent, _ = served.cached("reward", user_id, store)
+        except UnknownUser:
+            raise FieldError("user_id", f"{user_id!r} is not a stored user.", status=404) from None
+        record = store.user(user_id)
+        if record is None:  # deleted in between
+            raise FieldError("user_id", f"{user_id!r} is not a stored user.", status=404)
+        z, scale = served.describe_latent(latent)
+        return UserResponse(
+            user_id=user_id, num_choices=record.num_choices, revision=record.revision, kind=served.kind, z=z,
+            posterior_scale=scale,
+        )  # fmt: skip
+
+    @app.delete("/v1/users/{user_id}", responses=ERRORS)
+    def delete_user(user_id: str = user_path) -> dict[str, Any]:
+        """Forget a user and all their choices."""
+        if not store.delete(user_id):
+            raise FieldError("user_id", f"{user_id!r} is not a stored user.", status=404)
+        return {"user_id": user_id, "deleted": True}
+
+    @app.post("/v1/reward", responses=ERRORS)
+    def reward(body: RewardRequest) -> RewardResponse:
+        """Rewards of responses for one user (stored, or given inline by their context)."""
+        check_limits(body.model_dump(), limits)
+        items = served.check_items(body.responses, "responses")
+        prompts = served.prompts_for(body.prompt, body.prompts, len(items), "responses")
+        z, count = user_latent(body, "reward")
+        metrics.items.inc(len(items))
+        return RewardResponse(rewards=served.reward(prompts, items, z) if items else [], num_choices=count)
+
+    @app.post("/v1/prefer", responses=ERRORS)
+    def prefer(body: PreferRequest) -> PreferResponse:
+        """p(a[i] preferred to b[i]) for one user."""
+        check_limits(body.model_dump(), limits)
+        a, b = served.check_items(body.a, "a"), served.check_items(body.b, "b")
+        if len(a) != len(b):
+            raise FieldError("b", f"has {len(b)} entries but a has {len(a)}; pair them up.")
+        prompts = served.prompts_for(body.prompt, body.prompts, len(a), "pairs")
+        z, count = user_latent(body, "reward")
+        return PreferResponse(probs=served.prefer(prompts, a, b, z) if a else [], num_choices=count)
+
+    @app.post("/v1/generate", responses=ERRORS)
+    def generate(body: GenerateRequest) -> GenerateResponse:
+        """The policy's answers to prompts for one user (decoding options as transformers' generate)."""
+        check_limits(body.model_dump(), limits)
+        if served.policy is None:
+            raise FieldError("policy", "this server has no policy; start it with --policy DIR.", status=404)
+        if body.max_new_tokens > limits.max_new_tokens:
+            raise FieldError(
+                "max_new_tokens", f"is {body.max_new_tokens}; the limit is {limits.max_new_tokens}."
+            )
+        for index, prompt in enumerate(body.prompts):
+            if not prompt.strip():
+                raise FieldError(f"prompts[{index}]", "is empty.")
+        z, count = user_latent(body, "policy")
+        responses = served.generate(
+            body.prompts, z, max_new_tokens=body.max_new_tokens, do_sample=body.do_sample,
+            temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+        )  # fmt: skip
+        return GenerateResponse(responses=responses, num_choices=count)
+
+    @app.post("/get_reward", responses=ERRORS)
+    def get_reward(body: GetRewardRequest) -> GetRewardResponse:
+        """OpenRLHF's remote reward model (`--reward.remote_url http://HOST:PORT/get_reward`): each label names
+        the sample's user, as {"user_id": ...} or {"context": [...]} (or that object as a JSON string)."""
+        check_limits(body.model_dump(), limits)
+        if not served.text:
+            raise FieldError(
+                "query", "this server's model reads feature vectors; /get_reward needs a text model."
+            )
+        count = len(body.query)
+        for name, values in (("prompts", body.prompts), ("labels", body.labels)):
+            if len(values) != count:
+                raise FieldError(name, f"has {len(values)} entries for {count} queries; send one per query.")
+        responses = []
+        for index, (query, prompt) in enumerate(zip(body.query, body.prompts, strict=True)):
+            if not query.startswith(prompt):
+                raise FieldError(
+                    f"query[{index}]", f"does not start with prompts[{index}]; send prompt + response."
+                )
+            responses.append(served.check_item(query[len(prompt) :], f"query[{index}] (its response)"))
+            if not prompt.strip():
+                raise FieldError(f"prompts[{index}]", "is empty.")
+        groups: dict[str, list[int]] = {}
+        users: dict[str, UserRequest] = {}
+        for index, label in enumerate(body.labels):
+            user = user_from_label(label, f"labels[{index}]")
+            key = user.model_dump_json()
+            groups.setdefault(key, []).append(index)
+            users[key] = user
+        rewards = [0.0] * count
+        choices = [0.0] * count
+        for key, indices in groups.items():
+            try:
+                z, used = user_latent(users[key], "reward")
+            except FieldError as error:
+                raise FieldError(f"labels[{indices[0]}].{error.field}", error.message, error.status) from None
+            values = served.reward([body.prompts[i] for i in indices], [responses[i] for i in indices], z)
+            for i, value in zip(indices, values, strict=True):
+                rewards[i], choices[i] = value, float(used)
+        metrics.items.inc(count)
+        return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs={"user_choices": choices})
+
+    return Guard(app, api_key=api_key, max_body_bytes=limits.max_body_bytes, metrics=metrics)
