@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from npalign.embedding.features import to_features
+from npalign.embedding.features import to_item_features
 from npalign.inference.api import RewardPredictor
 from npalign.inference.policy import PolicyRunner
 from npalign.inference.text import TextRewardPredictor
@@ -216,7 +216,8 @@ class ServedModel:
             vectors = self.predictor.embedder.embed(
                 [p for p, _ in missing], [r for _, r in missing], batch_size=self.predictor.batch_size
             )  # (M, D)
-            for key, row in zip(missing, to_features(vectors), strict=True):
+            features = to_item_features(self.predictor.embedder, [r for _, r in missing], vectors)
+            for key, row in zip(missing, features, strict=True):
                 self._features[key] = row
         rows = []
         for key in keys:
