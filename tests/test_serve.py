@@ -174,6 +174,22 @@ def test_feature_model_round_trip_equals_in_process(feature_run: Path, store: Us
     torch.testing.assert_close(torch.tensor(described["z"]), z)
     assert described["posterior_scale"] is None
 
+    # next-query: the stored user's choices are the context; the same pick and scores as in process.
+    candidates = {"a": items, "b": [[0.2, 0.1], [0.9, 0.9], [0.0, 0.5]]}
+    for strategy in ("info-gain", "uncertainty"):
+        picked = ok(client.post(f"/v1/users/{user}/next-query", json={**candidates, "strategy": strategy}))
+        local = model.next_query(chosen, rejected, torch.tensor(candidates["a"]), torch.tensor(candidates["b"]),
+                                 strategy=strategy)  # fmt: skip
+        assert picked["index"] == local.index and picked["num_choices"] == 3
+        torch.testing.assert_close(torch.tensor(picked["scores"]), local.scores.float())
+        assert picked["index"] != 1  # (0.9, 0.9) against itself cannot tell anything
+    fresh = ok(client.post(f"/v1/users/{new_user()}/next-query", json=candidates))
+    assert fresh["num_choices"] == 0 and len(fresh["scores"]) == 3
+    refused = client.post(f"/v1/users/{user}/next-query", json={"a": [], "b": []})
+    assert refused.status_code == 422 and refused.json()["field"] == "a"
+    refused = client.post(f"/v1/users/{user}/next-query", json={**candidates, "strategy": "bald"})
+    assert refused.status_code == 422 and refused.json()["field"] == "strategy"
+
 
 def test_latent_model_reports_its_posterior_scale(tmp_path: Path) -> None:
     run = train_feature_model(tmp_path / "latent", kind="np-btl-latent")

@@ -43,6 +43,8 @@ from npalign.serve.schemas import (
     GetRewardRequest,
     GetRewardResponse,
     Limits,
+    NextQueryRequest,
+    NextQueryResponse,
     PreferRequest,
     PreferResponse,
     RewardRequest,
@@ -344,6 +346,27 @@ def create_app(
         prompts = served.prompts_for(body.prompt, body.prompts, len(a), "pairs")
         z, count = user_latent(body, "reward")
         return PreferResponse(probs=served.prefer(prompts, a, b, z) if a else [], num_choices=count)
+
+    @app.post("/v1/users/{user_id}/next-query", responses=ERRORS)
+    def next_query(body: NextQueryRequest, user_id: str = user_path) -> NextQueryResponse:
+        """Which candidate pair to ask this stored user next (`predictor.next_query`); an unknown user is
+        asked as a new one (no choices yet)."""
+        check_limits(body.model_dump(), limits)
+        a, b = served.check_items(body.a, "a"), served.check_items(body.b, "b")
+        if not a:
+            raise FieldError("a", "is empty; send at least one candidate pair.")
+        if len(a) != len(b):
+            raise FieldError("b", f"has {len(b)} entries but a has {len(a)}; pair them up.")
+        prompts = served.prompts_for(body.prompt, body.prompts, len(a), "pairs")
+        _, choices = store.choices(user_id)
+        try:
+            picked = served.next_query(choices, prompts, a, b, body.strategy)
+        except ValueError as error:  # e.g. bald on a deterministic model
+            raise FieldError("strategy", str(error)) from None
+        return NextQueryResponse(
+            index=picked.index, scores=[float(s) for s in picked.scores], strategy=picked.strategy,
+            num_choices=len(choices),
+        )  # fmt: skip
 
     @app.post("/v1/generate", responses=ERRORS)
     def generate(body: GenerateRequest) -> GenerateResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -111,6 +111,23 @@ class PreferRequest(UserRequest):
 
 class PreferResponse(BaseModel):
     probs: list[float] = Field(description="p(a[i] preferred to b[i]) for the user")
+    num_choices: int
+
+
+class NextQueryRequest(_Request):
+    """Candidate pairs (a[i], b[i]) one could ask the user next, and how to choose among them."""
+
+    prompt: str | None = None
+    prompts: list[str] | None = None
+    a: list[Item]
+    b: list[Item]
+    strategy: Literal["info-gain", "bald", "uncertainty", "d-optimal", "random"] = "info-gain"
+
+
+class NextQueryResponse(BaseModel):
+    index: int = Field(description="the candidate pair to ask next")
+    scores: list[float] = Field(description="every candidate's score; higher = ask first")
+    strategy: str
     num_choices: int
 
 

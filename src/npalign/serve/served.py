@@ -27,6 +27,7 @@ import torch
 
 from npalign.embedding.features import to_item_features
 from npalign.inference.api import RewardPredictor
+from npalign.inference.elicit import QueryChoice
 from npalign.inference.policy import PolicyRunner
 from npalign.inference.text import TextRewardPredictor
 from npalign.serve.schemas import Choice, FieldError
@@ -244,6 +245,20 @@ class ServedModel:
             )
             probs = model.prefer_prob(self.features(prompts, a), self.features(prompts, b), z)
         return [float(p) for p in probs]
+
+    def next_query(
+        self, choices: Sequence[StoredChoice], prompts: Sequence[str], a: Sequence[Any], b: Sequence[Any], strategy: str
+    ) -> QueryChoice:
+        """Which of the candidate pairs (a[i], b[i]) to ask a user with these choices next."""
+        with self.lock:
+            context_prompts = [c.prompt for c in choices]
+            chosen = self.features(context_prompts, [c.chosen for c in choices])  # (C, D)
+            rejected = self.features(context_prompts, [c.rejected for c in choices])
+            model = (
+                self.predictor.features if isinstance(self.predictor, TextRewardPredictor) else self.predictor
+            )
+            return model.next_query(chosen, rejected, self.features(prompts, a), self.features(prompts, b),
+                                    strategy=strategy)  # fmt: skip
 
     def generate(self, prompts: Sequence[str], z: torch.Tensor | None, **settings: Any) -> list[str]:
         policy = self._need_policy()
