@@ -184,8 +184,18 @@ class DPOSteeringRunSettings:
     targets: int
 
 
+class PolicyBenchmarkSettings(Settings):
+    """Settings that name a policy config file (`policy_config`, relative to the settings file)."""
+
+    @classmethod
+    def prepare(cls, raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+        if isinstance(raw.get("policy_config"), str):
+            raw = {**raw, "policy_config": str((folder / raw["policy_config"]).resolve())}
+        return raw
+
+
 @dataclass
-class DPOSteeringSettings(Settings):
+class DPOSteeringSettings(PolicyBenchmarkSettings):
     """dpo_steering.yaml: the data split, the judges, the policy config and the two budgets."""
 
     policy_config: str
@@ -200,11 +210,6 @@ class DPOSteeringSettings(Settings):
     quick: DPOSteeringRunSettings
     quick_overrides: list[str]
 
-    @classmethod
-    def prepare(cls, raw: dict[str, Any], folder: Path) -> dict[str, Any]:
-        if isinstance(raw.get("policy_config"), str):
-            raw = {**raw, "policy_config": str((folder / raw["policy_config"]).resolve())}
-        return raw
 
     def __post_init__(self) -> None:
         # The judges get their step budget and embedder from the script; check them with a stand-in of each.
@@ -309,7 +314,7 @@ class DPOStyleRunSettings:
 
 
 @dataclass
-class DPOStyleSettings(Settings):
+class DPOStyleSettings(PolicyBenchmarkSettings):
     """dpo_style.yaml: the style data, the recipe, who answers, the judges' thresholds, and both budgets."""
 
     policy_config: str
@@ -325,11 +330,6 @@ class DPOStyleSettings(Settings):
     quick: DPOStyleRunSettings
     quick_overrides: list[str]
 
-    @classmethod
-    def prepare(cls, raw: dict[str, Any], folder: Path) -> dict[str, Any]:
-        if isinstance(raw.get("policy_config"), str):
-            raw = {**raw, "policy_config": str((folder / raw["policy_config"]).resolve())}
-        return raw
 
     def __post_init__(self) -> None:
         check_overrides(PolicyTrainConfig, self.quick_overrides, "quick_overrides", self.policy_config)

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -100,14 +101,14 @@ def train_feature_model(out: Path, kind: str = "np-btl") -> Path:
     return out
 
 
-def text_rows() -> list[dict]:
-    """'concise' users prefer the shorter of two answers, 'verbose' users the longer: 16 prompts x 3 pairs x 4
-    users, split by prompt (10 train / 6 validation)."""
+def length_user_rows(words: Sequence[str], num_prompts: int, split: Callable[[int], str]) -> list[dict]:
+    """'concise' users prefer the shorter of two answers, 'verbose' users the longer: per prompt p, 3 answers
+    (3, 8 and 14 of `words`) and all 3 answer pairs, for 2 users of each type; `split(p)` names its split."""
     rows = []
-    for p in range(16):
-        prompt = f"question {p}: tell me about {SERVE_WORDS[p % 16]} and {SERVE_WORDS[(3 * p) % 16]}"
+    for p in range(num_prompts):
+        prompt = f"question {p}: tell me about {words[p % len(words)]} and {words[(3 * p) % len(words)]}"
         answers = [
-            " ".join(SERVE_WORDS[(p + 5 * k + i) % 16] for i in range(length))
+            " ".join(words[(p + 5 * k + i) % len(words)] for i in range(length))
             for k, length in enumerate((3, 8, 14))
         ]
         for user_type in ("concise", "verbose"):
@@ -121,10 +122,15 @@ def text_rows() -> list[dict]:
                             "prompt": prompt,
                             "chosen": answers[chosen],
                             "rejected": answers[rejected],
-                            "split": "train" if p < 10 else "validation",
+                            "split": split(p),
                         }
                     )
     return rows
+
+
+def text_rows() -> list[dict]:
+    """The server tests' text data: `length_user_rows` over 16 prompts, split 10 train / 6 validation."""
+    return length_user_rows(SERVE_WORDS, 16, lambda p: "train" if p < 10 else "validation")
 
 
 def train_text_model(out: Path, cache: Path) -> Path:

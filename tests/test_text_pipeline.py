@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 import npalign
+from helpers import length_user_rows
 from npalign.cli import embed_cmd
 from npalign.cli.main import build_parser
 from npalign.cli.main import main as cli_main
@@ -58,28 +59,7 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     30 prompts x 3 answers (3, 8 and 14 words) x all 3 answer pairs, for 2 users of each type:
     4 users x 90 pairs, 90 distinct texts, a split column by prompt (20 / 5 / 5 prompts).
     """
-    rows = []
-    for p in range(NUM_PROMPTS):
-        prompt = f"question {p}: tell me about {WORDS[p % len(WORDS)]} and {WORDS[(3 * p) % len(WORDS)]}"
-        answers = [
-            " ".join(WORDS[(p + 5 * k + i) % len(WORDS)] for i in range(length))
-            for k, length in enumerate((3, 8, 14))
-        ]
-        split = "train" if p < 20 else "validation" if p < 25 else "test"
-        for user_type in ("concise", "verbose"):
-            for copy in range(2):
-                for short, long in ((0, 1), (0, 2), (1, 2)):
-                    chosen, rejected = (short, long) if user_type == "concise" else (long, short)
-                    rows.append(
-                        {
-                            "user_id": f"{user_type}-{copy}",
-                            "user_type": user_type,
-                            "prompt": prompt,
-                            "chosen": answers[chosen],
-                            "rejected": answers[rejected],
-                            "split": split,
-                        }
-                    )
+    rows = length_user_rows(WORDS, NUM_PROMPTS, lambda p: "train" if p < 20 else "validation" if p < 25 else "test")
     path = tmp_path_factory.mktemp("data") / "texts.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
