@@ -11,7 +11,9 @@ from npalign.data.loaders import split_by_user
 from npalign.data.synthetic import generate, task_spec
 from npalign.inference.api import RewardPredictor
 from npalign.inference.elicit import STRATEGIES, Query, info_gain
+from npalign.models.reward import PreferenceModel
 from npalign.training.reward import train_reward_model
+from npalign.types import Posterior
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a busy machine
 
@@ -98,6 +100,40 @@ def test_scores_ignore_the_context_order_and_follow_the_candidate_order(
     order = torch.randperm(80, generator=torch.Generator().manual_seed(6))
     permuted = paper_np.next_query(chosen, rejected, a[order], b[order], strategy=strategy)
     torch.testing.assert_close(permuted.scores, scores[order], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("np-btl", {"prior_head": True, "conditioning": "film", "decoder_depth": 2}),
+        ("np-btl", {"attention": True, "num_heads": 4}),
+        ("np-btl-latent", {}),
+    ],
+)
+def test_info_gains_shortcuts_give_what_the_plain_model_calls_give(kind: str, options: dict) -> None:
+    """info-gain encodes the shared context once and runs the reward network over users in blocks; both
+    must reproduce `infer` on the stacked contexts and `log_likelihood` on the broadcast pool."""
+    torch.manual_seed(0)
+    model = PreferenceModel(kind, 3, 16, 4, **options).eval()
+    chosen, rejected, extra_a, extra_b = torch.randn(4, 5, 3)
+    stacked = [
+        torch.cat([side[None].expand(5, 5, 3), extra[:, None]], 1)
+        for side, extra in ((chosen, extra_a), (rejected, extra_b))
+    ]
+    expected = model.infer(*stacked, torch.ones(5, 6, dtype=torch.bool))
+    got = model.infer_with_each_pair(chosen, rejected, extra_a, extra_b)
+    if isinstance(expected, Posterior):
+        assert isinstance(got, Posterior)
+        torch.testing.assert_close(got.mean, expected.mean)
+        z = expected.sample(3, torch.Generator().manual_seed(0))  # (S, M, Z)
+    else:
+        assert isinstance(got, torch.Tensor)
+        torch.testing.assert_close(got, expected)
+        z = expected
+    pool_a, pool_b = torch.randn(2, 7, 3)
+    whole = model.log_likelihood(pool_a[None], pool_b[None], z)  # (M, R) or (S, M, R)
+    for block in (1, 2, 5, 9):
+        torch.testing.assert_close(model.shared_pairs_log_likelihood(pool_a, pool_b, z, block), whole)
 
 
 def test_random_is_reproducible_by_seed(paper_np: RewardPredictor) -> None:
