@@ -1,4 +1,4 @@
-"""`npalign` command line: demo, synth, data build, embed, train-reward, evaluate-reward, train-dpo, evaluate-dpo, generate (L4, cli)."""
+"""`npalign` command line: demo, synth, data build, embed, train-reward, evaluate-reward, elicit, train-dpo, evaluate-dpo, generate (L4, cli)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from npalign import __version__
-from npalign.cli import data_cmd, dpo_cmd, embed_cmd
+from npalign.cli import data_cmd, dpo_cmd, elicit_cmd, embed_cmd
 from npalign.cli.common import (
     USER_ERRORS,
     Command,
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd.register(commands)
     dpo_cmd.register(commands)
     embed_cmd.register(commands)
+    elicit_cmd.register(commands)
     return parser
 
 
