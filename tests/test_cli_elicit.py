@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import npalign
+from helpers import synth_command
 from npalign.cli.main import main
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.loaders import split_by_user
@@ -167,3 +168,69 @@ def test_a_context_of_another_width_is_refused(
     context = _write(tmp_path / "context.jsonl", [{"chosen": [0.9, 0.1], "rejected": [0.7, 0.1]}])
     assert main(["elicit", "--model", str(run_dir), "--candidates", pool, "--context", context]) == 2
     assert "context.jsonl line 1, column 'chosen': 2-d features" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def paper_test_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Fresh paper1d users (50 pairs each) written by `npalign synth`, with the task spec beside them."""
+    path = tmp_path_factory.mktemp("elicit_data") / "paper.jsonl"
+    assert main(synth_command(str(path), 2000, 40, "--seed", "1")) == 0
+    return str(path)
+
+
+def test_evaluate_reward_elicit_writes_curves_per_strategy_beside_the_bayes_questioner(
+    run_dir: Path, paper_test_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "elicit.json"
+    argv = ["evaluate-reward", "--model", str(run_dir), "--data", paper_test_file, "--out", str(out)]
+    assert main([*argv, "--elicit", "random", "info-gain", "--episodes", "24", "--pool", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | k = 1 | k = 2 | k = 3 | k = 5 | k = 10 |" in printed
+    results = json.loads(out.read_text())
+    assert set(results["models"]) == {"random", "info-gain", "Bayes questioner"}
+    assert results["protocol"]["episodes"] == 24 and results["protocol"]["pool"] == 12
+    assert out.with_suffix(".png").stat().st_size > 1000 and out.with_suffix(".md").exists()
+    bayes = results["models"]["Bayes questioner"]["accuracy"]
+    for name in ("random", "info-gain"):
+        record = results["models"][name]
+        assert set(record["accuracy"]) == {"1", "2", "3", "5", "10"} == set(record["bayes_on_chosen"])
+        for k in ("1", "2", "3"):
+            # Greedy information gain about the type, on the paper's task, is as good as questions get:
+            # one pair the types disagree on settles the type.
+            assert bayes[k]["mean"] >= record["bayes_on_chosen"][k]["mean"] - 1e-9
+    assert bayes["1"]["mean"] == 100.0  # every pool of 12 here holds a pair the two types disagree on
+    # Random questions: the Bayes prediction from one random pair is right 87.5 % of the time on average.
+    assert 70.0 < results["models"]["random"]["bayes_on_chosen"]["1"]["mean"] < 100.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (
+            ["--queries", "1", "30", "--pool", "20"],
+            "queries [1, 30] must each be between 1 and the pool size 20",
+        ),
+        (["--pool", "40"], "fewer pairs than context + targets = 40 + 20"),
+        (["--pool", "0"], "--pool 0"),
+        (["--elicit", "greedy"], "unknown elicitation strategy ['greedy']"),
+    ],
+)
+def test_evaluate_reward_elicit_refuses_a_protocol_the_data_cannot_hold(
+    run_dir: Path,
+    paper_test_file: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    match: str,
+) -> None:
+    argv = [
+        "evaluate-reward",
+        "--model",
+        str(run_dir),
+        "--data",
+        paper_test_file,
+        "--out",
+        str(tmp_path / "e.json"),
+    ]
+    assert main([*argv, "--elicit", "random", *extra]) == 2
+    assert match in capsys.readouterr().err

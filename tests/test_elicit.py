@@ -8,7 +8,9 @@ import torch
 import npalign
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.loaders import split_by_user
-from npalign.data.synthetic import generate, task_spec
+from npalign.data.synthetic import BayesOracle, generate, task_spec
+from npalign.evaluation.elicit import bayes_questions
+from npalign.evaluation.report import markdown_table
 from npalign.inference.api import RewardPredictor
 from npalign.inference.elicit import STRATEGIES, Query, info_gain
 from npalign.models.reward import PreferenceModel
@@ -181,3 +183,29 @@ def test_bad_input_is_refused_naming_the_argument(
     } | change
     with pytest.raises(ValueError, match=match):
         paper_np.next_query(**arguments)
+
+
+def test_the_bayes_questioner_asks_the_pair_the_types_disagree_on_first_then_nothing_is_worth_asking() -> (
+    None
+):
+    oracle = BayesOracle(task_spec("paper1d"))
+    pool_a = torch.tensor([[0.1], [0.3], [0.9], [0.2]])  # both types prefer the larger item below 0.5 ...
+    pool_b = torch.tensor([[0.2], [0.4], [0.7], [0.45]])  # ... and disagree on (0.9, 0.7)
+    a_wins = pool_a[:, 0] > pool_b[:, 0]  # a type0 user: prefers the larger item everywhere
+    assert bayes_questions(oracle, pool_a, pool_b, a_wins, steps=3) == [2, 0, 1]  # then ties: first in order
+    posterior = oracle.posterior(pool_a[2:3], pool_b[2:3])  # (0.9 > 0.7) rules type1 out
+    torch.testing.assert_close(posterior, torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_the_report_gives_the_ece_of_every_model_at_every_m() -> None:
+    """Elicitation trusts the model's probabilities, so results.md shows their calibration per m."""
+    cell = {"mean": 90.0, "sem": 1.0}
+    results = {
+        "models": {
+            "np-btl": {"accuracy": {"0": cell, "3": cell}, "ece": {"0": 0.031, "3": 0.0123}},
+            "btl": {"accuracy": {"0": cell, "3": cell}, "ece": {"0": 0.2, "3": 0.25}},
+        }
+    }
+    table = markdown_table(results)
+    assert "| np-btl | 0.0310 | 0.0123 |" in table and "| btl | 0.2000 | 0.2500 |" in table
+    assert "ECE" not in markdown_table({"models": {"x": {"accuracy": {"0": cell}}}})

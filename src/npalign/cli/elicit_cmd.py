@@ -44,13 +44,15 @@ class Pairs:
 
 
 def _elicit_flags(parser: argparse.ArgumentParser) -> None:
-    from npalign.inference.elicit import STRATEGIES
-
     parser.add_argument("--model", required=True, help="reward run directory (npalign train-reward)")
     parser.add_argument("--candidates", required=True, help="JSON/JSONL file of the pairs one could ask")
     parser.add_argument("--context", default=None, help="JSON/JSONL file of the user's choices so far")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"pairs to choose (default {DEFAULT_K})")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="info-gain", help="default info-gain")
+    parser.add_argument(
+        "--strategy",
+        default="info-gain",
+        help="info-gain (default), uncertainty, d-optimal, random, bald (latent NP-BTL)",
+    )
     parser.add_argument(
         "--interactive", action="store_true", help="ask each pair on stderr and read a or b from stdin"
     )
