@@ -13,9 +13,11 @@ import npalign
 from helpers import synth_command
 from npalign.cli.main import main
 from npalign.config import RewardTrainConfig, load_config
+from npalign.data.conversation import read_context_file
 from npalign.data.loaders import split_by_user
 from npalign.data.synthetic import generate, task_spec
 from npalign.inference.api import RewardPredictor
+from npalign.inference.text import TextRewardPredictor
 from npalign.training.reward import train_reward_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -234,3 +236,53 @@ def test_evaluate_reward_elicit_refuses_a_protocol_the_data_cannot_hold(
     ]
     assert main([*argv, "--elicit", "random", *extra]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_text_model_reads_prompts_and_texts_and_message_lists(
+    tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The text path: TRL rows in, texts out, the same picks as `TextRewardPredictor.next_query`."""
+    rows = []
+    for p in range(12):
+        short, long = f"answer {p}", f"a much longer answer number {p} with many more words in it"
+        for user_type in ("concise", "verbose"):
+            chosen, rejected = (short, long) if user_type == "concise" else (long, short)
+            for copy in range(2):
+                rows.append(
+                    {"user_id": f"{user_type}{copy}", "user_type": user_type, "prompt": f"question {p}?"}
+                    | {"chosen": chosen, "rejected": rejected}
+                )
+    data = _write(tmp_path / "texts.jsonl", rows)
+    run = tmp_path / "run"
+    tiny = ["model.hidden_dim=16", "model.latent_dim=4", "episodes.batch_users=4", "episodes.targets=4"]
+    tiny += ["episodes.max_context=3", "optim.steps=10", "optim.warmup_steps=2", "eval.val_every=10"]
+    tiny += [
+        "run.save_every=10",
+        "run.log_every=10",
+        "eval.contexts=[0,1]",
+        "eval.targets=4",
+        "eval.val_episodes=4",
+    ]
+    train = ["train-reward", "--model", "np-btl", "--data", data, "--embedder", str(tiny_bert_dir)]
+    assert main([*train, "--cache", str(tmp_path / "cache"), "--out", str(run), "--no-progress", *tiny]) == 0
+    capsys.readouterr()  # the training report
+    candidates = [
+        {"prompt": "Name a prime.", "a": "7.", "b": "Seven is a prime, because only 1 and 7 divide it."},
+        {"prompt": "Capital of France?", "a": "Paris.", "b": "The capital of France is Paris, on the Seine."},
+        {"prompt": "2 + 2?", "a": "4.", "b": "Two plus two is four."},
+    ]
+    pool = _write(tmp_path / "pool.jsonl", candidates)
+    context = str(Path(__file__).parent / "fixtures" / "trl_conversational.jsonl")  # TRL message lists
+    argv = ["elicit", "--model", str(run), "--candidates", pool, "--context", context, "--k", "2"]
+    assert main([*argv, "--cache", str(tmp_path / "cache")]) == 0
+    picks = _lines(capsys.readouterr().out)
+    assert [p["rank"] for p in picks] == [1, 2]
+    first = candidates[picks[0]["candidate"]]
+    assert (picks[0]["prompt"], picks[0]["a"], picks[0]["b"]) == (first["prompt"], first["a"], first["b"])
+    model = npalign.load(str(run), cache_dir=tmp_path / "cache")
+    assert isinstance(model, TextRewardPredictor)
+    prompts, chosen, rejected = map(list, zip(*read_context_file(context), strict=True))
+    choice = model.next_query(
+        prompts, chosen, rejected, *[[c[key] for c in candidates] for key in ("prompt", "a", "b")]
+    )
+    assert choice.index == picks[0]["candidate"]
