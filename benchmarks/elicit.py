@@ -66,8 +66,10 @@ def targets_met(task: str, models: dict[str, Any]) -> list[str]:
 
 
 def write_readme(all_results: dict[str, Any]) -> None:
+    tasks = " ".join(all_results)
     parts = [
         "# Active elicitation: accuracy after k questions (issue 19)\n",
+        f"    for task in {tasks}; do python benchmarks/elicit.py --task $task; done\n",
         "Written by `benchmarks/elicit.py` (settings `configs/benchmarks/elicit.yaml`). Each test user has a "
         "pool of labelled pairs; a strategy asks k of them one at a time, sees the true answers, and the "
         "NP-BTL scores held-out targets on other prompts. Accuracy in percent, mean ± s.e.m. over users "
