@@ -57,7 +57,7 @@ MAX_REFERENCE = 32
 """info-gain's default reference pool: at most this many candidate pairs (`default_reference`). The cost is
 2N x 2R (user, item) passes of the reward network, which dominates: 1,000 candidates against 32 pairs is
 128 k, the encoder's 2N pair passes beside it."""
-REFERENCE_BLOCK = 1 << 18
+REFERENCE_BLOCK = 1 << 20
 """info-gain evaluates the reference pool for this many (user, item, hidden unit) entries at a time."""
 
 
