@@ -172,6 +172,25 @@ class SyntheticSettings(Settings):
 
 
 @dataclass
+class ElicitSettings(Settings):
+    """elicit.yaml: the elicitation protocol (issue 19) and, per synthetic task, the NP-BTL's overrides."""
+
+    tasks: dict[str, list[str]]
+    strategies: list[str]
+    queries: list[int]
+    pool: int = 20
+    targets: int = 20
+    episodes: int = 600
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for task, overrides in self.tasks.items():
+            check_overrides(RewardTrainConfig, override_list(overrides, f"tasks.{task}"), f"tasks.{task}")
+        if not self.strategies or not self.queries or max(self.queries) > self.pool:
+            raise ValueError(f"strategies and queries must be non-empty, queries <= pool={self.pool}.")
+
+
+@dataclass
 class DPOSteeringRunSettings:
     """One budget of dpo_steering.py: the full measurement or `--quick`."""
 
@@ -362,6 +381,7 @@ SCHEMAS: dict[str, type[Settings]] = {
     "dsp": TextBenchmarkSettings,
     "hh_relabeled": TextBenchmarkSettings,
     "synthetic": SyntheticSettings,
+    "elicit": ElicitSettings,
     "dpo_steering": DPOSteeringSettings,
     "dpo_style": DPOStyleSettings,
     "style_context": StyleContextSettings,

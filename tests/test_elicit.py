@@ -8,10 +8,14 @@ import torch
 import npalign
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.loaders import split_by_user
-from npalign.data.synthetic import generate, task_spec
+from npalign.data.synthetic import BayesOracle, generate, task_spec
+from npalign.evaluation.elicit import bayes_questions
+from npalign.evaluation.report import markdown_table
 from npalign.inference.api import RewardPredictor
 from npalign.inference.elicit import STRATEGIES, Query, info_gain
+from npalign.models.reward import PreferenceModel
 from npalign.training.reward import train_reward_model
+from npalign.types import Posterior
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a busy machine
 
@@ -100,6 +104,40 @@ def test_scores_ignore_the_context_order_and_follow_the_candidate_order(
     torch.testing.assert_close(permuted.scores, scores[order], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("np-btl", {"prior_head": True, "conditioning": "film", "decoder_depth": 2}),
+        ("np-btl", {"attention": True, "num_heads": 4}),
+        ("np-btl-latent", {}),
+    ],
+)
+def test_info_gains_shortcuts_give_what_the_plain_model_calls_give(kind: str, options: dict) -> None:
+    """info-gain encodes the shared context once and runs the reward network over users in blocks; both
+    must reproduce `infer` on the stacked contexts and `log_likelihood` on the broadcast pool."""
+    torch.manual_seed(0)
+    model = PreferenceModel(kind, 3, 16, 4, **options).eval()
+    chosen, rejected, extra_a, extra_b = torch.randn(4, 5, 3)
+    stacked = [
+        torch.cat([side[None].expand(5, 5, 3), extra[:, None]], 1)
+        for side, extra in ((chosen, extra_a), (rejected, extra_b))
+    ]
+    expected = model.infer(*stacked, torch.ones(5, 6, dtype=torch.bool))
+    got = model.infer_with_each_pair(chosen, rejected, extra_a, extra_b)
+    if isinstance(expected, Posterior):
+        assert isinstance(got, Posterior)
+        torch.testing.assert_close(got.mean, expected.mean)
+        z = expected.sample(3, torch.Generator().manual_seed(0))  # (S, M, Z)
+    else:
+        assert isinstance(got, torch.Tensor)
+        torch.testing.assert_close(got, expected)
+        z = expected
+    pool_a, pool_b = torch.randn(2, 7, 3)
+    whole = model.log_likelihood(pool_a[None], pool_b[None], z)  # (M, R) or (S, M, R)
+    for block in (1, 2, 5, 9):
+        torch.testing.assert_close(model.shared_pairs_log_likelihood(pool_a, pool_b, z, block), whole)
+
+
 def test_random_is_reproducible_by_seed(paper_np: RewardPredictor) -> None:
     a, b = _pairs(0.0, 1.0, 50, seed=7)
     empty = torch.zeros(0, 1)
@@ -145,3 +183,29 @@ def test_bad_input_is_refused_naming_the_argument(
     } | change
     with pytest.raises(ValueError, match=match):
         paper_np.next_query(**arguments)
+
+
+def test_the_bayes_questioner_asks_the_pair_the_types_disagree_on_first_then_nothing_is_worth_asking() -> (
+    None
+):
+    oracle = BayesOracle(task_spec("paper1d"))
+    pool_a = torch.tensor([[0.1], [0.3], [0.9], [0.2]])  # both types prefer the larger item below 0.5 ...
+    pool_b = torch.tensor([[0.2], [0.4], [0.7], [0.45]])  # ... and disagree on (0.9, 0.7)
+    a_wins = pool_a[:, 0] > pool_b[:, 0]  # a type0 user: prefers the larger item everywhere
+    assert bayes_questions(oracle, pool_a, pool_b, a_wins, steps=3) == [2, 0, 1]  # then ties: first in order
+    posterior = oracle.posterior(pool_a[2:3], pool_b[2:3])  # (0.9 > 0.7) rules type1 out
+    torch.testing.assert_close(posterior, torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_the_report_gives_the_ece_of_every_model_at_every_m() -> None:
+    """Elicitation trusts the model's probabilities, so results.md shows their calibration per m."""
+    cell = {"mean": 90.0, "sem": 1.0}
+    results = {
+        "models": {
+            "np-btl": {"accuracy": {"0": cell, "3": cell}, "ece": {"0": 0.031, "3": 0.0123}},
+            "btl": {"accuracy": {"0": cell, "3": cell}, "ece": {"0": 0.2, "3": 0.25}},
+        }
+    }
+    table = markdown_table(results)
+    assert "| np-btl | 0.0310 | 0.0123 |" in table and "| btl | 0.2000 | 0.2500 |" in table
+    assert "ECE" not in markdown_table({"models": {"x": {"accuracy": {"0": cell}}}})

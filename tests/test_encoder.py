@@ -86,3 +86,24 @@ def test_stochastic_encoder_has_a_scale_floor() -> None:
     assert isinstance(posterior, Posterior)
     assert posterior.mean.shape == (3, 3)
     assert float(posterior.scale.detach().min()) >= 0.05 - 1e-7
+
+
+def test_appending_each_pair_alone_matches_encoding_every_extended_context() -> None:
+    """`with_each_pair` pools the shared pairs once; it must give `forward` on the (M, C + 1, D) stack."""
+    chosen, rejected, _ = _context(batch=1, size=5)
+    extra_chosen, extra_rejected = torch.randn(2, 7, 4)
+    torch.manual_seed(2)
+    stochastic = ContextEncoder(4, 32, 8, stochastic=True, pooling="mean+max", depth=3)
+    for encoder in [*_encoders(), stochastic]:
+        for size in (0, 5):  # an empty context too: the extra pair alone
+            context_chosen, context_rejected = chosen[0, :size], rejected[0, :size]
+            stacked_chosen = torch.cat([context_chosen.expand(7, size, 4), extra_chosen[:, None]], 1)
+            stacked_rejected = torch.cat([context_rejected.expand(7, size, 4), extra_rejected[:, None]], 1)
+            expected = encoder(stacked_chosen, stacked_rejected, torch.ones(7, size + 1, dtype=torch.bool))
+            got = encoder.with_each_pair(context_chosen, context_rejected, extra_chosen, extra_rejected)
+            if isinstance(expected, Posterior):
+                assert isinstance(got, Posterior)
+                torch.testing.assert_close(got.mean, expected.mean)
+                torch.testing.assert_close(got.scale, expected.scale)
+            else:
+                torch.testing.assert_close(got, expected)

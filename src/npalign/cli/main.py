@@ -1,4 +1,4 @@
-"""`npalign` command line: demo, synth, data build, embed, train-reward, evaluate-reward, train-dpo, evaluate-dpo, generate, serve (L4, cli)."""
+"""`npalign` command line: demo, synth, data build, embed, train-reward, evaluate-reward, elicit, train-dpo, evaluate-dpo, generate, serve (L4, cli)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from npalign import __version__
-from npalign.cli import data_cmd, dpo_cmd, embed_cmd, serve_cmd
+from npalign.cli import data_cmd, dpo_cmd, elicit_cmd, embed_cmd, serve_cmd
 from npalign.cli.common import (
     USER_ERRORS,
     Command,
@@ -150,6 +150,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.data} has {data.features.shape[1]}-d items but the model expects {record['embed_dim']}."
         )
     name = args.name or record["model"]["kind"]
+    if args.elicit:
+        return _evaluate_elicitation(args, model, data, name)
+    args.episodes = 10000 if args.episodes is None else args.episodes
     results = {
         "models": {
             name: evaluate_reward_model(
@@ -172,6 +175,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     paths = write_report(results, out.parent, title=f"{name} on {Path(args.data).name}", json_name=out.name)
     print(markdown_table(results))
     print(f"wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
+    return 0
+
+
+def _evaluate_elicitation(args: argparse.Namespace, model, data, name: str) -> int:  # noqa: ANN001 - CLI glue
+    """evaluate-reward --elicit: the curves against k, their table and plot, and the comparisons in words."""
+    from npalign.evaluation.elicit import elicitation_curves, summary_lines, table_view
+    from npalign.evaluation.report import markdown_table, plot_accuracy
+    from npalign.utils.io import atomic_path, write_json
+
+    if args.pool < 1:
+        raise ValueError(f"--pool {args.pool}: each user needs at least one candidate pair.")
+    results = elicitation_curves(
+        model,
+        data,
+        strategies=list(dict.fromkeys(args.elicit)),
+        queries=sorted(set(args.queries)),
+        pool=args.pool,
+        episodes=ELICIT_EPISODES if args.episodes is None else args.episodes,
+        targets=args.targets,
+        seed=args.seed,
+        progress=True,
+    )
+    results["protocol"]["name"] = name
+    out = Path(args.out)
+    title = f"{name} on {Path(args.data).name}: accuracy after k queries"
+    table = markdown_table(table_view(results), column="k")
+    words = "\n".join(f"- {line}" for line in summary_lines(results))
+    write_json(results, out)
+    markdown, plot = out.with_suffix(".md"), out.with_suffix(".png")
+    with atomic_path(markdown) as tmp:
+        tmp.write_text(f"# {title}\n\n{table}\n{words}\n")
+    plot_accuracy(results, plot, title, xlabel="queries asked k (pairs)")
+    print(table + words)
+    print(f"wrote {out}, {markdown} and {plot}")
     return 0
 
 
@@ -217,9 +254,31 @@ def _train_reward_flags(parser: argparse.ArgumentParser) -> None:
     add_training_flags(parser, config_required=False, config_help="YAML config (see configs/reward/)")
 
 
+ELICIT_EPISODES = 300
+"""evaluate-reward --elicit's default episodes: each asks up to 10 questions one model call at a time."""
+
+
 def _evaluate_reward_flags(parser: argparse.ArgumentParser) -> None:
     add_evaluation_flags(parser, run="model", trained_by="train-reward", name_default="its kind")
-    parser.set_defaults(contexts=["0", "1", "3", "5", "10"], episodes=10000, targets=20)
+    parser.add_argument(
+        "--elicit",
+        nargs="+",
+        default=None,
+        metavar="STRATEGY",
+        help="instead of the m sweep: accuracy after k queries chosen from each user's pool by each of "
+        "random, uncertainty, info-gain, d-optimal (bald: latent NP-BTL)",
+    )
+    parser.add_argument(
+        "--queries",
+        nargs="+",
+        type=int,
+        default=[1, 2, 3, 5, 10],
+        help="--elicit: the k to report (default 1 2 3 5 10)",
+    )
+    parser.add_argument(
+        "--pool", type=int, default=20, help="--elicit: candidate pairs per user (default 20)"
+    )
+    parser.set_defaults(contexts=["0", "1", "3", "5", "10"], episodes=None, targets=20)
 
 
 COMMANDS = (
@@ -244,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd.register(commands)
     dpo_cmd.register(commands)
     embed_cmd.register(commands)
+    elicit_cmd.register(commands)
     serve_cmd.register(commands)
     return parser
 

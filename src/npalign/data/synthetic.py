@@ -207,6 +207,15 @@ class BayesOracle:
         """(..., d) items -> (..., H) reward under each hypothesis."""
         return basis_values(self.spec["basis"], items.double()) @ self.hypotheses.T
 
+    def pair_probs(self, first: Tensor, second: Tensor) -> Tensor:
+        """p(first > second) under each hypothesis: (..., d) items twice -> (..., H), float64."""
+        return _choice_prob(self._rewards(first), self._rewards(second), float(self.spec["noise"]))
+
+    def posterior(self, chosen: Tensor, rejected: Tensor) -> Tensor:
+        """The posterior over hypotheses after one user's C choices: (C, d) twice -> (H,); C may be 0."""
+        log_lik = self.pair_probs(chosen, rejected).clamp(min=1e-300).log().sum(0)  # (H,)
+        return torch.softmax(log_lik, dim=-1)
+
     def episode_accuracy(self, batch: EpisodeBatch) -> Tensor:
         """Expected accuracy of the Bayes predictor on each episode's targets, (B,) fractions.
 

@@ -8,11 +8,14 @@ from typing import Any
 from npalign.utils.io import atomic_path, write_json
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-    """Accuracy (mean ± s.e.m., percent) per model and context size, the ceiling as the last row."""
+def markdown_table(results: dict[str, Any], column: str = "m") -> str:
+    """Accuracy (mean ± s.e.m., percent) per model and context size, the ceiling as the last row.
+
+    `column` names the x of the header cells: m (context size) or k (queries asked, `evaluation/elicit.py`).
+    """
     models = results["models"]
     contexts = sorted({int(m) for record in models.values() for m in record["accuracy"]})
-    header = "| model | " + " | ".join(f"m = {m}" for m in contexts) + " |"
+    header = "| model | " + " | ".join(f"{column} = {m}" for m in contexts) + " |"
     lines = [header, "|---|" + "---|" * len(contexts)]
     for name, record in models.items():
         cells = []
@@ -28,11 +31,21 @@ def markdown_table(results: dict[str, Any]) -> str:
             sem = sems.get(str(m), 0.0)
             cells.append("" if value is None else f"{value:.2f}" + (f" ± {sem:.2f}" if sem else ""))
         lines.append("| Bayes ceiling | " + " | ".join(cells) + " |")
+    eces = {name: record["ece"] for name, record in models.items() if record.get("ece")}
+    if eces:
+        # Elicitation trusts the model's own probabilities, so their calibration is reported beside accuracy.
+        lines += ["", "ECE of p(chosen > rejected) (10 bins, both orders of each target):", "", header]
+        lines.append("|---|" + "---|" * len(contexts))
+        for name, ece in eces.items():
+            cells = [f"{ece[str(m)]:.4f}" if str(m) in ece else "" for m in contexts]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy(results: dict[str, Any], path: str | Path, title: str = "") -> None:
-    """Accuracy against m for every model (error bars = s.e.m.), the ceiling dashed."""
+def plot_accuracy(
+    results: dict[str, Any], path: str | Path, title: str = "", xlabel: str = "context size m (pairs)"
+) -> None:
+    """Accuracy against m (or k queries) for every model (error bars = s.e.m.), the ceiling dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +60,7 @@ def plot_accuracy(results: dict[str, Any], path: str | Path, title: str = "") ->
     if results.get("ceiling"):
         contexts = sorted(int(m) for m in results["ceiling"])
         axis.plot(contexts, [results["ceiling"][str(m)] for m in contexts], "k--", label="Bayes ceiling")
-    axis.set_xlabel("context size m (pairs)")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("accuracy on unseen targets (%)")
     axis.set_title(title or "Accuracy against context size")
     axis.grid(alpha=0.3)

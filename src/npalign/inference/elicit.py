@@ -17,7 +17,12 @@ N candidates (N, D) twice, vectorised over candidates:
                predictions where they are (e.g. two identical items: both answers give the same context).
                Under the assumption that the model's own probabilities are calibrated for this user; a
                deterministic NP-BTL carries no belief over z, so this is the only sense in which it
-               "knows what it does not know". All 2N updated contexts go through one `model.infer` call.
+               "knows what it does not know". The 2N updated contexts share C pairs, so those are encoded
+               once and each candidate only adds its own pair to the pooled sum and max (exact for the
+               attention-free encoder; with attention every updated context is encoded in full), and the
+               reward network runs on the pool's items once, then over the 2N latents in cache-sized
+               blocks. The default pool is `MAX_REFERENCE` = 32 candidates (it was 64: the cost is linear
+               in R, and 32 pairs still cover the candidates' span); pass `reference=` for another.
 * `bald`       latent NP-BTL only: I(y; z) = H(E_z p) - E_z H(p_z) over `num_samples` draws of q(z | context)
                (Houlsby et al. 2011), the information the answer carries about the latent itself.
 * `uncertainty` -|p(a > b | context) - 1/2|.
@@ -48,9 +53,12 @@ from npalign.types import Posterior
 STRATEGIES = ("info-gain", "bald", "uncertainty", "d-optimal", "random")
 D_OPTIMAL_RIDGE = 1.0
 """lambda of the d-optimal design matrix: the prior precision before any context pair."""
-MAX_REFERENCE = 64
+MAX_REFERENCE = 32
 """info-gain's default reference pool: at most this many candidate pairs (`default_reference`). The cost is
-2N x R reward evaluations, so 1,000 candidates against all 1,000 would be 4 M item passes."""
+2N x 2R (user, item) passes of the reward network, which dominates: 1,000 candidates against 32 pairs is
+128 k, the encoder's 2N pair passes beside it."""
+REFERENCE_BLOCK = 1 << 20
+"""info-gain evaluates the reference pool for this many (user, item, hidden unit) entries at a time."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,27 @@ def default_reference(
     return candidates_a[keep], candidates_b[keep]
 
 
+def _reference_prob(
+    model: PreferenceModel,
+    reference_a: Tensor,
+    reference_b: Tensor,
+    latent: object,
+    generator: torch.Generator,
+) -> Tensor:
+    """p(a_r > b_r) of the R reference pairs for each of M users: (R, D) twice, latent for M -> (M, R).
+
+    The reward network runs on every (user, item) pair, an (M, 2R, H) hidden state that for M = 2,000 and
+    R = 64 is 260 MB; taken `REFERENCE_BLOCK` entries at a time it stays in cache and nothing large is
+    allocated (`shared_pairs_log_likelihood`). A Posterior is sampled once for all M users before that.
+    """
+    block = max(1, REFERENCE_BLOCK // (2 * reference_a.shape[0] * model.out.in_features))
+    if isinstance(latent, Posterior):
+        z = latent.sample(model.num_samples, generator)  # (S, M, Z)
+        return model.shared_pairs_log_likelihood(reference_a, reference_b, z, block).exp().mean(0)
+    assert isinstance(latent, Tensor)
+    return model.shared_pairs_log_likelihood(reference_a, reference_b, latent, block).exp()
+
+
 def info_gain(query: Query, reference_a: Tensor, reference_b: Tensor) -> Tensor:
     """Expected predictive information gain of each candidate on the reference pool (module docstring).
 
@@ -154,22 +183,20 @@ def info_gain(query: Query, reference_a: Tensor, reference_b: Tensor) -> Tensor:
     """
     model, context_chosen, context_rejected = query.model, query.context_chosen, query.context_rejected
     candidates_a, candidates_b, generator = query.candidates_a, query.candidates_b, query.generator
-    N, C = candidates_a.shape[0], context_chosen.shape[0]
+    N = candidates_a.shape[0]
     latent = _context_latent(model, context_chosen, context_rejected)
     if latent is None:
         return torch.zeros(N, device=candidates_a.device)
     prob_a = _prefer_prob(model, candidates_a[None], candidates_b[None], latent, generator)[0]  # (N,)
-    # 2N updated contexts: rows 0..N-1 append (a, b) (the user answered a), rows N..2N-1 append (b, a).
-    shared_chosen = context_chosen[None].expand(2 * N, C, -1)  # (2N, C, D)
-    shared_rejected = context_rejected[None].expand(2 * N, C, -1)
-    new_chosen = torch.cat([candidates_a, candidates_b])[:, None]  # (2N, 1, D)
-    new_rejected = torch.cat([candidates_b, candidates_a])[:, None]
-    chosen = torch.cat([shared_chosen, new_chosen], 1)  # (2N, C + 1, D)
-    rejected = torch.cat([shared_rejected, new_rejected], 1)
-    mask = torch.ones(2 * N, C + 1, dtype=torch.bool, device=chosen.device)
-    updated = model.infer(chosen, rejected, mask)  # (2N, Z) or a Posterior over 2N users
-    # The pool is shared: (1, R, D) broadcasts against the 2N latents inside the reward network.
-    ref_prob = _prefer_prob(model, reference_a[None], reference_b[None], updated, generator)  # (2N, R)
+    # 2N updated contexts: rows 0..N-1 append (a, b) (the user answered a), rows N..2N-1 append (b, a). The
+    # encoder pools pairs independently, so the C shared pairs are encoded once (`infer_with_each_pair`).
+    updated = model.infer_with_each_pair(
+        context_chosen,
+        context_rejected,
+        torch.cat([candidates_a, candidates_b]),
+        torch.cat([candidates_b, candidates_a]),
+    )  # (2N, Z) or a Posterior over 2N users
+    ref_prob = _reference_prob(model, reference_a, reference_b, updated, generator)  # (2N, R)
     after_a, after_b = ref_prob[:N], ref_prob[N:]  # (N, R) each
     weight_a = prob_a[:, None]  # (N, 1)
     mixture = weight_a * after_a + (1 - weight_a) * after_b  # (N, R): p_r_bar

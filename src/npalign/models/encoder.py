@@ -88,6 +88,44 @@ class ContextEncoder(nn.Module):
         Returns:
             z (B, Z), or a Posterior with mean and scale (B, Z) when stochastic.
         """
+        return self._latent(self._pool(context_chosen, context_rejected, context_mask))
+
+    def with_each_pair(
+        self, context_chosen: Tensor, context_rejected: Tensor, extra_chosen: Tensor, extra_rejected: Tensor
+    ) -> Tensor | Posterior:
+        """The latents of M contexts, each one user's context plus one more pair: `forward` on (M, C + 1, D).
+
+        Without attention each pair's h_j does not depend on the others, so the C context pairs go through
+        the per-pair network once and each extra pair only joins the pooled sum and max: C + M pair passes
+        instead of M (C + 1), the same function up to float rounding. With attention every pair sees the
+        new one, so the M contexts are encoded in full.
+
+        Args:
+            context_chosen / context_rejected: (C, D), C may be 0.
+            extra_chosen / extra_rejected: (M, D).
+        Returns:
+            z (M, Z), or a Posterior with (M, Z) mean and scale.
+        """
+        M, C = extra_chosen.shape[0], context_chosen.shape[0]
+        if self.attention is not None:
+            chosen = torch.cat(
+                [context_chosen[None].expand(M, C, -1), extra_chosen[:, None]], 1
+            )  # (M, C+1, D)
+            rejected = torch.cat([context_rejected[None].expand(M, C, -1), extra_rejected[:, None]], 1)
+            mask = torch.ones(M, C + 1, dtype=torch.bool, device=chosen.device)
+            return self(chosen, rejected, mask)
+        extra = self.pair_net(torch.cat([extra_chosen, extra_rejected], -1))  # (M, H)
+        total, peak = extra, extra  # (M, H): the sum and max of the extra pair alone
+        if C:
+            pairs = self.pair_net(torch.cat([context_chosen, context_rejected], -1))  # (C, H)
+            total, peak = pairs.sum(0) + extra, torch.maximum(pairs.amax(0), extra)
+        pooled = total / (C + 1)  # (M, H)
+        if self.pooling == "mean+max":
+            pooled = torch.cat([pooled, peak], -1)  # (M, 2H)
+        return self._latent(pooled)
+
+    def _pool(self, context_chosen: Tensor, context_rejected: Tensor, context_mask: Tensor) -> Tensor:
+        """The pooled representation (B, H) or (B, 2H) of `forward`'s inputs, before the head."""
         batch = context_mask.shape[0]
         if context_mask.shape[1] == 0:
             pooled = self.empty_context.expand(batch, -1)  # (B, H)
@@ -110,6 +148,10 @@ class ContextEncoder(nn.Module):
                 peak = pairs.masked_fill(~context_mask[..., None], float("-inf")).amax(1)  # (B, H)
                 pooled = torch.cat([pooled, torch.where(counts[:, None] > 0, peak, 0.0)], -1)  # (B, 2H)
             pooled = torch.where(counts[:, None] > 0, pooled, self.empty_context.expand(batch, -1))
+        return pooled
+
+    def _latent(self, pooled: Tensor) -> Tensor | Posterior:
+        """The head on a pooled (B, H) or (B, 2H) representation: z (B, Z) or a Posterior."""
         out = self.head(pooled)  # (B, Z) or (B, 2Z)
         if not self.stochastic:
             return out

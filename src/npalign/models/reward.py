@@ -154,6 +154,22 @@ class PreferenceModel(nn.Module):
         has_context = context_mask.any(1, keepdim=True).to(latent.dtype)  # (B, 1)
         return torch.cat([latent, has_context], -1)  # (B, Z + 1)
 
+    def infer_with_each_pair(
+        self, context_chosen: Tensor, context_rejected: Tensor, extra_chosen: Tensor, extra_rejected: Tensor
+    ) -> UserLatent | None:
+        """`infer` on M contexts, each one user's (C, D) context plus one of M (M, D) extra pairs.
+
+        The same latents as `infer` on the (M, C + 1, D) stack, without encoding the shared C pairs M times
+        (`ContextEncoder.with_each_pair`). Returns (M, Z), a Posterior over M users, or None for btl/dpl.
+        """
+        if self.encoder is None:
+            return None
+        latent = self.encoder.with_each_pair(context_chosen, context_rejected, extra_chosen, extra_rejected)
+        if self.prior_net is None:
+            return latent
+        assert isinstance(latent, Tensor)
+        return torch.cat([latent, torch.ones_like(latent[:, :1])], -1)  # (M, Z + 1): every context has a pair
+
     def item_outputs(self, items: Tensor, z: Tensor | None) -> Tensor:
         """Head outputs for items.
 
@@ -164,7 +180,10 @@ class PreferenceModel(nn.Module):
         Returns:
             (B, T, O) or (S, B, T, O), O = 1 (reward) or 2 (DPL mean, raw scale).
         """
-        hidden = self.item_net(self.item_dropout(items))  # (B, T, H)
+        return self._conditioned_outputs(items, self.item_net(self.item_dropout(items)), z)
+
+    def _conditioned_outputs(self, items: Tensor, hidden: Tensor, z: Tensor | None) -> Tensor:
+        """`item_outputs` from the item network's output `hidden` (B, T, H) on: z joins, then the head."""
         if z is not None:
             assert self.latent_proj is not None
             personal = z[..., : self.latent_dim]
@@ -189,7 +208,32 @@ class PreferenceModel(nn.Module):
         stacked = torch.stack([chosen, rejected])  # (2, B, T, D)
         if z is not None and z.dim() == 3:
             stacked = stacked.unsqueeze(1)  # (2, 1, B, T, D) against S samples of z
-        both = self.item_outputs(stacked, None if z is None else z.unsqueeze(0))
+        return self._pair_log_likelihood(self.item_outputs(stacked, None if z is None else z.unsqueeze(0)))
+
+    def shared_pairs_log_likelihood(self, chosen: Tensor, rejected: Tensor, z: Tensor, block: int) -> Tensor:
+        """log p(chosen > rejected) of the same T pairs for each of M users: `log_likelihood` with the item
+        network run once and the users taken `block` at a time, so the (M, 2T, H) hidden state is never
+        allocated whole. The same values as `log_likelihood(chosen[None], rejected[None], z)`.
+
+        Args:
+            chosen / rejected: (T, D).
+            z: (M, Z), or (S, M, Z) samples.
+            block: users per step.
+        Returns:
+            (M, T), or (S, M, T).
+        """
+        stacked = torch.stack([chosen, rejected])[:, None]  # (2, 1, T, D)
+        if z.dim() == 3:
+            stacked = stacked.unsqueeze(1)  # (2, 1, 1, T, D) against S samples
+        hidden = self.item_net(self.item_dropout(stacked))  # (2, 1, [1,] T, H)
+        parts = []
+        for start in range(0, z.shape[-2], block):
+            z_block = z[..., start : start + block, :].unsqueeze(0)  # (1, [S,] block, Z)
+            parts.append(self._pair_log_likelihood(self._conditioned_outputs(stacked, hidden, z_block)))
+        return torch.cat(parts, -2)  # users are the second-last dimension
+
+    def _pair_log_likelihood(self, both: Tensor) -> Tensor:
+        """log p(chosen > rejected) from head outputs (2, ..., O) of the chosen and rejected items -> (...)."""
         out_chosen, out_rejected = both[0], both[1]
         if self.kind == "dpl":
             var_chosen = F.softplus(out_chosen[..., 1]) + 1e-4
