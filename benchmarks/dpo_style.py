@@ -319,9 +319,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# NP-DPO style steering on a CPU (benchmarks/dpo_style.py)",
         "",
-        f"Machine: {report['machine']}. Policy: {report['policy']['steps']} steps, kept step "
-        f"{report['policy'].get('best_step')}; baseline: {report['baseline']['steps']} steps. "
-        f"Wall time: {json.dumps({k: round(v) for k, v in report['seconds'].items()})} s.",
+        f"Machine: {report['machine']}. NP-DPO: {report['policy']['steps']} steps in "
+        f"{report['policy']['seconds_this_run'] / 60:.0f} min, kept step {report['policy'].get('best_step')} "
+        f"(best validation accuracy); baseline (unconditional DPO, same pairs): {report['baseline']['steps']} "
+        f"steps in {report['baseline']['seconds_this_run'] / 60:.0f} min, kept step "
+        f"{report['baseline'].get('best_step')}. Stage wall times (s; 0 = reused): "
+        f"{json.dumps({k: round(v) for k, v in report['seconds'].items()})}. Every answer: answers.jsonl.",
         "",
         "## Greedy answers per user (all contexts) — script judges",
         "",
