@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 from peft import LoraConfig, PeftModel, get_peft_model
-from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from npalign.embedding import hub
@@ -45,8 +44,11 @@ def default_lora_targets(model_type: str) -> list[str]:
     return list(_DEFAULT_LORA_TARGETS.get(model_type, _FALLBACK_LORA_TARGETS))
 
 
-def layer_lora_targets(base_model: nn.Module, targets: list[str], layers: list[int]) -> list[str]:
-    """The full names of the modules called `targets` (e.g. q_proj) inside the decoder blocks `layers`.
+def lora_targets(
+    base_model: PreTrainedModel, modules: list[str] | None, layers: list[int] | None
+) -> list[str]:
+    """The module names LoRA adapts: `modules` (None: the architecture's q/v projections), anywhere, or
+    with `layers` only inside those decoder blocks, as full names.
 
     Explicit names keep LoRA, and so its backward pass, to those blocks; peft matches them exactly, and
     the policy's record holds them, so loading needs nothing more.
@@ -54,6 +56,10 @@ def layer_lora_targets(base_model: nn.Module, targets: list[str], layers: list[i
     Raises:
         ValueError: a layer index outside the model's blocks, or no such module in those blocks.
     """
+    model_type = str(getattr(base_model.config, "model_type", ""))
+    targets = default_lora_targets(model_type) if modules is None else list(modules)
+    if layers is None:
+        return targets
     blocks = decoder_blocks(base_model)
     bad = [i for i in layers if not 0 <= i < len(blocks)]
     if bad:

@@ -21,7 +21,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from npalign.models.bases import default_lora_targets, inject_lora, layer_lora_targets
+from npalign.models.bases import inject_lora, lora_targets
 from npalign.models.bases import load_base as load_base  # re-exported: training/dpo.py imports it from here
 from npalign.models.encoder import ContextEncoder
 from npalign.models.film import FiLM, attach_film, sequence_latents
@@ -94,12 +94,7 @@ class ConditionalPolicy(nn.Module):
         super().__init__()
         if isinstance(base_model, PeftModel):
             raise TypeError("base_model already carries peft adapters; pass the plain transformers model.")
-        model_type = str(getattr(base_model.config, "model_type", ""))
-        targets = (
-            default_lora_targets(model_type) if lora_target_modules is None else list(lora_target_modules)
-        )
-        if lora_layers is not None:
-            targets = layer_lora_targets(base_model, targets, lora_layers)
+        targets = lora_targets(base_model, lora_target_modules, lora_layers)
         base_model.requires_grad_(False)
         if bf16:
             base_model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers wraps `to` opaquely
