@@ -87,18 +87,41 @@ SERVE_TRAIN = [
 SERVE_WORDS = "the cat sat on a warm mat while rain fell over quiet hills and rivers ran far".split(" ")  # noqa: SIM905
 
 
-def train_feature_model(out: Path, kind: str = "np-btl") -> Path:
-    """A tiny reward model on the 2-d mixture task (feature vectors), trained in a second or two."""
+def train_synthetic(out: Path, task: str, num_pairs: int, num_users: int, overrides: list[str]) -> Path:
+    """A reward model trained on a synthetic task (seed 0, split by user 0.8 / 0.1 / 0.1) into `out`."""
     from npalign.config import RewardTrainConfig, load_config
     from npalign.data.loaders import split_by_user
     from npalign.data.synthetic import generate, task_spec
     from npalign.training.reward import train_reward_model
 
-    data = generate(task_spec("mixture2d", num_pairs=1200, num_users=24), seed=0)
+    data = generate(task_spec(task, num_pairs=num_pairs, num_users=num_users), seed=0)
     train, val, _ = split_by_user(data, (0.8, 0.1, 0.1), seed=0)
-    cfg = load_config(RewardTrainConfig, overrides=[*SERVE_TRAIN, f"model.kind={kind}"])
-    train_reward_model(cfg, train, val, out)
+    train_reward_model(load_config(RewardTrainConfig, overrides=overrides), train, val, out)
     return out
+
+
+def train_feature_model(out: Path, kind: str = "np-btl") -> Path:
+    """A tiny reward model on the 2-d mixture task (feature vectors), trained in a second or two."""
+    return train_synthetic(out, "mixture2d", 1200, 24, [*SERVE_TRAIN, f"model.kind={kind}"])
+
+
+# A small NP-BTL for the elicitation tests: the paper's 1-D task, learnt in a few seconds.
+SMALL_NP_BTL = [
+    "model.kind=np-btl",
+    "model.hidden_dim=32",
+    "model.latent_dim=8",
+    "episodes.batch_users=32",
+    "optim.lr=3e-3",
+    "optim.warmup_steps=20",
+    "eval.val_episodes=16",
+    "run.progress=false",
+]
+
+
+def train_small_paper1d(out: Path, num_pairs: int, num_users: int, steps: int) -> Path:
+    """`SMALL_NP_BTL` on paper1d for `steps` steps, validated and saved at the last one."""
+    budget = [f"optim.steps={steps}", f"eval.val_every={steps}", f"run.save_every={steps}"]
+    return train_synthetic(out, "paper1d", num_pairs, num_users, [*SMALL_NP_BTL, *budget])
 
 
 def length_user_rows(words: Sequence[str], num_prompts: int, split: Callable[[int], str]) -> list[dict]:

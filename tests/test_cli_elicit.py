@@ -10,41 +10,18 @@ import pytest
 import torch
 
 import npalign
-from helpers import synth_command
+from helpers import synth_command, train_small_paper1d
 from npalign.cli.main import main
-from npalign.config import RewardTrainConfig, load_config
 from npalign.data.conversation import read_context_file
-from npalign.data.loaders import split_by_user
-from npalign.data.synthetic import generate, task_spec
 from npalign.inference.api import RewardPredictor
 from npalign.inference.text import TextRewardPredictor
-from npalign.training.reward import train_reward_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SMALL = [
-    "model.kind=np-btl",
-    "model.hidden_dim=32",
-    "model.latent_dim=8",
-    "episodes.batch_users=32",
-    "optim.lr=3e-3",
-    "optim.steps=300",
-    "optim.warmup_steps=20",
-    "eval.val_every=300",
-    "eval.val_episodes=16",
-    "run.save_every=300",
-    "run.progress=false",
-]
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small NP-BTL on the paper's 1-D task (items are 1-d features)."""
-    data = generate(task_spec("paper1d", num_pairs=3000, num_users=60), seed=0)
-    train, val, _ = split_by_user(data, (0.8, 0.1, 0.1), seed=0)
-    out = tmp_path_factory.mktemp("elicit_cli") / "run"
-    train_reward_model(load_config(RewardTrainConfig, overrides=SMALL), train, val, out)
-    return out
+    return train_small_paper1d(tmp_path_factory.mktemp("elicit_cli") / "run", 3000, 60, steps=300)
 
 
 CONTEXT = [{"chosen": [0.9], "rejected": [0.7]}, {"chosen": [0.6], "rejected": [0.8]}]

@@ -6,38 +6,21 @@ import pytest
 import torch
 
 import npalign
-from npalign.config import RewardTrainConfig, load_config
-from npalign.data.loaders import split_by_user
-from npalign.data.synthetic import BayesOracle, generate, task_spec
+from helpers import train_small_paper1d
+from npalign.data.synthetic import BayesOracle, task_spec
 from npalign.evaluation.elicit import bayes_questions
 from npalign.evaluation.report import markdown_table
 from npalign.inference.api import RewardPredictor
 from npalign.inference.elicit import STRATEGIES, Query, info_gain
 from npalign.models.reward import PreferenceModel
-from npalign.training.reward import train_reward_model
 from npalign.types import Posterior
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a busy machine
 
-SMALL = [
-    "model.hidden_dim=32",
-    "model.latent_dim=8",
-    "episodes.batch_users=32",
-    "optim.warmup_steps=20",
-    "eval.val_episodes=16",
-    "run.progress=false",
-    "optim.lr=3e-3",
-]
-
-
 @pytest.fixture(scope="module")
 def paper_np(tmp_path_factory: pytest.TempPathFactory) -> RewardPredictor:
     """A small NP-BTL on the paper's two-type 1-D task: the types agree below 0.5 and disagree above."""
-    data = generate(task_spec("paper1d", num_pairs=4000, num_users=80), seed=0)
-    train, val, _ = split_by_user(data, (0.8, 0.1, 0.1), seed=0)
-    out = tmp_path_factory.mktemp("elicit") / "run"
-    overrides = [*SMALL, "model.kind=np-btl", "optim.steps=500", "eval.val_every=500", "run.save_every=500"]
-    train_reward_model(load_config(RewardTrainConfig, overrides=overrides), train, val, out)
+    out = train_small_paper1d(tmp_path_factory.mktemp("elicit") / "run", 4000, 80, steps=500)
     model = npalign.load(str(out))
     assert isinstance(model, RewardPredictor)
     return model
