@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -659,3 +660,12 @@ def test_serve_command_refuses_a_store_it_cannot_open(
         == 2
     )
     assert "cannot open the store" in capsys.readouterr().err
+
+
+def test_serve_without_the_serve_extra_is_a_one_line_error(
+    feature_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as after `pip install -e .`: import uvicorn fails
+    assert main(["serve", "--model", str(feature_run)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "pip install 'npalign[serve]'" in error and "'uvicorn'" in error and "\n" not in error

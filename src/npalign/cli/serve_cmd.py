@@ -84,8 +84,13 @@ def run_serve(args: argparse.Namespace) -> int:
         if folder is not None and not Path(folder).is_dir():
             raise ValueError(f"--{flag} {folder}: no such directory; pass a run directory.")
 
-    import uvicorn
-    from sqlalchemy.exc import SQLAlchemyError
+    try:
+        import uvicorn
+        from sqlalchemy.exc import SQLAlchemyError
+    except ModuleNotFoundError as error:  # `pip install -e .` leaves the server's packages out
+        raise ValueError(
+            f"npalign serve needs {error.name!r}, from the serve extra: pip install 'npalign[serve]'."
+        ) from None
 
     from npalign.embedding.features import default_cache_dir
     from npalign.inference.api import load
