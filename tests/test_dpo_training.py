@@ -324,10 +324,25 @@ def test_config_errors_name_the_key(workdir: Path, capsys: pytest.CaptureFixture
         ("mode=steered", "mode='steered'"),
         ("dpo.beta=0", "dpo.beta=0.0"),
         ("dpo.betta=0.1", "dpo.betta"),
+        ("dpo.rpo_alpha=-1", "dpo.rpo_alpha=-1"),
         ("data.user_types=[nobody]", "nobody"),
     ):
         assert main(_train_args(workdir / "bad", workdir / "cache", override)) == 2
         assert message in capsys.readouterr().err
+
+
+def test_rpo_alpha_adds_the_chosen_responses_mean_token_nll_to_the_dpo_loss(workdir: Path) -> None:
+    settings = ["optim.steps=1", "optim.warmup_steps=1", "run.log_every=1", "data.val_split=null"]
+    records = {}
+    for alpha in (0.0, 2.0):
+        out = workdir / f"rpo{alpha}"
+        assert main(_train_args(out, workdir / "cache", *settings, f"dpo.rpo_alpha={alpha}")) == 0
+        (records[alpha],) = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
+    # Step 1 scores the same batch with the same weights, so only the added term differs.
+    plain, rpo = records[0.0], records[2.0]
+    assert plain["logps/chosen"] == pytest.approx(rpo["logps/chosen"], rel=1e-5)
+    assert rpo["nll_loss"] == pytest.approx(plain["nll_loss"], rel=1e-5) and rpo["nll_loss"] > 0
+    assert rpo["loss"] - plain["loss"] == pytest.approx(2.0 * rpo["nll_loss"], rel=1e-4)
 
 
 def test_context_and_target_pairs_never_overlap() -> None:

@@ -85,15 +85,22 @@ class RewardEvalConfig(sections.EvalConfig):
             contexts) or "accuracy" (mean accuracy, the figure the benchmarks report). On small data the
             rewards' NLL can rise from overconfidence while accuracy still improves as the encoder
             learns to tell users apart.
+        patience: stop once this many validations in a row have not beaten the kept step (a plateau);
+            optim.steps is then a cap. null trains for exactly optim.steps.
     """
 
     episodes: int = 6000
     select_by: str = "nll"
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.select_by not in ("nll", "accuracy"):
             raise ValueError(f"eval.select_by={self.select_by!r}: use 'nll' or 'accuracy'.")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(
+                f"eval.patience={self.patience} must be >= 1 (validations without improvement), or null."
+            )
         if self.episodes < 1:
             raise ValueError(f"eval.episodes={self.episodes} must be >= 1.")
 
@@ -226,14 +233,22 @@ class DPOLossConfig:
         beta: KL strength (0.05 in the release; 0.1 is TRL's default).
         precompute_reference: compute log pi_ref of every pair once before training (one pass over the
             data with adapters off) instead of a reference forward per step.
+        rpo_alpha: weight of the negative log-likelihood of the chosen responses added to the DPO loss
+            (TRL's `rpo_alpha`, Pang et al. 2024); None (the default) is plain DPO. A pair whose two sides
+            share a prefix (a short answer against its own continuation) gives DPO's margin one token on
+            the chosen side, and DPO can widen it by lowering the rejected continuation alone; the NLL
+            term teaches the conditioned policy to produce what the user chose, where it ends included.
     """
 
     beta: float = 0.05
     precompute_reference: bool = False
+    rpo_alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"dpo.beta={self.beta} must be positive (0.05 in the release, 0.1 in TRL).")
+        if self.rpo_alpha is not None and not self.rpo_alpha >= 0:
+            raise ValueError(f"dpo.rpo_alpha={self.rpo_alpha} must be >= 0 (TRL's RPO weight, 1.0 in the RPO paper).")
 
 
 @dataclass

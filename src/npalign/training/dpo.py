@@ -254,10 +254,17 @@ def _step(
                 policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=cfg.dpo.beta
             )
             loss = losses.mean()
+            extra = {}
+            if cfg.dpo.rpo_alpha is not None:
+                chosen_tokens = inputs["completion_mask"][: len(policy_chosen), 1:].sum()
+                nll = -policy_chosen.sum() / chosen_tokens.clamp(min=1)  # mean NLL per chosen token
+                loss = loss + cfg.dpo.rpo_alpha * nll
+                extra["nll_loss"] = float(nll.detach())
             accelerator.backward(loss / accumulation)
         stats.add(
             {
                 "loss": float(loss.detach()),
+                **extra,
                 **dpo_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected),
             },
             1 / accumulation,
