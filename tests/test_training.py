@@ -249,6 +249,33 @@ def test_the_kept_weights_are_the_best_validation_step_by_the_chosen_figure(
         load_config(RewardTrainConfig, overrides=["eval.select_by=loss"])
 
 
+def test_patience_stops_on_a_validation_plateau_and_resuming_adds_nothing(
+    paper_splits,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    train, val, _ = paper_splits
+    settings = ["optim.steps=3000", "eval.val_every=20", "run.log_every=20", "run.save_every=20"]
+    cfg = load_config(RewardTrainConfig, overrides=[*SMALL, *settings, "eval.contexts=[0,3]", "eval.patience=3"])
+    out = tmp_path / "plateau"
+    result = train_reward_model(cfg, train, val, out)
+    validations = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_nll" in r
+    ]
+    best = min(validations, key=lambda r: r["val_nll"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "plateau" and result.steps == summary["steps"] < 3000
+    # Stopped at the third validation in a row that did not beat the kept one, and not before.
+    assert result.best_step == best["step"] and validations[-1]["step"] == best["step"] + 3 * 20
+    for step in range(40, result.steps, 20):
+        seen = [r for r in validations if r["step"] <= step]
+        assert step - min(seen, key=lambda r: r["val_nll"])["step"] < 60 or step == result.steps
+    metrics = (out / "metrics.jsonl").read_text()
+    again = train_reward_model(cfg, train, val, out, resume=True)
+    assert again.steps == result.steps and (out / "metrics.jsonl").read_text() == metrics
+    with pytest.raises(ValueError, match="eval.patience=0"):
+        load_config(RewardTrainConfig, overrides=["eval.patience=0"])
+
+
 def test_refuses_to_overwrite_a_trained_run(trained_np: Path, paper_splits) -> None:  # noqa: ANN001
     train, val, _ = paper_splits
     with pytest.raises(FileExistsError, match="--resume"):

@@ -172,8 +172,13 @@ def _keep_best_weights(
     state: dict[str, Any],
     best_weights: dict[str, torch.Tensor],
     out_dir: Path,
+    save: bool,
 ) -> None:
-    """Update the kept weights part by part (a prior head is kept at its own best step at m = 0)."""
+    """Update the kept weights part by part (a prior head is kept at its own best step at m = 0).
+
+    Every process keeps the same record (validation is the same on each), so that all of them agree on a
+    plateau; only the main one (`save`) writes the weights.
+    """
     prior_keys = raw_model.prior_state_keys()
     done = int(record["step"])
     improved = set()
@@ -190,7 +195,13 @@ def _keep_best_weights(
         for key, value in raw_model.state_dict().items():
             if ("prior" if key in prior_keys else "rest") in improved:
                 best_weights[key] = value.detach().clone()
-        save_tensors(best_weights, out_dir / REWARD_WEIGHTS)
+        if save:
+            save_tensors(best_weights, out_dir / REWARD_WEIGHTS)
+
+
+def plateaued(patience: int | None, val_every: int, done: int, best_step: int) -> bool:
+    """True once `patience` validations in a row (patience x val_every steps) have not beaten the best."""
+    return patience is not None and best_step >= 0 and done - best_step >= patience * val_every
 
 
 def train_reward_model(
@@ -250,7 +261,8 @@ def _train(
         load_tensors(out_dir / REWARD_WEIGHTS) if resumable and (out_dir / REWARD_WEIGHTS).exists() else {}
     )
     metrics = MetricsLog(out_dir, accelerator, resumed_step=state["step"] if resumable else None)
-    total, first_step = cfg.optim.steps, state["step"]
+    # A run that stopped on a plateau is finished at that step; resuming it changes nothing.
+    total, first_step = state.get("stopped_at", cfg.optim.steps), state["step"]
     progress = progress_bar(total, first_step, f"train {cfg.model.kind}", cfg.run.progress and is_main)
     means, started = RunningMeans(), time.perf_counter()
     model.train()
@@ -266,12 +278,16 @@ def _train(
             scores = validate(raw_model, val_sampler, cfg.eval.contexts, cfg.eval.val_episodes, cfg.eval.seed)
             record = {"step": done, **scores}
             metrics.write(record)
-            if is_main:
-                _keep_best_weights(cfg, raw_model, record, state, best_weights, out_dir)
+            _keep_best_weights(cfg, raw_model, record, state, best_weights, out_dir, save=is_main)
+            if plateaued(cfg.eval.patience, cfg.eval.val_every, done, state["best_step"]):
+                state["stopped_at"] = total = done
+                logger.info("validation plateau: stopped at step %d, kept step %d", done, state["best_step"])
         if is_main and due(done, cfg.run.save_every, total):
             state["step"] = done
             save_checkpoint(out_dir, write_weights, optimizer, scheduler, state)
         progress.update(1)
+        if done == total:
+            break
     progress.close()
     seconds = time.perf_counter() - started
     if is_main:
@@ -279,6 +295,7 @@ def _train(
             write_weights(out_dir)
             state["best_step"] = total
         extra = {"best_prior_step": state["best_prior_step"]} if "best_prior_step" in state else {}
+        extra["stopped"] = "plateau" if "stopped_at" in state else "steps"
         best_nll = state["best_val_nll"] if val_sampler is not None else None
         write_summary(
             out_dir, total, first_step, seconds, best_step=state["best_step"], best_val_nll=best_nll, **extra
