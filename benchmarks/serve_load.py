@@ -51,6 +51,8 @@ from npalign.training.reward import train_reward_model
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the cat sat on a warm mat while rain fell over quiet hills and rivers ran far away".split()  # noqa: SIM905
 TRAIN = [
+    "model.encoder_depth=2",  # the release's shape, as measured (the library's defaults are 4 and 3)
+    "model.decoder_depth=1",
     "optim.steps=20",
     "optim.warmup_steps=0",
     "eval.val_every=20",

@@ -28,7 +28,9 @@ from npalign.training.reward import train_reward_model
 def step_times(kind: str, steps: int) -> list[float]:
     """Wall time of full steps (sample a batch, forward, backward, AdamW) at the paper's configuration."""
     data = generate(task_spec("paper1d"), seed=0)
-    cfg = load_config(RewardTrainConfig, overrides=[f"model.kind={kind}", "model.hidden_dim=256"])
+    # The paper's configuration: the release's shape (the library's default depths are 4 and 3).
+    shape = ["model.encoder_depth=2", "model.decoder_depth=1"]
+    cfg = load_config(RewardTrainConfig, overrides=[f"model.kind={kind}", "model.hidden_dim=256", *shape])
     sampler = EpisodeSampler(data, targets=cfg.episodes.targets, max_context=cfg.episodes.max_context,
                              min_context=cfg.episodes.min_context, batch_users=cfg.episodes.batch_users)
     torch.manual_seed(0)
@@ -50,6 +52,7 @@ def inference_times(runs: int) -> list[float]:
     data = generate(task_spec("paper1d", num_pairs=4000, num_users=80), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(RewardTrainConfig, overrides=["model.kind=np-btl", "optim.steps=10", "optim.warmup_steps=1",
+                                                  "model.encoder_depth=2", "model.decoder_depth=1",
                                                   "run.progress=false", "run.save_every=10", "run.log_every=10"])
         train_reward_model(cfg, data, None, tmp)
         model = npalign.load(tmp)

@@ -67,7 +67,12 @@ def counting_tokenizer() -> PreTrainedTokenizerFast:
 # ---------------------------------------------------------------------------------------------------
 # tiny trained reward models for the server tests (test_serve.py, test_serve_process.py)
 
+# The release's shape and a fixed step count: the tests' small models were tuned with it (the library's
+# defaults since issue 19 are deeper and stop on a validation plateau).
+RELEASE_SHAPE = ["model.encoder_depth=2", "model.decoder_depth=1", "eval.patience=null"]
+
 SERVE_TRAIN = [
+    *RELEASE_SHAPE,
     "model.hidden_dim=16",
     "model.latent_dim=4",
     "episodes.batch_users=8",
@@ -107,6 +112,7 @@ def train_feature_model(out: Path, kind: str = "np-btl") -> Path:
 
 # A small NP-BTL for the elicitation tests: the paper's 1-D task, learnt in a few seconds.
 SMALL_NP_BTL = [
+    *RELEASE_SHAPE,
     "model.kind=np-btl",
     "model.hidden_dim=32",
     "model.latent_dim=8",

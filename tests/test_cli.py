@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import synth_command
+from helpers import RELEASE_SHAPE, synth_command
 from npalign.cli.main import build_parser, main
 
 TINY = [
+    *RELEASE_SHAPE,
     "model.hidden_dim=16",
     "model.latent_dim=4",
     "optim.steps=50",

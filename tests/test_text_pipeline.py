@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 import npalign
-from helpers import length_user_rows
+from helpers import RELEASE_SHAPE, length_user_rows
 from npalign.cli import embed_cmd
 from npalign.cli.main import build_parser
 from npalign.cli.main import main as cli_main
@@ -31,6 +31,7 @@ from npalign.types import PreferenceSet
 WORDS = "the cat sat on a warm mat while rain fell over quiet hills and rivers ran far".split(" ")  # noqa: SIM905
 NUM_PROMPTS = 30  # prompts 0-19 train, 20-24 validation, 25-29 test
 TINY_TRAIN = [
+    *RELEASE_SHAPE,
     "model.hidden_dim=16",
     "model.latent_dim=4",
     "episodes.batch_users=8",

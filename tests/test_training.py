@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import npalign
-from helpers import kill_once_checkpointed, synth_command
+from helpers import RELEASE_SHAPE, kill_once_checkpointed, synth_command
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.episodes import EpisodeSampler
 from npalign.data.loaders import split_by_user
@@ -24,6 +24,7 @@ from npalign.training.reward import train_reward_model, validate
 from npalign.utils.io import load_tensors
 
 SMALL = [
+    *RELEASE_SHAPE,
     "model.hidden_dim=32",
     "model.latent_dim=8",
     "episodes.batch_users=32",

@@ -23,6 +23,7 @@ from npalign.config.jobs import (
     PolicyRunConfig,
     PolicyTrainConfig,
     RewardEvalConfig,
+    RewardOptimConfig,
     RewardTrainConfig,
 )
 from npalign.config.loading import PATH_KEYS, from_dict, load_config, merge, parse_overrides, to_dict
@@ -57,6 +58,7 @@ __all__ = [
     "PolicyRunConfig",
     "PolicyTrainConfig",
     "RewardEvalConfig",
+    "RewardOptimConfig",
     "RewardTrainConfig",
     "RunConfig",
     "from_dict",

@@ -16,7 +16,12 @@ MODEL_KINDS = ("btl", "dpl", "np-btl", "np-btl-latent")
 
 @dataclass
 class ModelConfig:
-    """Which reward model and its sizes (the release: hidden 256, latent 256)."""
+    """Which reward model and its sizes (the release: hidden 256, latent 256).
+
+    The default depths (a 4-layer per-pair encoder, 3 hidden layers after z joins) serve the three
+    synthetic tasks without per-task settings (benchmarks/results/defaults); the release's shape is
+    encoder_depth 2, decoder_depth 1, which the paper's 1-D task and the DSP configs pin.
+    """
 
     kind: str = "np-btl"
     hidden_dim: int = 256
@@ -25,8 +30,8 @@ class ModelConfig:
     num_heads: int = 8
     min_scale: float = 0.01
     pooling: str = "mean+max"
-    encoder_depth: int = 2
-    decoder_depth: int = 1
+    encoder_depth: int = 4
+    decoder_depth: int = 3
     item_dropout: float = 0.0
     kl_weight: float = 1.0
     num_samples: int = 8
@@ -85,13 +90,14 @@ class RewardEvalConfig(sections.EvalConfig):
             contexts) or "accuracy" (mean accuracy, the figure the benchmarks report). On small data the
             rewards' NLL can rise from overconfidence while accuracy still improves as the encoder
             learns to tell users apart.
-        patience: stop once this many validations in a row have not beaten the kept step (a plateau);
-            optim.steps is then a cap. null trains for exactly optim.steps.
+        patience: stop once this many validations in a row have not beaten the kept step (a plateau;
+            8 x val_every 250 = 2,000 steps by default); optim.steps is then a cap. null trains for
+            exactly optim.steps.
     """
 
     episodes: int = 6000
     select_by: str = "nll"
-    patience: int | None = None
+    patience: int | None = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,6 +112,13 @@ class RewardEvalConfig(sections.EvalConfig):
 
 
 @dataclass
+class RewardOptimConfig(sections.OptimConfig):
+    """The reward job's optimiser: `steps` is a cap that the validation plateau (eval.patience) cuts short."""
+
+    steps: int = 10000
+
+
+@dataclass
 class RewardTrainConfig:
     """Everything a reward-model run needs; written resolved into the run directory as config.yaml."""
 
@@ -113,7 +126,7 @@ class RewardTrainConfig:
     data: sections.DataConfig = field(default_factory=sections.DataConfig)
     embedder: sections.EmbedderConfig = field(default_factory=sections.EmbedderConfig)
     episodes: sections.EpisodeConfig = field(default_factory=sections.EpisodeConfig)
-    optim: sections.OptimConfig = field(default_factory=sections.OptimConfig)
+    optim: RewardOptimConfig = field(default_factory=RewardOptimConfig)
     eval: RewardEvalConfig = field(default_factory=RewardEvalConfig)
     run: sections.RunConfig = field(default_factory=sections.RunConfig)
 

@@ -18,6 +18,10 @@ def build_reward_model(cfg: ModelConfig, embed_dim: int) -> PreferenceModel:
     return PreferenceModel(options.pop("kind"), embed_dim, **options)
 
 
+RELEASE_SHAPE = {"encoder_depth": 2, "decoder_depth": 1}
+"""The depths of a run whose run.json predates them (the defaults were these until issue 19)."""
+
+
 def load_reward_model(path: str | Path) -> tuple[PreferenceModel, dict[str, Any]]:
     """Rebuild a trained reward model from its run directory and load its weights strictly.
 
@@ -26,6 +30,8 @@ def load_reward_model(path: str | Path) -> tuple[PreferenceModel, dict[str, Any]
     """
     path = Path(path)
     record = read_run(path, "reward")
-    model = build_reward_model(from_dict(ModelConfig, record["model"]), int(record["embed_dim"]))
+    # Runs written before the depths were settings had the release's shape, not today's defaults.
+    settings = {**RELEASE_SHAPE, **record["model"]}
+    model = build_reward_model(from_dict(ModelConfig, settings), int(record["embed_dim"]))
     load_state_strict(model, load_tensors(path / REWARD_WEIGHTS), f"reward model {path}")
     return model.eval(), record
