@@ -19,6 +19,10 @@ Steps (each cached in --work, so a rerun resumes where it stopped):
     python benchmarks/dpo_style.py --quick --work out/dpo_style_quick --out out/dpo_style_quick/results
     python benchmarks/dpo_style.py                     # the measurement: writes benchmarks/results/dpo_style/
     python benchmarks/dpo_style.py --render            # the tables and figures again, from answers.jsonl
+    python benchmarks/dpo_style.py --policy-only       # NP-DPO's figures now, the baseline in a later run
+
+Answers are appended to --work/answers.jsonl (so they always belong to the policies trained there) and
+copied to --out/answers.jsonl with the report.
 
 Settings: configs/benchmarks/dpo_style.yaml. Wall times of every stage are in REPORT.json.
 """
@@ -29,6 +33,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -47,7 +52,7 @@ from npalign.evaluation.style import axis_matches, has_list, match_table
 from npalign.inference.policy import PolicyRunner, load_policy
 from npalign.training.dpo import train_policy
 from npalign.training.loop import load_run_data
-from npalign.utils.io import read_json, read_jsonl, write_json
+from npalign.utils.io import atomic_path, read_json, read_jsonl, write_json
 
 ContextTriple = tuple[str, str, str]
 
@@ -321,9 +326,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {report['machine']}. NP-DPO: {report['policy']['steps']} steps in "
         f"{report['policy']['seconds_this_run'] / 60:.0f} min, kept step {report['policy'].get('best_step')} "
-        f"(best validation accuracy); baseline (unconditional DPO, same pairs): {report['baseline']['steps']} "
-        f"steps in {report['baseline']['seconds_this_run'] / 60:.0f} min, kept step "
-        f"{report['baseline'].get('best_step')}. Stage wall times (s; 0 = reused): "
+        f"(best validation accuracy); "
+        + (
+            f"baseline (unconditional DPO, same pairs): {report['baseline']['steps']} steps in "
+            f"{report['baseline']['seconds_this_run'] / 60:.0f} min, kept step {report['baseline'].get('best_step')}. "
+            if report["baseline"]
+            else "baseline not run yet (--policy-only). "
+        )
+        + "Stage wall times (s; 0 = reused): "
         f"{json.dumps({k: round(v) for k, v in report['seconds'].items()})}. Every answer: answers.jsonl.",
         "",
         "## Greedy answers per user (all contexts) — script judges",
@@ -363,6 +373,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "out" / "dpo_style", help="runs and caches")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dpo_style")
     parser.add_argument("--render", action="store_true", help="only rebuild the report from --out's answers.jsonl")
+    parser.add_argument(
+        "--policy-only",
+        action="store_true",
+        help="stop after NP-DPO's answers and accuracy (the report says the baseline was not run); a later run "
+        "without it trains the baseline and adds its answers",
+    )
     args = parser.parse_args()
     settings = load_settings(args.settings, DPOStyleSettings)
     run = settings.quick if args.quick else settings.full
@@ -381,18 +397,29 @@ def main() -> None:
         with clock.stage("train_np_dpo"):
             policy_summary = train(settings, run, data, args.work / "np_dpo", "conditional", args.quick)
         policy = load_policy(args.work / "np_dpo")
-        answers = Answers(args.out / "answers.jsonl", policy.tokenizer)
+        # The answers of the policies trained in --work live there (a rerun goes on where it stopped) and are
+        # copied to --out with the report: answers of another run must never stand in for this one's.
+        answers = Answers(args.work / "answers.jsonl", policy.tokenizer)
         with clock.stage("generate_np_dpo"):
             contexts = policy_answers(settings, run, rows, policy, answers)
+        figures_file = args.work / "np_dpo_figures.json"
         with clock.stage("implicit_accuracy"):
-            test, _ = load_preferences(data, split="test")
-            accuracy = evaluate_policy(policy, test, contexts=run.eval_contexts, episodes=run.eval_episodes,
-                                       targets=4, seed=settings.seed, progress=True)  # fmt: skip
-        write_json({"accuracy": accuracy, "contexts": contexts, "policy": policy_summary}, args.work / "np_dpo_figures.json")
-        with clock.stage("train_baseline"):
-            baseline_summary = train(settings, run, data, args.work / "dpo_baseline", "unconditional", args.quick)
-        with clock.stage("generate_baseline"):
-            baseline_answers(settings, run, rows, load_policy(args.work / "dpo_baseline"), answers)
+            figures = read_json(figures_file) if figures_file.is_file() else {}
+            if figures.get("policy") == policy_summary:
+                accuracy = figures["accuracy"]
+            else:
+                test, _ = load_preferences(data, split="test")
+                accuracy = evaluate_policy(policy, test, contexts=run.eval_contexts, episodes=run.eval_episodes,
+                                           targets=4, seed=settings.seed, progress=True)  # fmt: skip
+                write_json({"accuracy": accuracy, "contexts": contexts, "policy": policy_summary}, figures_file)
+        baseline_summary = None
+        if not args.policy_only:
+            with clock.stage("train_baseline"):
+                baseline_summary = train(settings, run, data, args.work / "dpo_baseline", "unconditional", args.quick)
+            with clock.stage("generate_baseline"):
+                baseline_answers(settings, run, rows, load_policy(args.work / "dpo_baseline"), answers)
+        with atomic_path(args.out / "answers.jsonl") as tmp:
+            shutil.copyfile(args.work / "answers.jsonl", tmp)
         report = {
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "quick": args.quick,

@@ -71,6 +71,15 @@ def test_generalised_tasks_noise_and_mixtures() -> None:
     assert acc[10] > acc[0] + 0.05  # context helps the Bayes predictor
 
 
+def test_the_bayes_oracle_gives_the_same_accuracy_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    mixture = generate(task_spec("dirichlet2d", num_pairs=3000, num_users=30), seed=0)
+    oracle = BayesOracle(mixture.meta["task"], num_particles=500)
+    (batch,) = EpisodeSampler(mixture, targets=20, max_context=5).evaluation_batches(5, 50, 0)
+    whole = oracle.episode_accuracy(batch)  # 50 x 25 x 500 entries: one block
+    monkeypatch.setattr("npalign.data.synthetic.ORACLE_BLOCK", 3 * 25 * 500)  # blocks of 3 episodes
+    assert torch.equal(oracle.episode_accuracy(batch), whole) and whole.shape == (50,)
+
+
 def test_custom_basis_and_bad_specs() -> None:
     spec = task_spec(
         "mixture2d",
