@@ -56,7 +56,8 @@ def write_readme(all_results: dict[str, Any]) -> None:
         "Written by `benchmarks/defaults.py`: `npalign train-reward --model np-btl` with nothing else set "
         "(the defaults stop on a validation plateau), scored on fresh users against the Bayes ceiling on "
         "the same episodes, as `benchmarks/synthetic.py` scores the tuned settings. Accuracy in percent, "
-        "mean ± s.e.m. over episodes.\n",
+        "mean ± s.e.m. over episodes. Training times are wall times on one thread of the 2-core CPU, which "
+        "other jobs shared while these ran.\n",
     ]
     for task, record in all_results.items():
         results, timing = record["results"], record["results"]["timings"][NAME]
