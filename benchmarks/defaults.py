@@ -56,14 +56,17 @@ def write_readme(all_results: dict[str, Any]) -> None:
         "Written by `benchmarks/defaults.py`: `npalign train-reward --model np-btl` with nothing else set "
         "(the defaults stop on a validation plateau), scored on fresh users against the Bayes ceiling on "
         "the same episodes, as `benchmarks/synthetic.py` scores the tuned settings. Accuracy in percent, "
-        "mean ± s.e.m. over episodes.\n",
+        "mean ± s.e.m. over episodes. Training times are wall times on one thread of the 2-core CPU, which "
+        "other jobs shared while these ran.\n",
     ]
     for task, record in all_results.items():
         results, timing = record["results"], record["results"]["timings"][NAME]
         extra = f" Settings beyond the defaults: `{' '.join(record['set'])}`." if record["set"] else ""
+        seconds = timing["train_seconds"]
+        when = f"in {seconds:.0f} s" if seconds > 0 else "in an earlier run of the script (resumed, nothing left)"
         parts.append(
-            f"## {task}\n\nTrained {timing['steps']} steps in {timing['train_seconds']:.0f} s "
-            f"({record['stopped']}); kept step {record['best_step']}.{extra}\n"
+            f"## {task}\n\nTrained {timing['steps']} steps {when}, stopped by {record['stopped']}; kept step "
+            f"{record['best_step']}.{extra}\n"
         )
         parts.append(markdown_table(results))
         gap_cells = " | ".join(f"{g:+.2f}" for g in gaps(results).values())
