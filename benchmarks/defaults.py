@@ -59,13 +59,19 @@ def write_readme(all_results: dict[str, Any]) -> None:
         "mean ± s.e.m. over episodes. Training times are wall times on one thread of the 2-core CPU, which "
         "other jobs shared while these ran.\n",
     ]
-    for task, record in all_results.items():
+    for task in sorted(all_results, key=lambda name: TASKS.index(name) if name in TASKS else len(TASKS)):
+        record = all_results[task]
         results, timing = record["results"], record["results"]["timings"][NAME]
         extra = f" Settings beyond the defaults: `{' '.join(record['set'])}`." if record["set"] else ""
         seconds = timing["train_seconds"]
-        when = f"in {seconds:.0f} s" if seconds > 0 else "in an earlier run of the script (resumed, nothing left)"
+        when = (
+            f"in {seconds:.0f} s"
+            if seconds > 0
+            else "in an earlier run of the script (resumed, nothing left)"
+        )
         parts.append(
-            f"## {task}\n\nTrained {timing['steps']} steps {when}, stopped by {record['stopped']}; kept step "
+            f"## {task}\n\nTrained {timing['steps']} steps {when}, "
+            f"{'stopped on the validation plateau' if record['stopped'] == 'plateau' else 'to the step cap'}; kept step "
             f"{record['best_step']}.{extra}\n"
         )
         parts.append(markdown_table(results))
