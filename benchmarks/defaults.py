@@ -66,7 +66,7 @@ def write_readme(all_results: dict[str, Any]) -> None:
         seconds = timing["train_seconds"]
         when = (
             f"in {seconds:.0f} s"
-            if seconds > 0
+            if seconds >= 1
             else "in an earlier run of the script (resumed, nothing left)"
         )
         parts.append(
