@@ -27,6 +27,7 @@ from statistics import mean, stdev
 from typing import Any
 
 import torch
+from elicit import write_readme as write_elicit_readme
 from pipeline import (
     REPO,
     ElicitSettings,
@@ -163,6 +164,9 @@ def main() -> None:
         f"DSP ({args.embedder}): accuracy after k questions",
         "questions asked k",
     )
+    synthetic = RESULTS / "results.json"
+    if synthetic.exists():  # the folder's README (benchmarks/elicit.py's) links this table
+        write_elicit_readme(read_json(synthetic))
     print(table)
     print(summary["target"])
 

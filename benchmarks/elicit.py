@@ -86,6 +86,12 @@ def write_readme(all_results: dict[str, Any]) -> None:
         parts.append(markdown_table(table_view(record), column="k"))
         parts.append("\n" + "\n".join(f"- {line}" for line in record["targets_met"]) + "\n")
         parts.append(f"\n![{task}]({task}.png)\n")
+    text_runs = sorted(RESULTS.glob("dsp_*.md"))
+    if text_runs:
+        parts.append(
+            "## DSP\n\nOver splits of its prompts, NP-BTL as `benchmarks/dsp.py` trains it "
+            "(`benchmarks/dsp_elicit.py`): " + ", ".join(f"[{p.stem}]({p.name})" for p in text_runs) + ".\n"
+        )
     (RESULTS / "README.md").write_text("\n".join(parts))
 
 
