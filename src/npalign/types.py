@@ -141,6 +141,13 @@ class EpisodeBatch:
         }
         return EpisodeBatch(**moved)
 
+    def rows(self, start: int, stop: int) -> EpisodeBatch:
+        """Users start .. stop - 1 of the batch (every per-user tensor sliced on its first dimension)."""
+        sliced: dict[str, Any] = {
+            name: value[start:stop] if isinstance(value, Tensor) else value for name, value in self.__dict__.items()
+        }
+        return EpisodeBatch(**sliced)
+
 
 @dataclass
 class Posterior:

@@ -229,39 +229,16 @@ class BayesOracle:
         of 1,024 episodes needed 16 GB.
         """
         B, C = batch.context_mask.shape
-        T = batch.target_mask.shape[1]
-        step = max(1, ORACLE_BLOCK // ((C + T) * self.hypotheses.shape[0]))
-        return torch.cat(
-            [
-                self._episode_accuracy(
-                    batch.context_chosen[start : start + step],
-                    batch.context_rejected[start : start + step],
-                    batch.context_mask[start : start + step],
-                    batch.target_chosen[start : start + step],
-                    batch.target_rejected[start : start + step],
-                    batch.target_mask[start : start + step],
-                )
-                for start in range(0, B, step)
-            ]
-        )
+        step = max(1, ORACLE_BLOCK // ((C + batch.target_mask.shape[1]) * self.hypotheses.shape[0]))
+        return torch.cat([self._block_accuracy(batch.rows(start, start + step)) for start in range(0, B, step)])
 
-    def _episode_accuracy(
-        self,
-        context_chosen: Tensor,
-        context_rejected: Tensor,
-        context_mask: Tensor,
-        target_chosen: Tensor,
-        target_rejected: Tensor,
-        target_mask: Tensor,
-    ) -> Tensor:
-        noise = float(self.spec["noise"])
-        context_probs = _choice_prob(
-            self._rewards(context_chosen), self._rewards(context_rejected), noise
-        )  # (B, C, H)
-        log_lik = (context_probs.clamp(min=1e-300).log() * context_mask[..., None]).sum(1)  # (B, H)
+    def _block_accuracy(self, batch: EpisodeBatch) -> Tensor:
+        """`episode_accuracy` of a batch small enough to score at once."""
+        context_probs = self.pair_probs(batch.context_chosen, batch.context_rejected)  # (B, C, H)
+        log_lik = (context_probs.clamp(min=1e-300).log() * batch.context_mask[..., None]).sum(1)  # (B, H)
         posterior = torch.softmax(log_lik, dim=-1)  # (B, H)
-        target_probs = _choice_prob(self._rewards(target_chosen), self._rewards(target_rejected), noise)  # (B, T, H)
+        target_probs = self.pair_probs(batch.target_chosen, batch.target_rejected)  # (B, T, H)
         predictive = torch.einsum("bth,bh->bt", target_probs, posterior)  # (B, T) p(chosen > rejected)
         correct = (predictive > 0.5 + 1e-12).double() + 0.5 * ((predictive - 0.5).abs() <= 1e-12).double()
-        mask = target_mask.double()
+        mask = batch.target_mask.double()
         return (correct * mask).sum(1) / mask.sum(1)
