@@ -39,7 +39,6 @@ from pipeline import (
 )
 
 from npalign.data.sources import build_dataset
-from npalign.evaluation.elicit import elicitation_curves
 from npalign.evaluation.report import markdown_table, plot_accuracy
 from npalign.models.builders import load_reward_model
 from npalign.utils.io import read_json, write_json
@@ -67,16 +66,7 @@ def run_split(
     train_seconds = time.perf_counter() - started
     model, _ = load_reward_model(run_dir)
     started = time.perf_counter()
-    curves = elicitation_curves(
-        model,
-        splits["test"],
-        strategies=elicit.strategies,
-        queries=elicit.queries,
-        pool=elicit.pool,
-        episodes=episodes,
-        targets=elicit.targets,
-        seed=elicit.seed,
-    )
+    curves = elicit.curves(model, splits["test"], episodes)
     curves.update(
         split_seed=split_seed,
         training=training,
@@ -86,6 +76,11 @@ def run_split(
     return curves
 
 
+def sem_over_splits(values: list[float]) -> float:
+    """The s.e.m. of per-split figures (0 for a single split)."""
+    return stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
 def over_splits(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per strategy and k: mean ± s.e.m. over the splits of each split's mean accuracy (report's shape)."""
     models: dict[str, Any] = {}
@@ -93,8 +88,7 @@ def over_splits(runs: list[dict[str, Any]]) -> dict[str, Any]:
         accuracy = {}
         for k in runs[0]["models"][name]["accuracy"]:
             values = [run["models"][name]["accuracy"][k]["mean"] for run in runs]
-            sem = stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-            accuracy[k] = {"mean": mean(values), "sem": sem, "per_split": values}
+            accuracy[k] = {"mean": mean(values), "sem": sem_over_splits(values), "per_split": values}
         models[name] = {"accuracy": accuracy}
     return {"models": models}
 
@@ -104,8 +98,7 @@ def target_line(summary: dict[str, Any]) -> str:
     active = summary["models"]["info-gain"]["accuracy"]["5"]
     random = summary["models"]["random"]["accuracy"]["10"]
     gaps = [a - r for a, r in zip(active["per_split"], random["per_split"], strict=True)]
-    gap = mean(gaps)
-    sem = stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else 0.0
+    gap, sem = mean(gaps), sem_over_splits(gaps)
     return (
         f"info-gain k = 5 ({active['mean']:.2f} ± {active['sem']:.2f}) within 0.5 point of random k = 10 "
         f"({random['mean']:.2f} ± {random['sem']:.2f}) or better (gap, paired by split, {gap:+.2f} ± {sem:.2f}): "

@@ -23,7 +23,7 @@ from pipeline import ElicitSettings, add_settings_argument, load_settings
 from npalign.cli.demo import split_synthetic
 from npalign.config import RewardTrainConfig, load_config
 from npalign.data.synthetic import generate, task_spec
-from npalign.evaluation.elicit import BAYES_QUESTIONER, elicitation_curves, table_view
+from npalign.evaluation.elicit import BAYES_QUESTIONER, table_view
 from npalign.evaluation.report import markdown_table, plot_accuracy
 from npalign.models.builders import load_reward_model
 from npalign.training.reward import train_reward_model
@@ -120,16 +120,7 @@ def main() -> None:
     train_seconds = time.perf_counter() - started
     model, _ = load_reward_model(run)
     started = time.perf_counter()
-    results = elicitation_curves(
-        model,
-        test,
-        strategies=settings.strategies,
-        queries=settings.queries,
-        pool=settings.pool,
-        episodes=args.episodes or settings.episodes,
-        targets=settings.targets,
-        seed=settings.seed,
-    )
+    results = settings.curves(model, test, args.episodes or settings.episodes)
     results["eval_seconds"] = time.perf_counter() - started
     results["train_seconds"] = train_seconds
     results["targets_met"] = targets_met(args.task, results["models"])

@@ -31,6 +31,7 @@ from npalign.config import PolicyTrainConfig, RewardTrainConfig, from_dict, load
 from npalign.data.loaders import load_preferences
 from npalign.data.sources import build_dataset
 from npalign.embedding.features import embed_preferences, resolve_embedder
+from npalign.evaluation.elicit import elicitation_curves
 from npalign.evaluation.report import markdown_table, write_report
 from npalign.evaluation.reward import evaluate_reward_model, score_episodes
 from npalign.models.builders import load_reward_model
@@ -188,6 +189,19 @@ class ElicitSettings(Settings):
             check_overrides(RewardTrainConfig, override_list(overrides, f"tasks.{task}"), f"tasks.{task}")
         if not self.strategies or not self.queries or max(self.queries) > self.pool:
             raise ValueError(f"strategies and queries must be non-empty, queries <= pool={self.pool}.")
+
+    def curves(self, model: PreferenceModel, data: PreferenceSet, episodes: int) -> dict[str, Any]:
+        """`elicitation_curves` of `model` on `data` under these strategies, queries, pool and targets."""
+        return elicitation_curves(
+            model,
+            data,
+            strategies=self.strategies,
+            queries=self.queries,
+            pool=self.pool,
+            episodes=episodes,
+            targets=self.targets,
+            seed=self.seed,
+        )
 
 
 @dataclass
