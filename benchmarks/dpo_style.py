@@ -2,7 +2,8 @@
 
 Steps (each cached in --work, so a rerun resumes where it stopped):
 1. data      `npalign data build style` over DSP (settings `build`): length and format users and their four
-             combinations; every pair differs on one axis; splits by prompt (101 held-out test prompts).
+             combinations; a pair differs on the axes its user cares about; splits by prompt (101 held-out
+             test prompts).
 2. policies  NP-DPO (configs/dpo/np_dpo_style_cpu.yaml) and the unconditional DPO baseline on the same
              pairs for the same number of steps.
 3. contexts  for each answering user type, `contexts_per_user` contexts of 4 choices on *training* prompts,
@@ -88,7 +89,8 @@ def train(settings: DPOStyleSettings, run: DPOStyleRunSettings, data: Path, out:
 
 
 def is_length_pair(chosen: str, rejected: str) -> bool:
-    """A length pair's sides differ in words; a format pair's sides have the same words."""
+    """A pair on the length axis (a length pair, or a two-axis user's pair on both axes) has sides that
+    differ in words; a format pair's sides have the same words."""
     return chosen.replace("- ", "").split() != rejected.replace("- ", "").split()
 
 

@@ -164,9 +164,11 @@ def main() -> None:
         f"({settings.test_contexts} contexts per type, 5 random choices of one user each); the per-type "
         "columns are among all 8; held-out pairwise accuracy (%) at m = 0 / 1 / 5.\n\n"
         + table + "\n\n"
-        "A one-axis user (concise) differs from a two-axis one (concise+list) in which pairs it holds, not in "
-        "how it chooses on the pairs they share, so among all eight types z cannot name it from its choices; "
-        "the four two-axis types, the users the policy answers for, each choose differently on both axes.\n"
+        "A two-axis user holds, besides one-axis pairs whose shared value it prefers, the pair on both axes "
+        "where its preferences agree (concise+list: short list over long paragraph); without it concise+list "
+        "and detailed+prose could not be told apart by their choices, since one reward (short with list, long "
+        "with prose) explains both. A one-axis user (concise) differs from a two-axis one (concise+list) mostly "
+        "in which pairs it holds.\n"
     )
     (args.out / "README.md").write_text(text, encoding="utf-8")
     log(f"wrote {args.out / 'results.json'} and README.md")

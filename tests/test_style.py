@@ -11,7 +11,7 @@ import pytest
 from helpers import counting_tokenizer
 from npalign.cli.main import main
 from npalign.data.sources import build_dataset
-from npalign.data.sources.style import USER_TYPES
+from npalign.data.sources.style import USER_TYPES, user_choice
 from npalign.evaluation.style import has_list, list_line_share, match_table, matches_user, num_tokens
 
 CAP, SHORT = 24, 14
@@ -51,7 +51,7 @@ def _units(text: str) -> list[str]:
     return [line.removeprefix("- ") for line in text.splitlines()] if text.startswith("- ") else [text]
 
 
-def test_pairs_differ_on_one_axis_and_fit_the_cap_with_the_end_token(tmp_path: Path) -> None:
+def test_pairs_differ_on_the_users_axes_and_fit_the_cap_with_the_end_token(tmp_path: Path) -> None:
     report, rows = _build(tmp_path)
     tokenizer = counting_tokenizer()
     assert report.counts["response_cap_tokens"] == CAP and report.counts["short_tokens"] == SHORT
@@ -62,11 +62,16 @@ def test_pairs_differ_on_one_axis_and_fit_the_cap_with_the_end_token(tmp_path: P
         chosen, rejected = row["chosen"], row["rejected"]
         for side in (chosen, rejected):
             assert num_tokens(side, tokenizer) + 1 <= CAP
-        if chosen.startswith("- ") != rejected.startswith(
-            "- "
-        ):  # format pair: the same sentences, same words
+        if chosen.startswith("- ") != rejected.startswith("- "):
             listed, prose = (chosen, rejected) if chosen.startswith("- ") else (rejected, chosen)
-            assert " ".join(_units(listed)) == prose and len(_units(listed)) >= 2
+            assert len(_units(listed)) >= 2
+            # on both axes (a two-axis user's pair only): one side's sentences start the other's
+            if " ".join(_units(listed)) != prose:
+                assert "+" in row["user_type"]
+                shorter, longer = sorted((" ".join(_units(listed)), prose), key=len)
+                assert longer.startswith(shorter) and longer[len(shorter)] == " "
+                short_side = listed if " ".join(_units(listed)) == shorter else prose
+                assert num_tokens(short_side, tokenizer) + 1 <= SHORT
         else:  # length pair: same format, and the short side is where the long side starts
             shorter, longer = sorted((chosen, rejected), key=len)
             assert longer.startswith(shorter) and longer[len(shorter)] in " \n"
@@ -90,7 +95,8 @@ def test_users_prefer_their_side_and_opposed_users_disagree_on_every_shared_pair
             if part == "list" and row["chosen"].startswith("- ") != row["rejected"].startswith("- "):
                 assert row["chosen"].startswith("- ")
     for first, second in [("concise", "detailed"), ("list", "prose"), ("concise+list", "detailed+list"),
-                          ("concise+list", "concise+prose"), ("detailed+prose", "detailed+list")]:  # fmt: skip
+                          ("concise+list", "concise+prose"), ("detailed+prose", "detailed+list"),
+                          ("concise+list", "detailed+prose"), ("concise+prose", "detailed+list")]:  # fmt: skip
         flipped = {(prompt, rejected, chosen) for prompt, chosen, rejected in by_type[second]}
         shared = {(prompt, *sorted(sides)) for prompt, *sides in by_type[first]}
         shared &= {(prompt, *sorted(sides)) for prompt, *sides in by_type[second]}
@@ -99,9 +105,34 @@ def test_users_prefer_their_side_and_opposed_users_disagree_on_every_shared_pair
             pair for pair in by_type[first] if (pair[0], *sorted(pair[1:])) in shared
         }
         assert not by_type[first] & by_type[second]
-    # a combined user's chosen side always shows both of its preferences
+    # a combined user's chosen side always shows both of its preferences, against each of the other three
     for _, chosen, _ in by_type["concise+list"]:
         assert chosen.startswith("- ") and num_tokens(chosen, counting_tokenizer()) + 1 <= SHORT
+    words = lambda text: len(" ".join(_units(text)).split())  # noqa: E731
+    rejected = {  # (a list?, longer?)
+        (row["rejected"].startswith("- "), words(row["rejected"]) > words(row["chosen"]))
+        for row in rows
+        if row["user_type"] == "concise+list"
+    }
+    assert len(rejected) == 3
+
+
+@pytest.mark.parametrize(
+    ("preferences", "side_a", "side_b", "expected"),
+    [
+        ({"length": "short"}, ("short", "list"), ("long", "list"), "a"),
+        ({"length": "short"}, ("short", "list"), ("long", "prose"), None),  # differs on an axis it ignores
+        ({"length": "long", "format": "prose"}, ("short", "list"), ("long", "list"), None),  # shared list
+        ({"length": "long", "format": "prose"}, ("short", "list"), ("long", "prose"), "b"),  # both agree
+        ({"length": "long", "format": "list"}, ("short", "list"), ("long", "prose"), None),  # they disagree
+    ],
+)
+def test_user_choice_follows_every_preference(
+    preferences: dict[str, str], side_a: tuple[str, str], side_b: tuple[str, str], expected: str | None
+) -> None:
+    a, b = ({"length": side[0], "format": side[1]} for side in (side_a, side_b))
+    choice = user_choice(preferences, a, b)
+    assert choice == {"a": (a, b), "b": (b, a), None: None}[expected]
 
 
 def test_build_is_deterministic_splits_by_prompt_and_deals_disjoint_prompts_to_users(tmp_path: Path) -> None:

@@ -7,13 +7,20 @@ sentences and rendered four ways, on two axes:
   `cap` (the whole response when it fits);
 * format: `list` = one "- " line per sentence; `prose` = the same sentences as one paragraph.
 
-A pair differs on exactly one axis, so a user that cares about that axis can only be learnt from it:
-the short side's sentences are a prefix of the long side's, and a list/prose pair has the same words.
-Users (`USER_TYPES`) prefer one value on one axis (`concise`, `detailed`, `list`, `prose`) or on both
-(`concise+list`, ... a 2-D space). A one-axis user gets every pair on its axis (it is indifferent to the
-other). A two-axis user gets the pairs on each axis whose shared value is the one it prefers, so its
-chosen side always shows both preferences (concise+list: short-list over long-list and short-list over
-short-prose); no pair is judged by both of its preferences, so none can be judged both ways.
+A pair differs on exactly the axes its user cares about: the short side's sentences are a prefix of the
+long side's, and a list/prose pair has the same words. Users (`USER_TYPES`) prefer one value on one axis
+(`concise`, `detailed`, `list`, `prose`) or on both (`concise+list`, ... a 2-D space); `user_choice` says
+which pairs a user holds and how it chooses:
+
+* a one-axis user gets every pair on its axis (it is indifferent to the other);
+* a two-axis user gets the pairs on each axis whose shared value is the one it prefers, and the one pair
+  that differs on both axes where its two preferences agree (concise+list: short-list over long-list,
+  over short-prose and over long-prose), so its chosen side always shows both preferences. The pair on
+  both axes where they disagree (short-prose against long-list) is not its pair.
+
+Without the pair on both axes, concise+list and detailed+prose (and concise+prose and detailed+list)
+could not be told apart by their choices: one reward, "short with list, long with prose", explains every
+choice of both. On it they choose opposite sides, so a context can name them.
 
 Token counts use the tokenizer the policy will use (default: the offline SmolLM2 tokenizer) on the
 response alone; every emitted response has `count + end_tokens <= cap`, so the end-of-turn token
@@ -158,23 +165,39 @@ def style_response(
     return StyledResponse(short, long, texts, cut_at_cap=long < len(sentences))
 
 
-def style_pairs(styled: StyledResponse) -> list[tuple[str, str, dict[str, str], dict[str, str]]]:
-    """Every one-axis pair of a styled response as (axis, the shared value of the other axis, side A's
-    values, side B's values); a format pair needs at least two sentences (one "- " line is no list)."""
+def style_pairs(styled: StyledResponse) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """Every pair of renderings of a styled response that a user may hold, as (side A's values, side B's
+    values): the two length pairs (one per format), the format pairs (at each length with at least two
+    sentences: one "- " line is no list) and the two pairs that differ on both axes."""
     pairs = []
     for fmt in AXES["format"]:
-        pairs.append(("length", fmt, {"length": "short", "format": fmt}, {"length": "long", "format": fmt}))
+        pairs.append(({"length": "short", "format": fmt}, {"length": "long", "format": fmt}))
     for length, sentences in (("short", styled.short_sentences), ("long", styled.long_sentences)):
         if sentences >= 2:
+            pairs.append(({"length": length, "format": "list"}, {"length": length, "format": "prose"}))
+    if styled.short_sentences >= 2:
+        for short_format, long_format in (("list", "prose"), ("prose", "list")):
             pairs.append(
-                (
-                    "format",
-                    length,
-                    {"length": length, "format": "list"},
-                    {"length": length, "format": "prose"},
-                )
+                ({"length": "short", "format": short_format}, {"length": "long", "format": long_format})
             )
     return pairs
+
+
+def user_choice(
+    preferences: dict[str, str], side_a: dict[str, str], side_b: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]] | None:
+    """(chosen, rejected) for a user with these preferences, or None when the pair is not that user's: it
+    differs on an axis the user has no preference on, the user's preferences pick opposite sides, or a
+    shared value is not the one the user prefers (so a chosen side shows every preference)."""
+    differing = [axis for axis in AXES if side_a[axis] != side_b[axis]]
+    if any(axis not in preferences for axis in differing):
+        return None
+    if any(side_a[axis] != value for axis, value in preferences.items() if axis not in differing):
+        return None
+    a_wins = {side_a[axis] == preferences[axis] for axis in differing}
+    if len(a_wins) != 1:
+        return None
+    return (side_a, side_b) if a_wins.pop() else (side_b, side_a)
 
 
 def _source_texts(records: Sequence[Record]) -> list[tuple[str, str, str]]:
@@ -274,15 +297,10 @@ def build(
         for index, prompt in enumerate(order):
             user_id = f"{user_type}-{index % options['users_per_type']}"
             for styled in per_prompt[prompt]:
-                for axis, shared, side_a, side_b in style_pairs(styled):
-                    if axis not in preferences:
+                for side_a, side_b in style_pairs(styled):
+                    if (choice := user_choice(preferences, side_a, side_b)) is None:
                         continue
-                    other = "format" if axis == "length" else "length"
-                    if other in preferences and preferences[other] != shared:
-                        continue
-                    chosen, rejected = (
-                        (side_a, side_b) if side_a[axis] == preferences[axis] else (side_b, side_a)
-                    )
+                    chosen, rejected = choice
                     chosen_text = styled.texts[(chosen["length"], chosen["format"])]
                     rejected_text = styled.texts[(rejected["length"], rejected["format"])]
                     if reason := drop_reason(chosen_text, rejected_text, options["keep_identical"]):
