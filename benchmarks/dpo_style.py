@@ -49,7 +49,7 @@ from npalign.data.sources import build_dataset
 from npalign.data.sources.style import user_preferences
 from npalign.embedding.style_stats import list_lines
 from npalign.evaluation.dpo import evaluate_policy
-from npalign.evaluation.style import axis_matches, has_list, match_table
+from npalign.evaluation.style import axis_matches, has_list, match_table, repeats
 from npalign.inference.policy import PolicyRunner, load_policy
 from npalign.training.dpo import train_policy
 from npalign.training.loop import load_run_data
@@ -219,6 +219,7 @@ def summarise(rows: list[dict[str, Any]], settings: DPOStyleSettings) -> dict[st
             "median_tokens": statistics.median(r["num_tokens"] for r in group),
             "list_share": 100 * sum(has_list(r["answer"]) for r in group) / len(group),
             "mean_list_lines": statistics.mean(list_lines(r["answer"]) for r in group),
+            "repeats_share": 100 * sum(repeats(r["answer"]) for r in group) / len(group),
         }
 
     by_context: dict[str, dict[str, Any]] = {}
@@ -340,12 +341,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Greedy answers per user (all contexts) — script judges",
         "",
-        "| user | answers | median tokens | >= 2 list lines (%) | " + " | ".join(f"matches {u} (%)" for u in report["users"]) + " |",
-        "|---|---|---|---|" + "---|" * len(report["users"]),
+        "| user | answers | median tokens | >= 2 list lines (%) | repeats itself (%) | "
+        + " | ".join(f"matches {u} (%)" for u in report["users"]) + " |",
+        "|---|---|---|---|---|" + "---|" * len(report["users"]),
     ]
     for user, stats in summary["per_user"].items():
         match = summary["matches"].get(user, {})
         lines.append(f"| {user} | {stats['answers']} | {stats['median_tokens']:.0f} | {stats['list_share']:.0f} | "
+                     f"{stats['repeats_share']:.0f} | "
                      + " | ".join(f"{match.get(u, 0):.0f}" for u in report["users"]) + " |")  # fmt: skip
     lines += ["", "## Per context (greedy)", "", "| context | median tokens | >= 2 list lines (%) |", "|---|---|---|"]
     lines += [f"| {key} | {s['median_tokens']:.0f} | {s['list_share']:.0f} |" for key, s in summary["per_context"].items()]

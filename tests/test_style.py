@@ -12,7 +12,7 @@ from helpers import counting_tokenizer
 from npalign.cli.main import main
 from npalign.data.sources import build_dataset
 from npalign.data.sources.style import USER_TYPES, user_choice
-from npalign.evaluation.style import has_list, list_line_share, match_table, matches_user, num_tokens
+from npalign.evaluation.style import has_list, list_line_share, match_table, matches_user, num_tokens, repeats
 
 CAP, SHORT = 24, 14
 
@@ -199,3 +199,7 @@ def test_judges_on_hand_written_answers() -> None:
     table = match_table(answers)
     assert table["concise+list"]["concise+list"] == 0.5 and table["concise+list"]["concise+prose"] == 0.5
     assert table["detailed+prose"]["detailed+prose"] == 1.0 and table["detailed+prose"]["concise"] == 0.0
+    assert not repeats(listed) and not repeats(prose) and not repeats("A long answer. " * 2)
+    assert repeats("- Well-being:\n- Well-being:") and repeats("-\n-\n-")  # a line twice
+    assert repeats("It can hear the wind, it can hear the wind, it can hear the wind")  # 4 words thrice
+    assert repeats(answers[2]["answer"])

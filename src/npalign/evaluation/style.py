@@ -6,18 +6,37 @@ A judge here is a pure function of the answer text (and its token count), so any
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from npalign.data.sources.style import USER_TYPES, num_tokens, user_preferences
 from npalign.embedding.style_stats import list_line_share, list_lines
 
-__all__ = ["has_list", "list_line_share", "list_lines", "match_table", "matches_user", "num_tokens"]
+__all__ = ["has_list", "list_line_share", "list_lines", "match_table", "matches_user", "num_tokens", "repeats"]
 
 
 def has_list(text: str, min_lines: int = 2) -> bool:
     """True when `text` has at least `min_lines` list lines (one "- " line is not a list)."""
     return list_lines(text) >= min_lines
+
+
+def repeats(text: str, *, ngram: int = 4, times: int = 3) -> bool:
+    """True when `text` repeats itself: a non-empty line occurs twice (a list of one item over and over, or
+    "-" lines with nothing after them), or a run of `ngram` words (lower-cased, punctuation dropped) occurs
+    `times` times. Greedy decoding of a small model falls into such loops; the length and list judges
+    would count them as long answers or as lists."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(set(lines)) < len(lines):
+        return True
+    words = re.findall(r"\w+", text.lower())
+    counts: dict[tuple[str, ...], int] = {}
+    for start in range(len(words) - ngram + 1):
+        key = tuple(words[start : start + ngram])
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] >= times:
+            return True
+    return False
 
 
 def axis_matches(
