@@ -168,15 +168,15 @@ def style_response(
 def style_pairs(styled: StyledResponse) -> list[tuple[dict[str, str], dict[str, str]]]:
     """Every pair of renderings of a styled response that a user may hold, as (side A's values, side B's
     values): the two length pairs (one per format), the format pairs (at each length with at least two
-    sentences: one "- " line is no list) and the two pairs that differ on both axes."""
+    sentences: one "- " line is no list) and the two pairs that differ on both axes (whose list side has two)."""
     pairs = []
     for fmt in AXES["format"]:
         pairs.append(({"length": "short", "format": fmt}, {"length": "long", "format": fmt}))
     for length, sentences in (("short", styled.short_sentences), ("long", styled.long_sentences)):
         if sentences >= 2:
             pairs.append(({"length": length, "format": "list"}, {"length": length, "format": "prose"}))
-    if styled.short_sentences >= 2:
-        for short_format, long_format in (("list", "prose"), ("prose", "list")):
+    for short_format, long_format in (("list", "prose"), ("prose", "list")):
+        if (styled.short_sentences if short_format == "list" else styled.long_sentences) >= 2:
             pairs.append(
                 ({"length": "short", "format": short_format}, {"length": "long", "format": long_format})
             )
