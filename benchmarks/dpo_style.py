@@ -2,7 +2,7 @@
 
 Steps (each cached in --work, so a rerun resumes where it stopped):
 1. data      `npalign data build style` over DSP (settings `build`): length and format users and their four
-             combinations; a pair differs on the axes its user cares about; splits by prompt (101 held-out
+             combinations; a pair differs on the axes its user cares about; splits by prompt (111 held-out
              test prompts).
 2. policies  NP-DPO (configs/dpo/np_dpo_style_cpu.yaml) and the unconditional DPO baseline on the same
              pairs for the same number of steps.

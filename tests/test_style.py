@@ -11,7 +11,7 @@ import pytest
 from helpers import counting_tokenizer
 from npalign.cli.main import main
 from npalign.data.sources import build_dataset
-from npalign.data.sources.style import USER_TYPES, user_choice
+from npalign.data.sources.style import USER_TYPES, ends_properly, style_response, user_choice
 from npalign.evaluation.style import has_list, list_line_share, match_table, matches_user, num_tokens, repeats
 
 CAP, SHORT = 24, 14
@@ -115,6 +115,26 @@ def test_users_prefer_their_side_and_opposed_users_disagree_on_every_shared_pair
         if row["user_type"] == "concise+list"
     }
     assert len(rejected) == 3
+
+
+def test_sides_end_where_a_sentence_ends_never_on_a_lead_in_or_a_verse_line(tmp_path: Path) -> None:
+    _, rows = _build(tmp_path)
+    assert rows and all(ends_properly(side.splitlines()[-1]) for row in rows for side in (row["chosen"], row["rejected"]))
+    text = "Sure, here are some ideas:\nCats nap one.\nDogs nap too,\nbirds do not.\nFish swim,\nfar away"
+    styled = style_response(
+        text, counting_tokenizer(), short_tokens=14, cap=30, end_tokens=1, min_ratio=1.0, min_sentences=1
+    )
+    assert not isinstance(styled, str)
+    # the short side runs past the lead-in to the first full stop; the long side stops before the verse
+    # lines that never end ("Fish swim, far away")
+    assert styled.texts[("short", "prose")] == "Sure, here are some ideas: Cats nap one."
+    assert styled.texts[("long", "list")] == "- Sure, here are some ideas:\n- Cats nap one.\n- Dogs nap too,\n- birds do not."
+    assert styled.cut_at_cap
+    for reason, ending in (("responses_no_ended_short_side", "Sure, here are some ideas:\nA, b, c, d, e, f, g"),):
+        assert style_response(
+            ending, counting_tokenizer(), short_tokens=14, cap=30, end_tokens=1, min_ratio=1.0, min_sentences=1
+        ) == reason
+    assert ends_properly('He said "yes."') and ends_properly("Really?)") and not ends_properly("ideas:")
 
 
 @pytest.mark.parametrize(

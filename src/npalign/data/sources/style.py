@@ -4,7 +4,9 @@ Each source text (a DSP query's four domain responses, or any `{prompt, response
 sentences and rendered four ways, on two axes:
 
 * length: `short` = the first sentences that fit `short_tokens` (at least `min_sentences`, 2); `long` = the first sentences that fit
-  `cap` (the whole response when it fits);
+  `cap` (the whole response when it fits); either side ends where a sentence ends with . ! or ?
+  (`ends_properly`), never on a lead-in ("... here are some ideas:") or a verse line ("...,"), so that
+  no training answer teaches stopping mid-thought;
 * format: `list` = one "- " line per sentence; `prose` = the same sentences as one paragraph.
 
 A pair differs on exactly the axes its user cares about: the short side's sentences are a prefix of the
@@ -66,6 +68,8 @@ _SENTENCE_BREAK = re.compile(
     r"(?:(?<=[.!?])|(?<=[.!?][\"')\]\u201d\u2019]))\s+(?=[\"'(\[\u201c\u2018]?[A-Z0-9])"
 )
 
+_PROPER_END = re.compile(r"[.!?][\"')\]\u201d\u2019]*$")
+
 
 def user_preferences(user_type: str) -> dict[str, str]:
     """axis -> preferred value for a user type, e.g. "concise+list" -> {"length": "short", "format": "list"}."""
@@ -116,11 +120,17 @@ class StyledResponse:
     cut_at_cap: bool
 
 
+def ends_properly(sentence: str) -> bool:
+    """Whether `sentence` ends a thought: with . ! or ?, optionally inside closing quotes or brackets.
+    A line that ends on ":" (a lead-in to what follows) or "," (a verse line) does not."""
+    return _PROPER_END.search(sentence) is not None
+
+
 def _fitting_prefix(
     sentences: Sequence[str], budget: int, end_tokens: int, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[int, int]:
-    """(k, tokens): the most leading sentences whose list and prose forms both fit `budget` with the end
-    token(s), and the larger form's token count; (0, 0) when not even the first sentence fits."""
+    """(k, tokens): the most leading sentences that end properly (`ends_properly`) and whose list and prose
+    forms both fit `budget` with the end token(s), and the larger form's token count; (0, 0) when none do."""
     best = (0, 0)
     for k in range(1, len(sentences) + 1):
         tokens = max(
@@ -128,7 +138,8 @@ def _fitting_prefix(
         )
         if tokens + end_tokens > budget:
             break
-        best = (k, tokens)
+        if ends_properly(sentences[k - 1]):
+            best = (k, tokens)
     return best
 
 
@@ -152,7 +163,7 @@ def style_response(
         return "responses_empty"
     short, short_count = _fitting_prefix(sentences, short_tokens, end_tokens, tokenizer)
     if short < min_sentences:
-        return "responses_first_sentences_over_short_tokens"
+        return "responses_no_ended_short_side"
     long, long_count = _fitting_prefix(sentences, cap, end_tokens, tokenizer)
     if long <= short:
         return "responses_too_short_for_two_lengths"
