@@ -214,9 +214,13 @@ def summarise(rows: list[dict[str, Any]], settings: DPOStyleSettings) -> dict[st
     greedy = [r for r in rows if r["decoding"] == "greedy" and r["t"] is None]
 
     def stats(group: list[dict[str, Any]]) -> dict[str, Any]:
+        unlooped = [r["num_tokens"] for r in group if not repeats(r["answer"])]
         return {
             "answers": len(group),
             "median_tokens": statistics.median(r["num_tokens"] for r in group),
+            # the same median over answers that do not loop: a loop runs to the cap and would pass for a
+            # long answer
+            "median_tokens_unlooped": statistics.median(unlooped) if unlooped else None,
             "list_share": 100 * sum(has_list(r["answer"]) for r in group) / len(group),
             "mean_list_lines": statistics.mean(list_lines(r["answer"]) for r in group),
             "repeats_share": 100 * sum(repeats(r["answer"]) for r in group) / len(group),
@@ -256,6 +260,8 @@ def summarise(rows: list[dict[str, Any]], settings: DPOStyleSettings) -> dict[st
         # every concise context's median <= 0.7 x every detailed context's median
         "length_ratio_worst": max(per_context[a]["median_tokens"] for u in concise for a in ctx[u])
         / max(min(per_context[b]["median_tokens"] for u in detailed for b in ctx[u]), 1),
+        "length_ratio_worst_unlooped": max(per_context[a]["median_tokens_unlooped"] or 0 for u in concise for a in ctx[u])
+        / max(min(per_context[b]["median_tokens_unlooped"] or 0 for u in detailed for b in ctx[u]), 1),
         "list_users_list_share": statistics.mean(per_user[u]["list_share"] for u in listers),
         "prose_users_list_share": statistics.mean(per_user[u]["list_share"] for u in prose),
         "own_match_beats_others": {
@@ -322,6 +328,10 @@ def plot(summary: dict[str, Any], accuracy: dict[str, Any] | None, path: Path) -
     plt.close(figure)
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     summary, checks = report["summary"], report["summary"]["checks"]
     lines = [
@@ -350,8 +360,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {user} | {stats['answers']} | {stats['median_tokens']:.0f} | {stats['list_share']:.0f} | "
                      f"{stats['repeats_share']:.0f} | "
                      + " | ".join(f"{match.get(u, 0):.0f}" for u in report["users"]) + " |")  # fmt: skip
-    lines += ["", "## Per context (greedy)", "", "| context | median tokens | >= 2 list lines (%) |", "|---|---|---|"]
-    lines += [f"| {key} | {s['median_tokens']:.0f} | {s['list_share']:.0f} |" for key, s in summary["per_context"].items()]
+    lines += ["", "## Per context (greedy)", "",
+              "| context | median tokens | median tokens, answers that do not loop | repeats itself (%) | >= 2 list lines (%) |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {key} | {s['median_tokens']:.0f} | {_number(s.get('median_tokens_unlooped'))} | "
+              f"{s['repeats_share']:.0f} | {s['list_share']:.0f} |" for key, s in summary["per_context"].items()]  # fmt: skip
     lines += ["", "## Sampled answers", "", "| user | answers | median tokens | >= 2 list lines (%) |", "|---|---|---|---|"]
     lines += [f"| {u} | {s['answers']} | {s['median_tokens']:.0f} | {s['list_share']:.0f} |"
               for u, s in summary["per_user_sampled"].items()]  # fmt: skip
