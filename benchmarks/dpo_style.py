@@ -256,12 +256,16 @@ def summarise(rows: list[dict[str, Any]], settings: DPOStyleSettings) -> dict[st
     listers = [u for u in settings.users if user_preferences(u).get("format") == "list"]
     prose = [u for u in settings.users if user_preferences(u).get("format") == "prose"]
     ctx = {u: [k for k in per_context if k.startswith(u + "/")] for u in settings.users}
+
+    def worst_length_ratio(median: str) -> float:
+        """The longest concise context's median over the shortest detailed context's (target <= 0.7)."""
+        return max(per_context[a][median] or 0 for u in concise for a in ctx[u]) / max(
+            min(per_context[b][median] or 0 for u in detailed for b in ctx[u]), 1
+        )
+
     checks = {
-        # every concise context's median <= 0.7 x every detailed context's median
-        "length_ratio_worst": max(per_context[a]["median_tokens"] for u in concise for a in ctx[u])
-        / max(min(per_context[b]["median_tokens"] for u in detailed for b in ctx[u]), 1),
-        "length_ratio_worst_unlooped": max(per_context[a]["median_tokens_unlooped"] or 0 for u in concise for a in ctx[u])
-        / max(min(per_context[b]["median_tokens_unlooped"] or 0 for u in detailed for b in ctx[u]), 1),
+        "length_ratio_worst": worst_length_ratio("median_tokens"),
+        "length_ratio_worst_unlooped": worst_length_ratio("median_tokens_unlooped"),
         "list_users_list_share": statistics.mean(per_user[u]["list_share"] for u in listers),
         "prose_users_list_share": statistics.mean(per_user[u]["list_share"] for u in prose),
         "own_match_beats_others": {

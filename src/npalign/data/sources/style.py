@@ -64,11 +64,9 @@ _EXISTING_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 # A sentence ends at . ! or ? (optionally followed by a closing quote or bracket), then space, then
 # something that starts a sentence. Abbreviations such as "e.g. The" split wrongly; both sides of every
 # pair come from the same split, so that costs fluency, never the one-axis property.
-_SENTENCE_BREAK = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][\"')\]\u201d\u2019]))\s+(?=[\"'(\[\u201c\u2018]?[A-Z0-9])"
-)
-
-_PROPER_END = re.compile(r"[.!?][\"')\]\u201d\u2019]*$")
+_CLOSING = r"[\"')\]\u201d\u2019]"  # a closing quote or bracket after the stop
+_SENTENCE_BREAK = re.compile(rf"(?:(?<=[.!?])|(?<=[.!?]{_CLOSING}))\s+(?=[\"'(\[\u201c\u2018]?[A-Z0-9])")
+_PROPER_END = re.compile(rf"[.!?]{_CLOSING}*$")
 
 
 def user_preferences(user_type: str) -> dict[str, str]:
