@@ -14,7 +14,7 @@ from npalign.data.dpo_tokenize import (
     tokenize_preference_pairs,
     tokenize_prompts_for_generation,
 )
-from npalign.models.losses import dpo_loss, dpo_metrics, sequence_logprobs
+from npalign.models.losses import chosen_nll, dpo_loss, dpo_metrics, sequence_logprobs
 
 # ----- sequence_logprobs ----------------------------------------------------------------------------------
 
@@ -124,6 +124,17 @@ def test_dpo_loss_gradient_reaches_policy_only_and_rewards_are_detached() -> Non
 
 def _tokens(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor) -> list[str]:
     return tokenizer.convert_ids_to_tokens(ids.tolist())
+
+
+def test_chosen_nll_is_the_mean_per_token_over_the_pairs_kept() -> None:
+    logps = torch.tensor([-6.0, -10.0, -3.0], requires_grad=True)  # summed over 3, 5 and 1 tokens
+    tokens = torch.tensor([3, 5, 1])
+    assert chosen_nll(logps, tokens).item() == pytest.approx(19.0 / 9)
+    kept = chosen_nll(logps, tokens, torch.tensor([True, False, True]))
+    assert kept.item() == pytest.approx(9.0 / 4)
+    kept.backward()
+    assert logps.grad.tolist() == pytest.approx([-0.25, 0.0, -0.25])  # nothing flows to the pair left out
+    assert chosen_nll(logps, tokens, torch.zeros(3, dtype=torch.bool)).item() == 0.0
 
 
 def test_completion_mask_chatml_by_hand(tiny_chatml_tokenizer: PreTrainedTokenizerFast) -> None:

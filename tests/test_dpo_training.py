@@ -325,6 +325,7 @@ def test_config_errors_name_the_key(workdir: Path, capsys: pytest.CaptureFixture
         ("dpo.beta=0", "dpo.beta=0.0"),
         ("dpo.betta=0.1", "dpo.betta"),
         ("dpo.rpo_alpha=-1", "dpo.rpo_alpha=-1"),
+        ("dpo.rpo_min_context=-1", "dpo.rpo_min_context=-1"),
         ("data.user_types=[nobody]", "nobody"),
     ):
         assert main(_train_args(workdir / "bad", workdir / "cache", override)) == 2
@@ -343,6 +344,21 @@ def test_rpo_alpha_adds_the_chosen_responses_mean_token_nll_to_the_dpo_loss(work
     assert plain["logps/chosen"] == pytest.approx(rpo["logps/chosen"], rel=1e-5)
     assert rpo["nll_loss"] == pytest.approx(plain["nll_loss"], rel=1e-5) and rpo["nll_loss"] > 0
     assert rpo["loss"] - plain["loss"] == pytest.approx(2.0 * rpo["nll_loss"], rel=1e-4)
+
+
+
+def test_rpo_min_context_leaves_the_nll_of_episodes_with_a_smaller_context_out(workdir: Path) -> None:
+    settings = ["optim.steps=1", "optim.warmup_steps=1", "run.log_every=1", "data.val_split=null"]
+    records = {}
+    for least in (0, 3, 99):
+        out = workdir / f"rpo_min{least}"
+        overrides = [*settings, "dpo.rpo_alpha=1.0", f"dpo.rpo_min_context={least}"]
+        assert main(_train_args(out, workdir / "cache", *overrides)) == 0
+        (records[least],) = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
+    # The tiny run's first batch holds episodes with contexts of 2 and 3 pairs: 3 keeps some of them, 99 none.
+    assert records[99]["nll_loss"] == 0.0 and records[0]["nll_loss"] > 0
+    assert records[3]["nll_loss"] > 0 and records[3]["nll_loss"] != pytest.approx(records[0]["nll_loss"], rel=1e-4)
+    assert records[0]["logps/chosen"] == pytest.approx(records[3]["logps/chosen"], rel=1e-5)  # same batch
 
 
 def test_context_and_target_pairs_never_overlap() -> None:

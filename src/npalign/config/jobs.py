@@ -251,17 +251,25 @@ class DPOLossConfig:
             share a prefix (a short answer against its own continuation) gives DPO's margin one token on
             the chosen side, and DPO can widen it by lowering the rejected continuation alone; the NLL
             term teaches the conditioned policy to produce what the user chose, where it ends included.
+        rpo_min_context: the NLL term counts only the episodes with at least this many context pairs
+            (conditional mode; 0: all). With no context the NLL fits the mix of users' choices: the policy
+            then writes a list as often as prose where the reference rarely does, so its implicit reward
+            (relative to the reference) ranks every list above its prose at m = 0, whatever the user.
+            With 1, an empty context is trained by DPO alone, whose optimum over opposed users is no margin.
     """
 
     beta: float = 0.05
     precompute_reference: bool = False
     rpo_alpha: float | None = None
+    rpo_min_context: int = 0
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"dpo.beta={self.beta} must be positive (0.05 in the release, 0.1 in TRL).")
         if self.rpo_alpha is not None and not self.rpo_alpha >= 0:
             raise ValueError(f"dpo.rpo_alpha={self.rpo_alpha} must be >= 0 (TRL's RPO weight, 1.0 in the RPO paper).")
+        if self.rpo_min_context < 0:
+            raise ValueError(f"dpo.rpo_min_context={self.rpo_min_context} must be >= 0 (context pairs).")
 
 
 @dataclass

@@ -165,6 +165,20 @@ def dpo_loss(
     return losses, chosen_rewards, rejected_rewards
 
 
+def chosen_nll(policy_chosen_logps: Tensor, chosen_tokens: Tensor, keep: Tensor | None = None) -> Tensor:
+    """Mean negative log-likelihood per chosen token: RPO's added term (TRL's `rpo_alpha`, Pang et al. 2024).
+
+    Args:
+        policy_chosen_logps: (N,) summed log pi(y_w | x, z), with gradients.
+        chosen_tokens: (N,) how many completion tokens each sum covers.
+        keep: (N,) bool, the pairs that count (None: all); zero when none does.
+    """
+    if keep is not None:
+        policy_chosen_logps = torch.where(keep, policy_chosen_logps, 0.0)
+        chosen_tokens = torch.where(keep, chosen_tokens, 0)
+    return -policy_chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)
+
+
 def dpo_metrics(
     chosen_rewards: Tensor,
     rejected_rewards: Tensor,

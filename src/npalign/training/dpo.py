@@ -32,7 +32,7 @@ from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_t
 from npalign.data.episodes import context_sweep, derived_seed
 from npalign.embedding.embedders import build_embedder
 from npalign.embedding.features import FEATURE_CONVENTION, embed_preferences
-from npalign.models.losses import dpo_episode_figures, dpo_loss, dpo_metrics, sequence_logprobs
+from npalign.models.losses import chosen_nll, dpo_episode_figures, dpo_loss, dpo_metrics, sequence_logprobs
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training import loop
 from npalign.training.reference import REFERENCE_FILE, reference_tables
@@ -256,8 +256,12 @@ def _step(
             loss = losses.mean()
             extra = {}
             if cfg.dpo.rpo_alpha is not None:
-                chosen_tokens = inputs["completion_mask"][: len(policy_chosen), 1:].sum()
-                nll = -policy_chosen.sum() / chosen_tokens.clamp(min=1)  # mean NLL per chosen token
+                chosen_tokens = inputs["completion_mask"][: len(policy_chosen), 1:].sum(-1)  # (BT,)
+                keep = None
+                if cfg.conditional and cfg.dpo.rpo_min_context > 0:
+                    sizes = inputs["context_mask"].sum(-1)  # (B,): the chosen rows are user-major
+                    keep = (sizes >= cfg.dpo.rpo_min_context).repeat_interleave(len(policy_chosen) // len(sizes))
+                nll = chosen_nll(policy_chosen, chosen_tokens, keep)  # mean NLL per chosen token
                 loss = loss + cfg.dpo.rpo_alpha * nll
                 extra["nll_loss"] = float(nll.detach())
             accelerator.backward(loss / accumulation)
