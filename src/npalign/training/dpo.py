@@ -259,8 +259,9 @@ def _step(
                 chosen_tokens = inputs["completion_mask"][: len(policy_chosen), 1:].sum(-1)  # (BT,)
                 keep = None
                 if cfg.conditional and cfg.dpo.rpo_min_context > 0:
-                    sizes = inputs["context_mask"].sum(-1)  # (B,): the chosen rows are user-major
-                    keep = (sizes >= cfg.dpo.rpo_min_context).repeat_interleave(len(policy_chosen) // len(sizes))
+                    sizes = inputs["context_mask"].sum(-1)  # (B,); the chosen rows are user-major, T per user
+                    targets = len(policy_chosen) // len(sizes)
+                    keep = (sizes >= cfg.dpo.rpo_min_context).repeat_interleave(targets)  # (BT,)
                 nll = chosen_nll(policy_chosen, chosen_tokens, keep)  # mean NLL per chosen token
                 loss = loss + cfg.dpo.rpo_alpha * nll
                 extra["nll_loss"] = float(nll.detach())
