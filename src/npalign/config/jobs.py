@@ -252,10 +252,11 @@ class DPOLossConfig:
             the chosen side, and DPO can widen it by lowering the rejected continuation alone; the NLL
             term teaches the conditioned policy to produce what the user chose, where it ends included.
         rpo_min_context: the NLL term counts only the episodes with at least this many context pairs
-            (conditional mode; 0: all). With no context the NLL fits the mix of users' choices: the policy
-            then writes a list as often as prose where the reference rarely does, so its implicit reward
-            (relative to the reference) ranks every list above its prose at m = 0, whatever the user.
-            With 1, an empty context is trained by DPO alone, whose optimum over opposed users is no margin.
+            (conditional mode; 0: all). With no context the NLL fits the mix of users' choices; where the
+            reference rarely writes one side of an axis (a list), that raises the side against the
+            reference, and the implicit reward at m = 0 ranks it first whatever the user. With 1, an empty
+            context is trained by DPO alone, whose optimum over opposed users is no margin (on the style
+            users it shrank the m = 0 format margin but kept its sign; docs/details.md).
     """
 
     beta: float = 0.05
