@@ -107,6 +107,34 @@ def test_dpo_loss_matches_hand_computation() -> None:
     )
 
 
+def test_ipo_loss_is_the_squared_distance_of_beta_h_from_one_half() -> None:
+    """beta = 0.5 and the pairs of the test above: h = 2 gives (1 - 0.5)^2 = 0.25; h = -1, (-0.5 - 0.5)^2 = 1.
+
+    IPO's optimum is h = 1/(2 beta) = 1: there the loss and its gradient vanish, where DPO's still pulls.
+    The implicit rewards do not depend on the loss.
+    """
+    args = (
+        torch.tensor([-1.0, -2.0]),
+        torch.tensor([-3.0, -1.0]),
+        torch.tensor([-2.0, -1.0]),
+        torch.tensor([-2.0, -1.0]),
+    )
+    losses, chosen_rewards, rejected_rewards = dpo_loss(*args, beta=0.5, loss_type="ipo")
+    torch.testing.assert_close(losses, torch.tensor([0.25, 1.0]))
+    _, dpo_chosen, dpo_rejected = dpo_loss(*args, beta=0.5)
+    torch.testing.assert_close((chosen_rewards, rejected_rewards), (dpo_chosen, dpo_rejected))
+
+    at_optimum = torch.tensor([-1.0], requires_grad=True)  # h = -1 - (-2) - 0 = 1
+    for loss_type, vanishes in (("ipo", True), ("sigmoid", False)):
+        at_optimum.grad = None
+        loss, _, _ = dpo_loss(at_optimum, torch.tensor([-2.0]), torch.tensor([-2.0]), torch.tensor([-2.0]),
+                              beta=0.5, loss_type=loss_type)  # fmt: skip
+        loss.sum().backward()
+        assert at_optimum.grad is not None and (at_optimum.grad.abs().item() < 1e-7) == vanishes
+    with pytest.raises(ValueError, match="loss_type='hinge'"):
+        dpo_loss(*args, beta=0.5, loss_type="hinge")
+
+
 def test_dpo_loss_gradient_reaches_policy_only_and_rewards_are_detached() -> None:
     policy_chosen = torch.tensor([-1.0], requires_grad=True)
     policy_rejected = torch.tensor([-3.0], requires_grad=True)

@@ -5,6 +5,7 @@ exactly the metrics of an uninterrupted one; a checkpoint missing a part does no
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -326,6 +327,7 @@ def test_config_errors_name_the_key(workdir: Path, capsys: pytest.CaptureFixture
         ("dpo.betta=0.1", "dpo.betta"),
         ("dpo.rpo_alpha=-1", "dpo.rpo_alpha=-1"),
         ("dpo.rpo_min_context=-1", "dpo.rpo_min_context=-1"),
+        ("dpo.loss_type=hinge", "dpo.loss_type='hinge'"),
         ("data.user_types=[nobody]", "nobody"),
     ):
         assert main(_train_args(workdir / "bad", workdir / "cache", override)) == 2
@@ -358,6 +360,20 @@ def test_rpo_min_context_leaves_the_nll_of_episodes_with_a_smaller_context_out(w
     assert records[99]["nll_loss"] == 0.0 and records[0]["nll_loss"] > 0
     assert 0 < records[3]["nll_loss"] != pytest.approx(records[0]["nll_loss"], rel=1e-4)
     assert records[0]["logps/chosen"] == pytest.approx(records[3]["logps/chosen"], rel=1e-5)  # same batch
+
+
+def test_loss_type_ipo_trains_on_the_squared_loss(workdir: Path) -> None:
+    settings = ["optim.steps=1", "optim.warmup_steps=1", "run.log_every=1", "data.val_split=null"]
+    losses = {}
+    for loss_type in ("sigmoid", "ipo"):
+        out = workdir / f"loss_{loss_type}"
+        assert main(_train_args(out, workdir / "cache", *settings, f"dpo.loss_type={loss_type}")) == 0
+        (record,) = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
+        # Step 1 scores the first batch before any update: the policy is the reference and h = 0.
+        assert record["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+        losses[loss_type] = record["loss"]
+    # At h = 0 DPO's loss is log 2 and IPO's (beta h - 1/2)^2 is 1/4.
+    assert losses == pytest.approx({"sigmoid": math.log(2), "ipo": 0.25}, abs=1e-5)
 
 
 def test_context_and_target_pairs_never_overlap() -> None:

@@ -244,6 +244,9 @@ class DPOLossConfig:
 
     Attributes:
         beta: KL strength (0.05 in the release; 0.1 is TRL's default).
+        loss_type: "sigmoid", DPO's loss (the default), or "ipo", IPO's squared loss with its optimum at a
+            margin of 1/(2 beta) nats over the reference's (TRL's names; `models.losses.dpo_loss`). Where a
+            user's choices are deterministic, as the style users' are, DPO's loss has no finite optimum.
         precompute_reference: compute log pi_ref of every pair once before training (one pass over the
             data with adapters off) instead of a reference forward per step.
         rpo_alpha: weight of the negative log-likelihood of the chosen responses added to the DPO loss
@@ -260,6 +263,7 @@ class DPOLossConfig:
     """
 
     beta: float = 0.05
+    loss_type: str = "sigmoid"
     precompute_reference: bool = False
     rpo_alpha: float | None = None
     rpo_min_context: int = 0
@@ -267,6 +271,8 @@ class DPOLossConfig:
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"dpo.beta={self.beta} must be positive (0.05 in the release, 0.1 in TRL).")
+        if self.loss_type not in ("sigmoid", "ipo"):
+            raise ValueError(f"dpo.loss_type={self.loss_type!r}: use 'sigmoid' (DPO) or 'ipo'.")
         if self.rpo_alpha is not None and not self.rpo_alpha >= 0:
             raise ValueError(f"dpo.rpo_alpha={self.rpo_alpha} must be >= 0 (TRL's RPO weight, 1.0 in the RPO paper).")
         if self.rpo_min_context < 0:

@@ -143,23 +143,37 @@ def dpo_loss(
     reference_chosen_logps: Tensor,
     reference_rejected_logps: Tensor,
     beta: float,
+    loss_type: str = "sigmoid",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-pair DPO loss and implicit rewards.
 
-    loss = -log sigma(beta * [(log pi(y_w|x,z) - log pi(y_l|x,z)) - (log pi_ref(y_w|x) - log pi_ref(y_l|x))])
-    (Rafailov et al. 2023, eq. 7; METHOD.md section 4 with the policy conditioned on z). The implicit reward
-    of a response is beta * (log pi - log pi_ref).
+    With h = (log pi(y_w|x,z) - log pi(y_l|x,z)) - (log pi_ref(y_w|x) - log pi_ref(y_l|x)):
+    "sigmoid": loss = -log sigma(beta * h) (Rafailov et al. 2023, eq. 7; METHOD.md section 4 with the
+    policy conditioned on z).
+    "ipo": loss = (beta * h - 1/2)^2, IPO's (h - 1/(2 beta))^2 (Azar et al. 2023, eq. 17, on summed
+    log-probabilities as there) times beta^2: the same optimum, h = 1/(2 beta), with a gradient of DPO's
+    order, so that `rpo_alpha` weighs the NLL term alike under both. DPO's loss keeps falling as h grows,
+    and a user whose choices are deterministic gives it no finite optimum; IPO stops at 1/(2 beta), and
+    opposed users on the same pair pull h to 0 with a force that grows with h.
+    The implicit reward of a response is beta * (log pi - log pi_ref) under both.
 
     Args:
         policy_chosen_logps / policy_rejected_logps: (N,) log pi(y | x, z), with gradients.
         reference_chosen_logps / reference_rejected_logps: (N,) log pi_ref(y | x), no gradients needed.
         beta: the KL strength (0.05 in the release).
+        loss_type: "sigmoid" (DPO) or "ipo" (TRL's names).
     Returns:
         losses (N,), chosen_rewards (N,), rejected_rewards (N,); the rewards are detached.
     """
     policy_margin = policy_chosen_logps - policy_rejected_logps  # (N,)
     reference_margin = reference_chosen_logps - reference_rejected_logps  # (N,)
-    losses = -F.logsigmoid(beta * (policy_margin - reference_margin))
+    logits = beta * (policy_margin - reference_margin)  # (N,)
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(logits)
+    elif loss_type == "ipo":
+        losses = (logits - 0.5) ** 2
+    else:
+        raise ValueError(f"loss_type={loss_type!r}: use 'sigmoid' (DPO) or 'ipo'.")
     chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()
     rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()
     return losses, chosen_rewards, rejected_rewards

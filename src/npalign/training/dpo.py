@@ -251,7 +251,12 @@ def _step(
             policy_chosen, policy_rejected = logps.chunk(2)  # (BT,) each
             reference_chosen, reference_rejected = reference.chunk(2)
             losses, chosen_rewards, rejected_rewards = dpo_loss(
-                policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=cfg.dpo.beta
+                policy_chosen,
+                policy_rejected,
+                reference_chosen,
+                reference_rejected,
+                beta=cfg.dpo.beta,
+                loss_type=cfg.dpo.loss_type,
             )
             loss = losses.mean()
             extra = {}
