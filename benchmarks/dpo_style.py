@@ -257,11 +257,16 @@ def summarise(rows: list[dict[str, Any]], settings: DPOStyleSettings) -> dict[st
     prose = [u for u in settings.users if user_preferences(u).get("format") == "prose"]
     ctx = {u: [k for k in per_context if k.startswith(u + "/")] for u in settings.users}
 
-    def worst_length_ratio(median: str) -> float:
-        """The longest concise context's median over the shortest detailed context's (target <= 0.7)."""
-        return max(per_context[a][median] or 0 for u in concise for a in ctx[u]) / max(
-            min(per_context[b][median] or 0 for u in detailed for b in ctx[u]), 1
-        )
+    def worst_length_ratio(median: str) -> float | None:
+        """The longest concise context's median over the shortest detailed context's (target <= 0.7).
+
+        None where a context has no such median (every answer of it loops): its length is not measured.
+        """
+        concise_medians = [per_context[a][median] for u in concise for a in ctx[u]]
+        detailed_medians = [per_context[b][median] for u in detailed for b in ctx[u]]
+        if None in concise_medians or None in detailed_medians:
+            return None
+        return max(concise_medians) / max(min(detailed_medians), 1)
 
     checks = {
         "length_ratio_worst": worst_length_ratio("median_tokens"),
