@@ -247,7 +247,8 @@ class DPOLossConfig:
         loss_type: "sigmoid", DPO's loss (the default), or "ipo", IPO's squared loss with its optimum at a
             margin of 1/(2 beta) nats over the reference's (TRL's names; `models.losses.dpo_loss`). Where a
             user's choices are deterministic, as the style users' are, DPO's loss has no finite optimum.
-            Validation and `evaluate` report DPO's loss under both, so that runs compare.
+            Validation and `evaluate` report DPO's loss under both, so that runs compare. On the style
+            users at beta 0.1 it looped less than DPO but steered format far less (docs/details.md).
         precompute_reference: compute log pi_ref of every pair once before training (one pass over the
             data with adapters off) instead of a reference forward per step.
         rpo_alpha: weight of the negative log-likelihood of the chosen responses added to the DPO loss
