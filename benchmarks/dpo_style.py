@@ -74,8 +74,10 @@ def build_data(settings: DPOStyleSettings, path: Path) -> Path:
     return path
 
 
-def train(settings: DPOStyleSettings, run: DPOStyleRunSettings, data: Path, out: Path, mode: str, quick: bool) -> dict[str, Any]:
-    overrides = [f"data.train={data}", f"mode={mode}", f"optim.steps={run.steps}"]
+def train(
+    settings: DPOStyleSettings, run: DPOStyleRunSettings, data: Path, out: Path, mode: str, quick: bool, seed: int
+) -> dict[str, Any]:
+    overrides = [f"data.train={data}", f"mode={mode}", f"optim.steps={run.steps}", f"run.seed={seed}"]
     overrides += settings.quick_overrides if quick else []
     cfg = load_config(PolicyTrainConfig, settings.policy_config, overrides)
     summary_file = out / "summary.json"
@@ -346,7 +348,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# NP-DPO style steering on a CPU (benchmarks/dpo_style.py)",
         "",
-        f"Machine: {report['machine']}. NP-DPO: {report['policy']['steps']} steps in "
+        f"Machine: {report['machine']}. Training seed {report['train_seed']}. "
+        f"NP-DPO: {report['policy']['steps']} steps in "
         f"{report['policy']['seconds_this_run'] / 60:.0f} min, kept step {report['policy'].get('best_step')} "
         f"(best validation accuracy); "
         + (
@@ -406,8 +409,17 @@ def main() -> None:
         help="stop after NP-DPO's answers and accuracy (the report says the baseline was not run); a later run "
         "without it trains the baseline and adds its answers",
     )
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="seed of both trainings (default: the recipe's run.seed); data, contexts and evaluation keep the "
+        "settings' seed, so two training seeds answer the same prompts from the same contexts",
+    )
     args = parser.parse_args()
     settings = load_settings(args.settings, DPOStyleSettings)
+    if args.train_seed is None:
+        args.train_seed = load_config(PolicyTrainConfig, settings.policy_config).run.seed
     run = settings.quick if args.quick else settings.full
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -422,7 +434,7 @@ def main() -> None:
             rows = list(read_jsonl(data))
         # NP-DPO's figures first, then the baseline's: a run cut short still reports the policy.
         with clock.stage("train_np_dpo"):
-            policy_summary = train(settings, run, data, args.work / "np_dpo", "conditional", args.quick)
+            policy_summary = train(settings, run, data, args.work / "np_dpo", "conditional", args.quick, args.train_seed)
         policy = load_policy(args.work / "np_dpo")
         # The answers of the policies trained in --work live there (a rerun goes on where it stopped) and are
         # copied to --out with the report: answers of another run must never stand in for this one's.
@@ -442,7 +454,9 @@ def main() -> None:
         baseline_summary = None
         if not args.policy_only:
             with clock.stage("train_baseline"):
-                baseline_summary = train(settings, run, data, args.work / "dpo_baseline", "unconditional", args.quick)
+                baseline_summary = train(
+                    settings, run, data, args.work / "dpo_baseline", "unconditional", args.quick, args.train_seed
+                )
             with clock.stage("generate_baseline"):
                 baseline_answers(settings, run, rows, load_policy(args.work / "dpo_baseline"), answers)
         with atomic_path(args.out / "answers.jsonl") as tmp:
@@ -451,6 +465,7 @@ def main() -> None:
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "quick": args.quick,
             "users": settings.users,
+            "train_seed": args.train_seed,
             "policy": policy_summary,
             "baseline": baseline_summary,
             "contexts": contexts,
