@@ -283,8 +283,8 @@ def summarise(rows: list[dict[str, Any]], settings: DPOStyleSettings) -> dict[st
         },  # fmt: skip
         "paths_monotone": {
             path: {
-                "median_tokens": _monotone([p["median_tokens"] for p in points]),
-                "list_share": _monotone([p["list_share"] for p in points]),
+                "median_tokens": monotone([p["median_tokens"] for p in points]),
+                "list_share": monotone([p["list_share"] for p in points]),
             }
             for path, points in paths.items()
         },
@@ -301,7 +301,7 @@ def summarise(rows: list[dict[str, Any]], settings: DPOStyleSettings) -> dict[st
     }
 
 
-def _monotone(values: list[float]) -> str:
+def monotone(values: list[float]) -> str:
     """"increasing" / "decreasing" (never turning back, first != last), "flat" or "no"."""
     steps = list(zip(values, values[1:], strict=False))
     if not steps or values[0] == values[-1]:
