@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from pipeline import REPO, Clock, DPOStyleRunSettings, DPOStyleSettings, add_settings_argument, load_settings
 
-from npalign.config import PolicyTrainConfig, load_config
+from npalign.config import PolicyTrainConfig, load_config, to_dict
 from npalign.data.loaders import load_preferences
 from npalign.data.sources import build_dataset
 from npalign.data.sources.style import user_preferences
@@ -54,6 +54,7 @@ from npalign.inference.policy import PolicyRunner, load_policy
 from npalign.training.dpo import train_policy
 from npalign.training.loop import load_run_data
 from npalign.utils.io import atomic_path, read_json, read_jsonl, write_json
+from npalign.utils.rundir import check_run_directory
 
 ContextTriple = tuple[str, str, str]
 
@@ -82,6 +83,10 @@ def train(
     cfg = load_config(PolicyTrainConfig, settings.policy_config, overrides)
     summary_file = out / "summary.json"
     if summary_file.is_file() and (summary := read_json(summary_file))["steps"] == cfg.optim.steps:
+        try:  # a run trained with another config (another --train-seed) must not stand in for this one
+            check_run_directory(out, "policy", to_dict(cfg), resume=True)
+        except ValueError as error:
+            raise SystemExit(f"{out} holds a finished run of another config; pass another --work ({error})") from None
         log(f"{mode}: reusing {out} ({summary['steps']} steps)")
         return summary
     train_data, val_data, _ = load_run_data(cfg.data)
