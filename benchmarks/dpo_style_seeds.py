@@ -61,7 +61,10 @@ def table(reports: list[dict[str, Any]], paths: list[str]) -> list[str]:
     ]
     ratios = [c["length_ratio_worst"] for c in checks]
     if None in ratios:
-        lines.append("| worst concise / detailed median ratio | a context whose answers all loop | | | |")
+        cells = " | ".join("every answer of a context loops" if v is None else f"{v:.2f}" for v in ratios)
+        lines.append(
+            f"| worst concise / detailed median ratio | {cells} | not measured | <= 0.7 | **not met** |"
+        )
     else:
         lines.append(
             _row("worst concise / detailed median ratio", ratios, ".2f", "<= 0.7", mean(ratios) <= 0.7)
