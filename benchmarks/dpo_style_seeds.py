@@ -15,16 +15,14 @@ when it holds on the mean over the seeds (the issue's numbers; the brief's rule 
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from dpo_style import monotone
-from pipeline import spread
+from pipeline import spread, write_tables
 
-from npalign.utils.io import atomic_path, read_json
+from npalign.utils.io import read_json
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -146,10 +144,8 @@ def main() -> None:
     lines = table([load_report(p) for p in args.results], args.results)
     print("\n".join(lines))
     if args.out:
-        command = "python benchmarks/dpo_style_seeds.py " + shlex.join(sys.argv[1:])
-        header = ["# NP-DPO style steering over training seeds (benchmarks/dpo_style_seeds.py)", ""]
-        with atomic_path(Path(args.out)) as tmp:
-            tmp.write_text("\n".join([*header, *lines, "", f"Written by `{command}`."]) + "\n")
+        heading = "NP-DPO style steering over training seeds (benchmarks/dpo_style_seeds.py)"
+        write_tables(args.out, lines, heading=heading)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ per run and as mean ± s.e.m. over the runs, and per domain; `--out FILE.md` als
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from functools import cache
 from pathlib import Path
 from statistics import mean
 
-from pipeline import REPO, load_results, spread
+from pipeline import REPO, load_results, spread, write_tables
 
 from npalign.config import RewardTrainConfig
 from npalign.data.loaders import load_preferences
@@ -31,7 +29,6 @@ from npalign.embedding.embedders import Embedder
 from npalign.embedding.features import embed_preferences, resolve_embedder
 from npalign.evaluation.reward import evaluate_reward_model
 from npalign.models.builders import load_reward_model
-from npalign.utils.io import atomic_path
 from npalign.utils.rundir import RUN_FILE
 
 NP_RUN = "np-btl"  # dsp.py's run folder for NP-BTL
@@ -122,12 +119,7 @@ def main() -> None:
     lines = report(args.results, scores, args.contexts, args.episodes)
     print("\n".join(lines))
     if args.out:
-        command = shlex.join(["python", "benchmarks/dsp_context.py", *sys.argv[1:]])
-        text = "\n".join(
-            ["# DSP: NP-BTL with more context than m = 10", "", *lines, "", f"Written by `{command}`.", ""]
-        )
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(text)
+        write_tables(args.out, lines, heading="DSP: NP-BTL with more context than m = 10")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -482,6 +484,20 @@ def load_results(path: str) -> dict:
     """results.json of a results folder (or the file itself)."""
     file = Path(path)
     return read_json(file / "results.json" if file.is_dir() else file)
+
+
+def write_tables(
+    out: str | Path, lines: list[str], *, heading: str | None = None, note: str | None = None
+) -> None:
+    """`lines` as a markdown file: the heading and the note first, the command that wrote it last.
+
+    The command is the running benchmark script's, with its arguments, so that the file says how to rerun it.
+    """
+    command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    header = [f"# {heading}", ""] if heading else []
+    body = [note, ""] if note else []
+    with atomic_path(Path(out)) as tmp:
+        tmp.write_text("\n".join([*header, *body, *lines, "", f"Written by `{command}`."]) + "\n")
 
 
 def spread(values: list[float], fmt: str) -> str:

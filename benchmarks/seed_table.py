@@ -14,14 +14,9 @@ mean ± s.e.m. over the runs. `--out FILE.md` also writes it all to a file.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
-from pathlib import Path
 from statistics import mean
 
-from pipeline import load_results, spread
-
-from npalign.utils.io import atomic_path
+from pipeline import load_results, spread, write_tables
 
 COLUMNS = {  # results.json's targets entry -> (what it measures, its format)
     "np_m10_minus_oracle_m10": ("NP-BTL m = 10 minus oracle", "+.2f"),
@@ -89,12 +84,7 @@ def main() -> None:
     lines = table([load_results(p) for p in args.results], args.results)
     print("\n".join(lines))
     if args.out:
-        command = "python benchmarks/seed_table.py " + shlex.join(sys.argv[1:])
-        header = [f"# {args.title}", ""] if args.title else []
-        with atomic_path(Path(args.out)) as tmp:
-            note = [args.note, ""] if args.note else []
-            footer = ["", f"Written by `{command}`."]  # last: it repeats the note
-            tmp.write_text("\n".join([*header, *note, *lines, *footer]) + "\n")
+        write_tables(args.out, lines, heading=args.title, note=args.note)
 
 
 if __name__ == "__main__":
