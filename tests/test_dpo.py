@@ -14,7 +14,7 @@ from npalign.data.dpo_tokenize import (
     tokenize_preference_pairs,
     tokenize_prompts_for_generation,
 )
-from npalign.models.losses import chosen_nll, dpo_loss, dpo_metrics, sequence_logprobs
+from npalign.models.losses import chosen_nll, dpo_loss, dpo_metrics, prior_margin_penalty, sequence_logprobs
 
 # ----- sequence_logprobs ----------------------------------------------------------------------------------
 
@@ -133,6 +133,17 @@ def test_ipo_loss_is_the_squared_distance_of_beta_h_from_one_half() -> None:
         assert at_optimum.grad is not None and (at_optimum.grad.abs().item() < 1e-7) == vanishes
     with pytest.raises(ValueError, match="loss_type='hinge'"):
         dpo_loss(*args, beta=0.5, loss_type="hinge")
+
+
+def test_prior_margin_penalty_is_the_mean_square_of_the_kept_margins() -> None:
+    margins = torch.tensor([2.0, -1.0, 3.0, 100.0], requires_grad=True)
+    keep = torch.tensor([True, True, True, False])
+    penalty = prior_margin_penalty(margins, keep)
+    torch.testing.assert_close(penalty, torch.tensor((4.0 + 1.0 + 9.0) / 3))
+    penalty.backward()  # d/dh of h^2 / 3: towards h = 0 on the kept pairs, nothing on the others
+    assert margins.grad is not None
+    torch.testing.assert_close(margins.grad, torch.tensor([4.0, -2.0, 6.0, 0.0]) / 3)
+    assert prior_margin_penalty(margins, torch.zeros(4, dtype=torch.bool)).item() == 0.0
 
 
 def test_dpo_loss_gradient_reaches_policy_only_and_rewards_are_detached() -> None:

@@ -328,6 +328,7 @@ def test_config_errors_name_the_key(workdir: Path, capsys: pytest.CaptureFixture
         ("dpo.rpo_alpha=-1", "dpo.rpo_alpha=-1"),
         ("dpo.rpo_min_context=-1", "dpo.rpo_min_context=-1"),
         ("dpo.loss_type=hinge", "dpo.loss_type='hinge'"),
+        ("dpo.prior_margin_weight=-1", "dpo.prior_margin_weight=-1"),
         ("data.user_types=[nobody]", "nobody"),
     ):
         assert main(_train_args(workdir / "bad", workdir / "cache", override)) == 2
@@ -360,6 +361,29 @@ def test_rpo_min_context_leaves_the_nll_of_episodes_with_a_smaller_context_out(w
     assert records[99]["nll_loss"] == 0.0 and records[0]["nll_loss"] > 0
     assert 0 < records[3]["nll_loss"] != pytest.approx(records[0]["nll_loss"], rel=1e-4)
     assert records[0]["logps/chosen"] == pytest.approx(records[3]["logps/chosen"], rel=1e-5)  # same batch
+
+
+def test_prior_margin_weight_pulls_the_m0_margins_towards_the_reference(workdir: Path) -> None:
+    """Every episode has an empty context (max_context 0); the pull keeps its implicit margins near 0.
+
+    The fixture's users are opposed (concise / detailed), so the m = 0 margins drift with the batches drawn.
+    A weight of 1e-6 only logs their mean square; 1 keeps it far smaller. With a context, the term is absent.
+    """
+    settings = ["optim.steps=16", "optim.warmup_steps=1", "run.log_every=1", "data.val_split=null", "optim.lr=0.01"]
+    squares = {}
+    for weight in (1e-6, 1.0):
+        out = workdir / f"prior{weight}"
+        overrides = [*settings, "episodes.max_context=0", f"dpo.prior_margin_weight={weight}"]
+        assert main(_train_args(out, workdir / "cache", *overrides)) == 0
+        records = [r["prior_margin_loss"] for r in _rows(out / "metrics.jsonl") if "loss" in r]
+        assert records[0] == 0.0  # step 1: the policy is the reference, h = 0
+        squares[weight] = sum(records[8:]) / len(records[8:])  # the last 8 steps
+    assert 0 < squares[1.0] < 0.2 * squares[1e-6]
+    out = workdir / "prior_with_context"
+    overrides = [*settings[1:], "optim.steps=1", "episodes.min_context=1", "dpo.prior_margin_weight=1"]
+    assert main(_train_args(out, workdir / "cache", *overrides)) == 0
+    (record,) = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
+    assert record["prior_margin_loss"] == 0.0
 
 
 def test_loss_type_ipo_trains_on_the_squared_loss(workdir: Path) -> None:

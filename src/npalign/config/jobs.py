@@ -262,6 +262,13 @@ class DPOLossConfig:
             reference, and the implicit reward at m = 0 ranks it first whatever the user. With 1, an empty
             context is trained by DPO alone, whose optimum over opposed users is no margin (on the style
             users it shrank the m = 0 format margin but kept its sign; docs/details.md).
+        prior_margin_weight: weight of the mean squared implicit margin h (nats) of the pairs of episodes
+            with an empty context, added to the loss (conditional mode; 0, the default: none). It pulls
+            the m = 0 policy towards the reference on every pair, which is the population's answer where
+            opposed users share each pair (the style users; DSP's domain users). At beta 0.1 DPO's loss
+            over two opposed users is log 2 + (beta h)^2 / 8 near h = 0, too flat to undo a lean of a few
+            nats that the conditioned episodes teach the shared adapters. Where users agree on a pair,
+            this pulls against their consensus: leave it at 0 there.
     """
 
     beta: float = 0.05
@@ -269,6 +276,7 @@ class DPOLossConfig:
     precompute_reference: bool = False
     rpo_alpha: float | None = None
     rpo_min_context: int = 0
+    prior_margin_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
@@ -279,6 +287,8 @@ class DPOLossConfig:
             raise ValueError(f"dpo.rpo_alpha={self.rpo_alpha} must be >= 0 (TRL's RPO weight, 1.0 in the RPO paper).")
         if self.rpo_min_context < 0:
             raise ValueError(f"dpo.rpo_min_context={self.rpo_min_context} must be >= 0 (context pairs).")
+        if not self.prior_margin_weight >= 0:
+            raise ValueError(f"dpo.prior_margin_weight={self.prior_margin_weight} must be >= 0 (0: no pull).")
 
 
 @dataclass

@@ -193,6 +193,17 @@ def chosen_nll(policy_chosen_logps: Tensor, chosen_tokens: Tensor, keep: Tensor 
     return -policy_chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)
 
 
+def prior_margin_penalty(margins: Tensor, keep: Tensor) -> Tensor:
+    """Mean squared implicit margin of the kept pairs: the pull of the m = 0 policy to the reference.
+
+    Args:
+        margins: (N,) h = (log pi - log pi_ref)(y_w) - (log pi - log pi_ref)(y_l), in nats, with gradients.
+        keep: (N,) bool, the pairs that count (the episodes with an empty context); zero when none does.
+    """
+    squares = torch.where(keep, margins, 0.0).square()
+    return squares.sum() / keep.sum().clamp(min=1)
+
+
 def dpo_metrics(
     chosen_rewards: Tensor,
     rejected_rewards: Tensor,

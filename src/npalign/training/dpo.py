@@ -32,7 +32,14 @@ from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_t
 from npalign.data.episodes import context_sweep, derived_seed
 from npalign.embedding.embedders import build_embedder
 from npalign.embedding.features import FEATURE_CONVENTION, embed_preferences
-from npalign.models.losses import chosen_nll, dpo_episode_figures, dpo_loss, dpo_metrics, sequence_logprobs
+from npalign.models.losses import (
+    chosen_nll,
+    dpo_episode_figures,
+    dpo_loss,
+    dpo_metrics,
+    prior_margin_penalty,
+    sequence_logprobs,
+)
 from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training import loop
 from npalign.training.reference import REFERENCE_FILE, reference_tables
@@ -260,16 +267,23 @@ def _step(
             )
             loss = losses.mean()
             extra = {}
+            sizes = None  # (BT,) each target pair's context size; the chosen rows are user-major, T per user
+            if cfg.conditional:
+                per_user = inputs["context_mask"].sum(-1)  # (B,)
+                sizes = per_user.repeat_interleave(len(policy_chosen) // len(per_user))
             if cfg.dpo.rpo_alpha is not None:
                 chosen_tokens = inputs["completion_mask"][: len(policy_chosen), 1:].sum(-1)  # (BT,)
                 keep = None
-                if cfg.conditional and cfg.dpo.rpo_min_context > 0:
-                    sizes = inputs["context_mask"].sum(-1)  # (B,); the chosen rows are user-major, T per user
-                    targets = len(policy_chosen) // len(sizes)
-                    keep = (sizes >= cfg.dpo.rpo_min_context).repeat_interleave(targets)  # (BT,)
+                if sizes is not None and cfg.dpo.rpo_min_context > 0:
+                    keep = sizes >= cfg.dpo.rpo_min_context  # (BT,)
                 nll = chosen_nll(policy_chosen, chosen_tokens, keep)  # mean NLL per chosen token
                 loss = loss + cfg.dpo.rpo_alpha * nll
                 extra["nll_loss"] = float(nll.detach())
+            if sizes is not None and cfg.dpo.prior_margin_weight > 0:
+                margins = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)  # (BT,) h
+                prior = prior_margin_penalty(margins, sizes == 0)
+                loss = loss + cfg.dpo.prior_margin_weight * prior
+                extra["prior_margin_loss"] = float(prior.detach())
             accelerator.backward(loss / accumulation)
         stats.add(
             {
