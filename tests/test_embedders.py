@@ -321,7 +321,8 @@ def test_a_model_without_a_key_value_cache_embeds_every_text_whole(
     prompts, responses = [LONG_PROMPTS[0]] * 3 + [LONG_PROMPTS[1]] * 2, SHORT_ANSWERS[:5]
 
     def drop_cache(module: nn.Module, args: tuple, output: object) -> object:
-        output.past_key_values = None  # type: ignore[attr-defined]
+        name = "cache" if "cache" in output.__dataclass_fields__ else "past_key_values"  # type: ignore[attr-defined]
+        setattr(output, name, None)
         return output
 
     handle = embedder.model.base_model.register_forward_hook(drop_cache)

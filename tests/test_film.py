@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointError, checkpoint
 from transformers import PreTrainedModel
 
+from npalign.embedding.causal_lm_embedder import cache_keyword, returned_cache
 from npalign.models.film import FiLM, attach_film, decoder_blocks
 
 ARCHITECTURES = ["tiny_llama", "tiny_qwen2", "tiny_gpt2"]
@@ -124,7 +125,8 @@ def test_kv_cache_decode_step_matches_full_forward(tiny_model: PreTrainedModel) 
     with film.conditioned_on(z):
         full = tiny_model(input_ids=input_ids).logits[:, -1]
         prefix = tiny_model(input_ids=input_ids[:, :-1], use_cache=True)
-        step = tiny_model(input_ids=input_ids[:, -1:], past_key_values=prefix.past_key_values, use_cache=True)
+        cache = {cache_keyword(tiny_model): returned_cache(prefix)}
+        step = tiny_model(input_ids=input_ids[:, -1:], use_cache=True, **cache)
     torch.testing.assert_close(step.logits[:, -1], full, rtol=1e-4, atol=1e-5)
 
 

@@ -19,7 +19,9 @@ second; `benchmarks/results/dsp_smollm2-mean64/embedding.md`).
 
 from __future__ import annotations
 
+import inspect
 import logging
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +31,20 @@ from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 from npalign.embedding.base import Embedder, OnTooLong, Pooling, TokenizedPair
 
 logger = logging.getLogger(__name__)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward keyword that takes a key/value cache.
+
+    transformers 5.25 takes `cache` and warns that `past_key_values` goes in 5.40; after that, `**kwargs`
+    would swallow the old name and the step would run without its prefix. Older versions know only it.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The key/value cache a forward pass returned (None if none), under either of its names."""
+    return output.cache if "cache" in getattr(output, "__dataclass_fields__", {}) else output.past_key_values
 
 
 class CausalLMEmbedder(Embedder):
@@ -191,12 +207,14 @@ class CausalLMEmbedder(Embedder):
             prefix_ids[row, width - len(key) :] = torch.tensor(key)
             prefix_mask[row, width - len(key) :] = 1
         base = self.model.base_model
-        cache = base(
-            input_ids=prefix_ids.to(self.device),
-            attention_mask=prefix_mask.to(self.device),
-            position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
-            use_cache=True,
-        ).past_key_values
+        cache = returned_cache(
+            base(
+                input_ids=prefix_ids.to(self.device),
+                attention_mask=prefix_mask.to(self.device),
+                position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+                use_cache=True,
+            )
+        )
         if not isinstance(cache, Cache):  # e.g. a state-space model: there is no prefix cache to share
             logger.warning("%s: the model returns no key/value cache; embedding every text whole", self.name)
             self.share_prompt_prefix = False
@@ -220,8 +238,8 @@ class CausalLMEmbedder(Embedder):
             input_ids=suffix_ids.to(self.device),
             attention_mask=torch.cat([prefix_mask[owner], suffix_mask], 1).to(self.device),
             position_ids=(seen + torch.arange(length)).to(self.device),
-            past_key_values=cache,
             use_cache=True,
+            **{cache_keyword(base): cache},
         ).last_hidden_state.float()  # (n, length, H)
         if self.pooling == "last":
             return hidden[torch.arange(len(suffixes)), suffix_mask.sum(1).to(self.device) - 1]  # (n, H)
