@@ -267,7 +267,7 @@ class DPOLossConfig:
             the m = 0 policy towards the reference on every pair, which is the population's answer where
             opposed users share each pair (as the style users do). At beta 0.1 DPO's loss
             over two opposed users is log 2 + (beta h)^2 / 8 near h = 0, too flat to undo a lean of about one
-            nats that the conditioned episodes teach the shared adapters. Where users agree on a pair,
+            nat that the conditioned episodes teach the shared adapters. Where users agree on a pair,
             this pulls against their consensus: leave it at 0 there. On the style users (0.1, two seeds)
             it removed the m = 0 lean and met implicit accuracy for every type, but lost length steering
             in one seed (docs/details.md).
