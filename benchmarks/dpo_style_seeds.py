@@ -15,22 +15,11 @@ when it holds on the mean over the seeds (the issue's numbers; the brief's rule 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from dpo_style import monotone
-from pipeline import spread, write_tables
-
-from npalign.utils.io import read_json
-
-
-def load_report(path: str) -> dict[str, Any]:
-    file = Path(path)
-    file = file / "REPORT.json" if file.is_dir() else file
-    if not file.is_file():
-        raise SystemExit(f"{path}: no REPORT.json; run benchmarks/dpo_style.py with --out there first.")
-    return read_json(file)
+from pipeline import load_results, spread, write_tables
 
 
 def _row(label: str, values: list[float], fmt: str, target: str, met: bool | None) -> str:
@@ -141,7 +130,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None, help="also write the table to this markdown file")
     args = parser.parse_args()
-    lines = table([load_report(p) for p in args.results], args.results)
+    lines = table([load_results(p, "REPORT.json") for p in args.results], args.results)
     print("\n".join(lines))
     if args.out:
         heading = "NP-DPO style steering over training seeds (benchmarks/dpo_style_seeds.py)"

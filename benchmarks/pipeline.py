@@ -480,10 +480,13 @@ def shown(path: str | Path) -> str:
     return str(path)
 
 
-def load_results(path: str) -> dict:
-    """results.json of a results folder (or the file itself)."""
+def load_results(path: str, name: str = "results.json") -> dict:
+    """`name` of a results folder (or the file itself); a one-line error where there is none."""
     file = Path(path)
-    return read_json(file / "results.json" if file.is_dir() else file)
+    file = file / name if file.is_dir() else file
+    if not file.is_file():
+        raise SystemExit(f"{path}: no {name}; pass a results folder (or file) that a benchmark wrote.")
+    return read_json(file)
 
 
 def write_tables(
