@@ -372,7 +372,7 @@ class DPOStyleSettings(PolicyBenchmarkSettings):
 
 @dataclass
 class StyleContextSettings(Settings):
-    """style_context.yaml: the style data, the context embedders compared, NP-BTL and the draws."""
+    """style_context.yaml / dsp_length_context.yaml: the data, the context embedders compared, NP-BTL, the draws."""
 
     build: dict[str, Any]
     embedders: list[str]
@@ -382,6 +382,7 @@ class StyleContextSettings(Settings):
     centroid_contexts: int
     test_contexts: int
     seed: int
+    source: str = "style"  # the builder of `npalign data build` (style, or dsp with build.length_users)
 
     @classmethod
     def prepare(cls, raw: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -401,6 +402,7 @@ SCHEMAS: dict[str, type[Settings]] = {
     "dpo_steering": DPOSteeringSettings,
     "dpo_style": DPOStyleSettings,
     "style_context": StyleContextSettings,
+    "dsp_length_context": StyleContextSettings,
     "dsp_pooling": PoolingSettings,
     "dsp_identify": IdentifySettings,
 }
