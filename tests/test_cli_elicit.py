@@ -53,6 +53,8 @@ def test_greedy_choices_follow_next_query_with_the_models_own_answers(
     assert main([*argv, "--out", str(out)]) == 0
     chosen = _lines(capsys.readouterr().out)
     assert chosen == _lines(out.read_text())
+    assert main(["elicit", "--run", *argv[2:]]) == 0  # `--run`, as every command that takes one run spells it
+    assert _lines(capsys.readouterr().out) == chosen
     assert [c["rank"] for c in chosen] == [1, 2, 3]
     assert len({c["candidate"] for c in chosen}) == 3 and 12 not in {c["candidate"] for c in chosen}
     # Replay with the API: each pick is next_query's best among the pairs not yet asked, and the assumed

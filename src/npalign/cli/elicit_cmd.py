@@ -44,7 +44,9 @@ class Pairs:
 
 
 def _elicit_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="reward run directory (npalign train-reward)")
+    parser.add_argument(
+        "--model", "--run", dest="model", required=True, help="reward run directory (npalign train-reward)"
+    )
     parser.add_argument("--candidates", required=True, help="JSON/JSONL file of the pairs one could ask")
     parser.add_argument("--context", default=None, help="JSON/JSONL file of the user's choices so far")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"pairs to choose (default {DEFAULT_K})")
