@@ -88,9 +88,10 @@ def test_reward_model_trains_on_two_processes(paper_data: Path) -> None:
     The last is seen against a one-process run of the same config. Rank 0 draws exactly the episodes of
     the one-process run, from the same initial weights, so the first step's loss is the same to the bit.
     DDP then averages the two ranks' gradients: had rank 1 drawn rank 0's episodes (there is no dropout
-    here), the average would equal rank 0's gradient and every later record would match too. (The second
-    record may still match: Adam's first update is lr times the sign of the gradient, which the average
-    mostly shares with rank 0's.)
+    here), the average would equal rank 0's gradient and the weights of step 6 would match the one-process
+    run's up to rounding (the two runs use different thread counts). The weights are compared, not the
+    losses: six small steps leave the loss within 1e-6 of log 2, where the two runs' losses can round to
+    the same float.
     """
     data = [
         "--data",
@@ -110,7 +111,11 @@ def test_reward_model_trains_on_two_processes(paper_data: Path) -> None:
     reference, _ = _records(single)
     assert [r["lr"] for r in training] == [r["lr"] for r in reference]  # one scheduler step per step
     assert training[0] == reference[0]
-    assert [r["loss"] for r in training[2:]] != [r["loss"] for r in reference[2:]]
+    assert read_json(launched / "checkpoint" / "trainer_state.json")["step"] == 6
+    assert read_json(single / "checkpoint" / "trainer_state.json")["step"] == 6
+    one, two = (load_tensors(run / "checkpoint" / "model.safetensors") for run in (single, launched))
+    assert one.keys() == two.keys()
+    assert max(float((one[name] - two[name]).abs().max()) for name in one) > 1e-4  # observed ~2e-3
     assert len(printed) == 1 and json.loads(printed[0])["best_step"] == summary["best_step"]  # rank 0 reports
     model, record = load_reward_model(launched)  # strictly: every weight there, none extra
     assert record["kind"] == "reward" and sum(p.numel() for p in model.parameters()) > 0
