@@ -240,6 +240,25 @@ def test_generate_for_a_user_type_and_for_a_context_file(
     assert len(runner.generate([prompt, prompt], z=halfway, max_new_tokens=3)) == 2
 
 
+def test_repetition_penalty_breaks_a_loop_and_bad_values_are_one_line_errors(
+    tiny_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runner = load_policy(tiny_run)
+    plain = runner.generate(["Hi."], max_new_tokens=24)[0]
+    assert runner.generate(["Hi."], max_new_tokens=24, repetition_penalty=1.0)[0] == plain  # 1.0: none
+    penalised = runner.generate(["Hi."], max_new_tokens=24, repetition_penalty=100.0)[0]
+    assert len(set(plain)) <= 2 < len(set(penalised))  # the random tiny model repeats one token greedily
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="repetition_penalty"):
+            runner.generate(["Hi."], max_new_tokens=2, repetition_penalty=bad)
+    command = ["generate", "--policy", str(tiny_run), "--prompt", "Hi.", "--max-new-tokens", "24"]
+    assert main([*command, "--repetition-penalty", "100"]) == 0
+    assert capsys.readouterr().out.strip() == penalised.strip()
+    assert main([*command, "--repetition-penalty", "0"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the note that m = 0 is used
+    assert error.startswith("npalign generate: error: repetition_penalty=0.0 must be")
+
+
 def test_evaluate_dpo_writes_results_in_the_core_shape(tiny_run: Path, workdir: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     argv = [

@@ -329,6 +329,10 @@ def test_generate_for_a_stored_user_equals_the_policy_in_process(
     refused(client.post("/v1/generate", json={**sampled, "max_new_tokens": 0}), 422, "max_new_tokens")
     refused(client.post("/v1/generate", json={**sampled, "max_new_tokens": 10_000}), 422, "max_new_tokens")
     refused(client.post("/v1/generate", json={**sampled, "top_p": 1.5}), 422, "top_p")
+    refused(client.post("/v1/generate", json={**sampled, "repetition_penalty": 0}), 422, "repetition_penalty")
+    penalised = policy.generate(prompts, context=triples, max_new_tokens=6, repetition_penalty=1.5)
+    assert ok(client.post("/v1/generate", json={"user_id": user, "prompts": prompts, "max_new_tokens": 6,
+                                                "repetition_penalty": 1.5}))["responses"] == penalised  # fmt: skip
 
 
 def test_generate_without_a_policy_is_a_404(feature_run: Path, store: UserStore) -> None:

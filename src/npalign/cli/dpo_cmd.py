@@ -25,7 +25,7 @@ from npalign.cli.common import (
 )
 
 # The flags of `generate` that `PolicyRunner.generate` takes as they are (parsed under its names).
-GENERATION_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
+GENERATION_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty", "seed")
 
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
@@ -150,6 +150,9 @@ def _generate_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="penalise tokens already present (1.0: none)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
 

@@ -205,6 +205,7 @@ class PolicyRunner:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
         batch_size: int = 8,
         seed: int | None = None,
         max_prompt_length: int | None = None,
@@ -216,6 +217,8 @@ class PolicyRunner:
             z: (Z,) for every prompt or (N, Z) one per prompt; None with no context = the population prior.
             context: one user's (prompt, chosen, rejected) pairs for every prompt, or one list per prompt.
             max_new_tokens / do_sample / temperature / top_p: decoding settings (greedy by default).
+            repetition_penalty: transformers' (CTRL's) penalty on tokens already in the prompt or the answer,
+                > 0; 1.0 is none. Greedy answers of a small policy often loop; 1.1-1.3 is the usual remedy.
             batch_size: prompts per `generate` call.
             seed: seeds sampling (torch's global RNG) when given.
             max_prompt_length: keep at most this many prompt tokens; default the run's training length.
@@ -226,6 +229,8 @@ class PolicyRunner:
             raise TypeError("prompts must be a list of strings; wrap a single prompt in a list.")
         if max_new_tokens < 1 or batch_size < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be >= 1.")
+        if not repetition_penalty > 0 or repetition_penalty == float("inf"):
+            raise ValueError(f"repetition_penalty={repetition_penalty} must be a finite number > 0 (1.0 is none).")
         z_rows = self._rows_of_z(len(prompts), z, context)  # (N, Z) or None
         if seed is not None:
             torch.manual_seed(seed)
@@ -235,6 +240,7 @@ class PolicyRunner:
             "do_sample": do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
+            "repetition_penalty": repetition_penalty,
         }
         if do_sample:
             settings.update(temperature=temperature, top_p=top_p)

@@ -384,7 +384,8 @@ def create_app(
         z, count = user_latent(body, "policy")
         responses = served.generate(
             body.prompts, z, max_new_tokens=body.max_new_tokens, do_sample=body.do_sample,
-            temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+            temperature=body.temperature, top_p=body.top_p, repetition_penalty=body.repetition_penalty,
+            seed=body.seed,
         )  # fmt: skip
         return GenerateResponse(responses=responses, num_choices=count)
 

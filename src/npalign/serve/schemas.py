@@ -137,6 +137,7 @@ class GenerateRequest(UserRequest):
     do_sample: bool = False
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    repetition_penalty: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     seed: int | None = None
 
 
