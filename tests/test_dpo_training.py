@@ -433,7 +433,7 @@ def test_context_and_target_pairs_never_overlap() -> None:
         assert prompts == batch.target_prompts
 
 
-def test_bf16_gradient_checkpointing_and_accumulation_train(workdir: Path) -> None:
+def test_bf16_gradient_checkpointing_and_accumulation_train(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = workdir / "bf16"
     settings = ["model.bf16=true", "model.gradient_checkpointing=true", "optim.grad_accumulation=2"]
     settings += [
@@ -448,9 +448,35 @@ def test_bf16_gradient_checkpointing_and_accumulation_train(workdir: Path) -> No
     assert all(torch.isfinite(torch.tensor(record[name])) for name in TRL_NAMES)
     config = read_json(out / "policy" / "policy_config.json")
     assert config["bf16"] and config["gradient_checkpointing"]
+    import npalign.inference.policy as inference_policy
+
+    monkeypatch.setattr(inference_policy, "native_bfloat16", lambda device: True)
     runner = load_policy(out)
     assert next(runner.policy.base_model.parameters()).dtype == torch.bfloat16
     assert all(t.dtype == torch.float32 for t in runner.policy.trainable_state_dict().values())
+    # Where bfloat16 is emulated (an AVX2-only CPU), the same bfloat16 weights compute in float32.
+    monkeypatch.setattr(inference_policy, "native_bfloat16", lambda device: False)
+    upcast = load_policy(out)
+    weights, upcast_weights = runner.policy.state_dict(), upcast.policy.state_dict()
+    assert weights.keys() == upcast_weights.keys()
+    assert all(t.dtype == torch.float32 for t in upcast_weights.values())
+    assert all(torch.equal(weights[k].float(), upcast_weights[k]) for k in weights)
+
+
+def test_model_bf16_auto_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.bf16: auto is bfloat16 where `native_bfloat16` says the device computes it, else float32."""
+    import npalign.training.dpo as dpo
+
+    cfg = load_config(PolicyTrainConfig, TINY, ["model.bf16=auto"])
+    assert cfg.model.bf16 == "auto"
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(dpo, "native_bfloat16", lambda device, native=native: native)
+        policy, _, _ = build_policy(cfg, embed_dim=384)
+        assert policy.base_model.get_input_embeddings().weight.dtype == dtype
+    with pytest.raises(ValueError, match="model.bf16='fast': use true, false or auto"):
+        load_config(PolicyTrainConfig, TINY, ["model.bf16=fast"])
+    assert load_config(PolicyTrainConfig, TINY, ["model.bf16=true"]).model.bf16 is True
+    assert load_config(PolicyTrainConfig, TINY, ["model.bf16=false"]).model.bf16 is False
 
 
 def test_npalign_load_gives_a_policy_runner_that_saves_and_reloads(tiny_run: Path, tmp_path: Path) -> None:

@@ -150,7 +150,10 @@ class PolicyModelConfig:
         lora_layers: decoder blocks whose target modules get LoRA; null means every block (with
             film_layers, the last few blocks keep the backward pass short on a CPU).
         gradient_checkpointing: recompute decoder blocks in backward (less memory, ~1/3 more compute).
-        bf16: keep the frozen base in bfloat16; LoRA, FiLM and the encoder stay float32.
+        bf16: keep the frozen base in bfloat16 (true) or float32 (false); LoRA, FiLM and the encoder stay
+            float32. "auto": bfloat16 where the device computes it natively (`models.policy.native_bfloat16`:
+            a CUDA GPU with bfloat16, a CPU with AVX512-BF16 or AMX), else float32. An AVX2-only CPU
+            emulates bfloat16 matmuls about 100x slower than float32 ones.
     """
 
     base: str = "smollm2"
@@ -165,11 +168,13 @@ class PolicyModelConfig:
     lora_target_modules: list[str] | None = None
     lora_layers: list[int] | None = None
     gradient_checkpointing: bool = False
-    bf16: bool = False
+    bf16: bool | str = False
 
     def __post_init__(self) -> None:
         if not self.base:
             raise ValueError("model.base is empty; name a base LM, e.g. model.base=smollm2.")
+        if not isinstance(self.bf16, bool) and self.bf16 != "auto":
+            raise ValueError(f"model.bf16={self.bf16!r}: use true, false or auto.")
         if self.latent_dim < 1 or self.encoder_hidden_dim < 1 or self.lora_r < 1:
             raise ValueError(
                 f"model.latent_dim={self.latent_dim}, model.encoder_hidden_dim={self.encoder_hidden_dim} and "

@@ -46,7 +46,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None or value == "null":
             return None
-        return _convert(value, options[0], key)
+        for option in options[:-1]:  # the first type the value converts to (model.bf16: bool, then "auto")
+            try:
+                return _convert(value, option, key)
+            except TypeError:
+                pass
+        return _convert(value, options[-1], key)
     if annotation is bool:
         if isinstance(value, bool):
             return value

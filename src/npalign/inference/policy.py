@@ -25,7 +25,7 @@ from npalign.embedding.embedders import Embedder, build_embedder
 from npalign.embedding.features import FEATURE_CONVENTION, to_item_features
 from npalign.models.bases import load_base
 from npalign.models.film import sequence_latents
-from npalign.models.policy import ConditionalPolicy
+from npalign.models.policy import ConditionalPolicy, native_bfloat16
 from npalign.utils.io import write_json
 from npalign.utils.rundir import POLICY_DIR, RUN_FILE, path_from_run, read_run, relative_to_run
 
@@ -265,7 +265,9 @@ def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") ->
     """Load a run directory written by `npalign train-dpo` (or its policy/ folder), strictly.
 
     The base model is rebuilt from its recorded name and must have the recorded revision; LoRA, FiLM and
-    the encoder are loaded strictly, so a checkpoint missing any part is an error.
+    the encoder are loaded strictly, so a checkpoint missing any part is an error. A base that trained in
+    bfloat16 keeps those bfloat16 values but computes in float32 where `device` has no native bfloat16
+    (an AVX2-only CPU emulates it about 100x slower); answers may then differ from bfloat16's in near-ties.
     """
     run_dir, policy_dir = _run_directory(Path(directory))
     run = read_run(run_dir, "policy")
@@ -276,6 +278,8 @@ def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") ->
             f"was trained on {run['base']['revision']!r}; the LoRA and FiLM weights belong to that base."
         )
     policy = ConditionalPolicy.from_pretrained(policy_dir, base_model=base)
+    if policy.base_model.get_input_embeddings().weight.dtype == torch.bfloat16 and not native_bfloat16(device):
+        policy.to(torch.float32)
     policy.to(torch.device(device))
     runner = PolicyRunner(policy, tokenizer, run)
     runner.directory = run_dir

@@ -40,7 +40,7 @@ from npalign.models.losses import (
     prior_margin_penalty,
     sequence_logprobs,
 )
-from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
+from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base, native_bfloat16
 from npalign.training import loop
 from npalign.training.reference import REFERENCE_FILE, reference_tables
 from npalign.types import PreferenceSet
@@ -108,11 +108,18 @@ def validate(
 
 
 def build_policy(
-    cfg: PolicyTrainConfig, embed_dim: int
+    cfg: PolicyTrainConfig, embed_dim: int, device: torch.device | str = "cpu"
 ) -> tuple[ConditionalPolicy, PreTrainedTokenizerBase, str]:
-    """The policy over `cfg.model.base` (LoRA + FiLM + encoder at their init), its tokenizer, base revision."""
+    """The policy over `cfg.model.base` (LoRA + FiLM + encoder at their init), its tokenizer, base revision.
+
+    `device` (where it will train) resolves `model.bf16: auto`; the policy records the dtype it chose.
+    """
     base, tokenizer, revision = load_base(cfg.model.base)
     model = cfg.model
+    bf16 = model.bf16 if isinstance(model.bf16, bool) else native_bfloat16(device)
+    if model.bf16 == "auto":
+        dtype = "bfloat16" if bf16 else "float32 (no native bfloat16)"
+        logger.info("model.bf16=auto: the base runs in %s on %s", dtype, torch.device(device))
     policy = ConditionalPolicy(
         base,
         embed_dim=embed_dim,
@@ -130,7 +137,7 @@ def build_policy(
         base_model_id=model.base,
         base_model_revision=revision,
         gradient_checkpointing=model.gradient_checkpointing,
-        bf16=model.bf16,
+        bf16=bf16,
     )
     return policy, tokenizer, revision
 
@@ -214,7 +221,7 @@ def train_policy(
         # Frozen embeddings of every item, once per dataset, through the on-disk cache.
         splits, embedder_record, embed_dim = _embed_splits(cfg, splits, accelerator)
         torch.manual_seed(cfg.run.seed)  # the initial LoRA A and encoder weights
-        policy, tokenizer, base_revision = build_policy(cfg, embed_dim)
+        policy, tokenizer, base_revision = build_policy(cfg, embed_dim, accelerator.device)
         if accelerator.is_main_process:
             record = policy_run_record(
                 cfg, embedder_record, base_revision, splits["train"].type_names, out_dir
