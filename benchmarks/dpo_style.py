@@ -21,9 +21,12 @@ Steps (each cached in --work, so a rerun resumes where it stopped):
     python benchmarks/dpo_style.py                     # the measurement: writes benchmarks/results/dpo_style/
     python benchmarks/dpo_style.py --render            # the tables and figures again, from answers.jsonl
     python benchmarks/dpo_style.py --policy-only       # NP-DPO's figures now, the baseline in a later run
+    python benchmarks/dpo_style.py --policy-only --repetition-penalty 1.2 --out out/dpo_style_rp1.2
+                                                       # the same policy, decoded with a repetition penalty
 
-Answers are appended to --work/answers.jsonl (so they always belong to the policies trained there) and
-copied to --out/answers.jsonl with the report.
+Answers are appended to --work/answers.jsonl (so they always belong to the policies trained there; with
+--repetition-penalty P, to --work/answers_repetition_penalty_P.jsonl) and copied to --out/answers.jsonl
+with the report.
 
 Settings: configs/benchmarks/dpo_style.yaml. Wall times of every stage are in REPORT.json.
 """
@@ -130,8 +133,8 @@ def draw_contexts(
 class Answers:
     """answers.jsonl, appended one group at a time; a group already there is not generated again."""
 
-    def __init__(self, path: Path, tokenizer: Any) -> None:
-        self.path, self.tokenizer = path, tokenizer
+    def __init__(self, path: Path, tokenizer: Any, repetition_penalty: float = 1.0) -> None:
+        self.path, self.tokenizer, self.repetition_penalty = path, tokenizer, repetition_penalty
         self.rows = list(read_jsonl(path)) if path.is_file() else []
         self.done = {(r["user"], r["context_id"], r["decoding"], r["t"]) for r in self.rows}
         self.seconds: dict[str, float] = {}
@@ -152,7 +155,7 @@ class Answers:
         started = time.perf_counter()
         answers = runner.generate(
             prompts, z=z, max_new_tokens=run.max_new_tokens, batch_size=settings.generation_batch,
-            do_sample=sampled, seed=settings.seed if sampled else None,
+            do_sample=sampled, seed=settings.seed if sampled else None, repetition_penalty=self.repetition_penalty,
             **(settings.sampling if sampled else {}),  # type: ignore[arg-type]
         )  # fmt: skip
         seconds = time.perf_counter() - started
@@ -354,7 +357,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# NP-DPO style steering on a CPU (benchmarks/dpo_style.py)",
         "",
         f"Machine: {report['machine']}. Training seed {report['train_seed']}. "
-        f"NP-DPO: {report['policy']['steps']} steps in "
+        + (f"Decoded with repetition_penalty {penalty:g}. " if (penalty := report.get("repetition_penalty", 1.0)) != 1
+           else "")  # fmt: skip
+        + f"NP-DPO: {report['policy']['steps']} steps in "
         f"{report['policy']['seconds_this_run'] / 60:.0f} min, kept step {report['policy'].get('best_step')} "
         f"(best validation accuracy); "
         + (
@@ -421,6 +426,13 @@ def main() -> None:
         help="seed of both trainings (default: the recipe's run.seed); data, contexts and evaluation keep the "
         "settings' seed, so two training seeds answer the same prompts from the same contexts",
     )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="decode every answer with this transformers repetition_penalty (default 1.0: none); the policies "
+        "in --work are reused, their answers kept apart",
+    )
     args = parser.parse_args()
     settings = load_settings(args.settings, DPOStyleSettings)
     if args.train_seed is None:
@@ -443,7 +455,8 @@ def main() -> None:
         policy = load_policy(args.work / "np_dpo")
         # The answers of the policies trained in --work live there (a rerun goes on where it stopped) and are
         # copied to --out with the report: answers of another run must never stand in for this one's.
-        answers = Answers(args.work / "answers.jsonl", policy.tokenizer)
+        name = "answers.jsonl" if args.repetition_penalty == 1 else f"answers_repetition_penalty_{args.repetition_penalty:g}.jsonl"
+        answers = Answers(args.work / name, policy.tokenizer, args.repetition_penalty)
         with clock.stage("generate_np_dpo"):
             contexts = policy_answers(settings, run, rows, policy, answers)
         figures_file = args.work / "np_dpo_figures.json"
@@ -465,12 +478,13 @@ def main() -> None:
             with clock.stage("generate_baseline"):
                 baseline_answers(settings, run, rows, load_policy(args.work / "dpo_baseline"), answers)
         with atomic_path(args.out / "answers.jsonl") as tmp:
-            shutil.copyfile(args.work / "answers.jsonl", tmp)
+            shutil.copyfile(answers.path, tmp)
         report = {
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "quick": args.quick,
             "users": settings.users,
             "train_seed": args.train_seed,
+            "repetition_penalty": args.repetition_penalty,
             "policy": policy_summary,
             "baseline": baseline_summary,
             "contexts": contexts,
