@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from http.client import HTTPException
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -192,7 +193,7 @@ def free_port() -> int:
 
 
 def http(method: str, url: str, body: object | None = None, timeout: float = 30.0) -> tuple[int, dict]:
-    """(status, JSON body) of one request; raises OSError when the server cannot be reached."""
+    """(status, JSON body) of one request; raises OSError when the server cannot be reached or dies mid-reply."""
     import urllib.error
     import urllib.request
 
@@ -205,6 +206,8 @@ def http(method: str, url: str, body: object | None = None, timeout: float = 30.
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+    except HTTPException as error:  # headers sent, then the process was killed (IncompleteRead)
+        raise ConnectionError(f"{method} {url}: the reply broke off ({error!r})") from error
 
 
 class ServerProcess:
