@@ -199,9 +199,9 @@ def main() -> None:
         centroids = torch.stack([train_z[t].mean(0) for t in types])  # (K, Z)
         per_type, named_as = {}, {}
         test_contexts = type_contexts(splits["test"], settings.context_size, settings.test_contexts, settings.seed + 1)
-        for index, (user_type, contexts) in enumerate(test_contexts.items()):
+        for user_type, contexts in test_contexts.items():
             named = torch.cdist(latents(model, splits["test"], contexts), centroids).argmin(-1)  # (B,)
-            per_type[user_type] = 100 * float((named == index).float().mean())
+            per_type[user_type] = 100 * float((named == types.index(user_type)).float().mean())
             named_as[user_type] = {t: 100 * float((named == k).float().mean()) for k, t in enumerate(types)}
         # Among the four two-axis types only: each has a definite preference on both axes, so its choices
         # can name it; a one-axis user differs from a two-axis one in which pairs it holds, not in how it
