@@ -216,20 +216,20 @@ def main() -> None:
                 per_two_axis[user_type] = 100 * float((named == index).float().mean())
         # Named by the choices z predicts: the (two-axis) type whose held-out choices (40 probe pairs each, on
         # other prompts) z explains best, argmax_k mean log p(type k's choice | z).
-        both = both or types
+        choosers = both or types
         probes = type_contexts(splits["test"], 40, 1, settings.seed + 3)
         features = splits["test"].features
         assert features is not None
-        per_two_axis_likelihood = {}
-        for index, user_type in enumerate(both):
+        named_by_choices = {}
+        for index, user_type in enumerate(choosers):
             right = 0
             for context in test_contexts[user_type]:
                 z = model.infer_user(features[splits["test"].chosen[context]], features[splits["test"].rejected[context]])
                 fits = [float(model.prefer_prob(features[splits["test"].chosen[probes[t][0]]],
                                                 features[splits["test"].rejected[probes[t][0]]], z).clamp_min(1e-6).log().mean())
-                        for t in both]  # fmt: skip
-                right += int(max(range(len(both)), key=fits.__getitem__) == index)
-            per_two_axis_likelihood[user_type] = 100 * right / len(test_contexts[user_type])
+                        for t in choosers]  # fmt: skip
+                right += int(max(range(len(choosers)), key=fits.__getitem__) == index)
+            named_by_choices[user_type] = 100 * right / len(test_contexts[user_type])
         scored = {str(m): pair_accuracy(model, splits["test"], m, settings.test_contexts // 4, settings.seed + 2)
                   for m in (0, 1, 5)}  # fmt: skip
         accuracy = {m: overall for m, (overall, _) in scored.items()}
@@ -240,8 +240,8 @@ def main() -> None:
             "named_as_by_type": named_as,
             **({"named_right_two_axis": sum(per_two_axis.values()) / len(per_two_axis),
                 "named_right_two_axis_by_type": per_two_axis} if per_two_axis else {}),
-            f"named_by_choices_{tag}": sum(per_two_axis_likelihood.values()) / len(per_two_axis_likelihood),
-            f"named_by_choices_{tag}_by_type": per_two_axis_likelihood,
+            f"named_by_choices_{tag}": sum(named_by_choices.values()) / len(named_by_choices),
+            f"named_by_choices_{tag}_by_type": named_by_choices,
             "heldout_accuracy": accuracy,
             "heldout_accuracy_by_type": {m: by_type for m, (_, by_type) in scored.items()},
             "features": int(splits["train"].features.shape[1]),  # type: ignore[union-attr]

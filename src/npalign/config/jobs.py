@@ -151,7 +151,7 @@ class PolicyModelConfig:
             film_layers, the last few blocks keep the backward pass short on a CPU).
         gradient_checkpointing: recompute decoder blocks in backward (less memory, ~1/3 more compute).
         bf16: keep the frozen base in bfloat16 (true) or float32 (false); LoRA, FiLM and the encoder stay
-            float32. "auto": bfloat16 where the device computes it natively (`models.policy.native_bfloat16`:
+            float32. "auto": bfloat16 where the device computes it natively (`models.bases.native_bfloat16`:
             a CUDA GPU with bfloat16, a CPU with AVX512-BF16 or AMX), else float32. An AVX2-only CPU
             emulates bfloat16 matmuls about 100x slower than float32 ones.
     """

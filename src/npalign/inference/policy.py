@@ -23,9 +23,9 @@ from transformers import PreTrainedTokenizerBase
 from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
 from npalign.embedding.embedders import Embedder, build_embedder
 from npalign.embedding.features import FEATURE_CONVENTION, to_item_features
-from npalign.models.bases import load_base
+from npalign.models.bases import load_base, native_bfloat16
 from npalign.models.film import sequence_latents
-from npalign.models.policy import ConditionalPolicy, native_bfloat16
+from npalign.models.policy import ConditionalPolicy
 from npalign.utils.io import write_json
 from npalign.utils.rundir import POLICY_DIR, RUN_FILE, path_from_run, read_run, relative_to_run
 
@@ -278,7 +278,7 @@ def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") ->
             f"was trained on {run['base']['revision']!r}; the LoRA and FiLM weights belong to that base."
         )
     policy = ConditionalPolicy.from_pretrained(policy_dir, base_model=base)
-    if policy.base_model.get_input_embeddings().weight.dtype == torch.bfloat16 and not native_bfloat16(device):
+    if policy.config["bf16"] and not native_bfloat16(device):
         policy.to(torch.float32)
     policy.to(torch.device(device))
     runner = PolicyRunner(policy, tokenizer, run)

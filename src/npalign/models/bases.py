@@ -1,15 +1,34 @@
-"""Base causal LMs: loaded by name (random test bases or real ones) and given LoRA adapters (L1, models)."""
+"""Base causal LMs: loaded by name (random test bases or real ones), their dtype per device, LoRA adapters (L1, models)."""
 
 from __future__ import annotations
 
 import warnings
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from npalign.embedding import hub
 from npalign.models.film import decoder_blocks
 from npalign.models.random_bases import RANDOM_BASE_SEED, RANDOM_BASES, build_random_base, weights_digest
+
+
+def native_bfloat16(device: torch.device | str) -> bool:
+    """Whether `device` computes bfloat16 matmuls natively (`model.bf16: auto`).
+
+    True for a CUDA GPU that supports bfloat16 and for a CPU with AVX512-BF16 or AMX (oneDNN's own test);
+    False on an AVX2-only CPU, where torch emulates them about 100x slower than float32. Other device
+    types are trusted to support bfloat16.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a torch built without oneDNN
+            return False
+    return True
 
 
 def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:

@@ -50,24 +50,6 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def native_bfloat16(device: torch.device | str) -> bool:
-    """Whether `device` computes bfloat16 matmuls natively (`model.bf16: auto`).
-
-    True for a CUDA GPU that supports bfloat16 and for a CPU with AVX512-BF16 or AMX (oneDNN's own test);
-    False on an AVX2-only CPU, where torch emulates them about 100x slower than float32. Other device
-    types are trusted to support bfloat16.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a torch built without oneDNN
-            return False
-    return True
-
-
 class ConditionalPolicy(nn.Module):
     """pi_theta(y | x, z): a HF causal LM + LoRA + FiLM + a context encoder producing z.
 

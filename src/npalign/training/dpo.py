@@ -32,6 +32,7 @@ from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler, filter_user_t
 from npalign.data.episodes import context_sweep, derived_seed
 from npalign.embedding.embedders import build_embedder
 from npalign.embedding.features import FEATURE_CONVENTION, embed_preferences
+from npalign.models.bases import native_bfloat16
 from npalign.models.losses import (
     chosen_nll,
     dpo_episode_figures,
@@ -40,7 +41,7 @@ from npalign.models.losses import (
     prior_margin_penalty,
     sequence_logprobs,
 )
-from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base, native_bfloat16
+from npalign.models.policy import TRAINABLE_FILE, ConditionalPolicy, load_base
 from npalign.training import loop
 from npalign.training.reference import REFERENCE_FILE, reference_tables
 from npalign.types import PreferenceSet
@@ -116,8 +117,10 @@ def build_policy(
     """
     base, tokenizer, revision = load_base(cfg.model.base)
     model = cfg.model
-    bf16 = model.bf16 if isinstance(model.bf16, bool) else native_bfloat16(device)
-    if model.bf16 == "auto":
+    if isinstance(model.bf16, bool):
+        bf16 = model.bf16
+    else:  # "auto"
+        bf16 = native_bfloat16(device)
         dtype = "bfloat16" if bf16 else "float32 (no native bfloat16)"
         logger.info("model.bf16=auto: the base runs in %s on %s", dtype, torch.device(device))
     policy = ConditionalPolicy(
