@@ -430,7 +430,7 @@ def main() -> None:
         "--repetition-penalty",
         type=float,
         default=1.0,
-        help="decode every answer with this transformers repetition_penalty (default 1.0: none); the policies "
+        help="decode every answer with this repetition penalty on its own tokens (default 1.0: none); the policies "
         "in --work are reused, their answers kept apart",
     )
     args = parser.parse_args()

@@ -259,6 +259,16 @@ def test_repetition_penalty_breaks_a_loop_and_bad_values_are_one_line_errors(
     assert error.startswith("npalign generate: error: repetition_penalty=0.0 must be")
 
 
+def test_repetition_penalty_leaves_the_prompt_tokens_alone(tiny_run: Path) -> None:
+    # A chat prompt holds the end-of-turn token: transformers' own option penalises it and answers lengthen.
+    runner = load_policy(tiny_run)
+    token = runner.generate(["Hi."], max_new_tokens=1)[0]  # the random tiny model's greedy token
+    prompt = token * 4  # the same token now sits in the prompt, where a penalty must not see it
+    first = runner.generate([prompt], max_new_tokens=1)[0]
+    assert runner.generate([prompt], max_new_tokens=1, repetition_penalty=100.0) == [first]
+    assert runner.generate([prompt, "Hi."], max_new_tokens=1, repetition_penalty=100.0) == [first, token]
+
+
 def test_evaluate_dpo_writes_results_in_the_core_shape(tiny_run: Path, workdir: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     argv = [

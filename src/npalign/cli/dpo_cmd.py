@@ -151,7 +151,10 @@ def _generate_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument(
-        "--repetition-penalty", type=float, default=1.0, help="penalise tokens already present (1.0: none)"
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="penalise tokens the answer already holds, not the prompt's (1.0: none)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 

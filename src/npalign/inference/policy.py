@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessorList, PreTrainedTokenizerBase, RepetitionPenaltyLogitsProcessor
 
 from npalign.data.dpo_tokenize import tokenize_prompts_for_generation
 from npalign.embedding.embedders import Embedder, build_embedder
@@ -217,8 +217,10 @@ class PolicyRunner:
             z: (Z,) for every prompt or (N, Z) one per prompt; None with no context = the population prior.
             context: one user's (prompt, chosen, rejected) pairs for every prompt, or one list per prompt.
             max_new_tokens / do_sample / temperature / top_p: decoding settings (greedy by default).
-            repetition_penalty: transformers' (CTRL's) penalty on tokens already in the prompt or the answer,
-                > 0; 1.0 is none. Greedy answers of a small policy often loop; 1.1-1.3 is the usual remedy.
+            repetition_penalty: CTRL's penalty on tokens the answer already holds, > 0; 1.0 is none. Greedy
+                answers of a small policy often loop; 1.1-1.3 is the usual remedy. Unlike `generate`'s own
+                option it leaves the prompt's tokens alone: a chat prompt holds the end-of-turn token, and
+                penalising it lengthened every answer (docs/details.md).
             batch_size: prompts per `generate` call.
             seed: seeds sampling (torch's global RNG) when given.
             max_prompt_length: keep at most this many prompt tokens; default the run's training length.
@@ -240,7 +242,7 @@ class PolicyRunner:
             "do_sample": do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
-            "repetition_penalty": repetition_penalty,
+            "repetition_penalty": 1.0,  # the answer-only penalty below, never a base's generation default
         }
         if do_sample:
             settings.update(temperature=temperature, top_p=top_p)
@@ -254,11 +256,21 @@ class PolicyRunner:
                 inputs["input_ids"].to(self.device),
                 inputs["attention_mask"].to(self.device),
                 None if z_rows is None else z_rows[start : start + len(chunk)],
+                logits_processor=self._answer_penalty(repetition_penalty, inputs["input_ids"].shape[1]),
                 **settings,
             )  # (n, L + new)
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
             responses.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         return responses
+
+    @staticmethod
+    def _answer_penalty(penalty: float, prompt_length: int) -> LogitsProcessorList:
+        """CTRL's repetition penalty on the generated tokens only: the (left-padded) prompt's L are skipped."""
+        if penalty == 1:
+            return LogitsProcessorList()
+        return LogitsProcessorList(
+            [RepetitionPenaltyLogitsProcessor(float(penalty), prompt_ignore_length=prompt_length)]
+        )
 
 
 def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") -> PolicyRunner:
