@@ -21,7 +21,7 @@ Steps (each cached in --work, so a rerun resumes where it stopped):
     python benchmarks/dpo_style.py                     # the measurement: writes benchmarks/results/dpo_style/
     python benchmarks/dpo_style.py --render            # the tables and figures again, from answers.jsonl
     python benchmarks/dpo_style.py --policy-only       # NP-DPO's figures now, the baseline in a later run
-    python benchmarks/dpo_style.py --policy-only --repetition-penalty 1.2 --out out/dpo_style_rp1.2
+    python benchmarks/dpo_style.py --policy-only --repetition-penalty 1.2 --out benchmarks/results/dpo_style_rp1.2
                                                        # the same policy, decoded with a repetition penalty
 
 Answers are appended to --work/answers.jsonl (so they always belong to the policies trained there; with
@@ -357,7 +357,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# NP-DPO style steering on a CPU (benchmarks/dpo_style.py)",
         "",
         f"Machine: {report['machine']}. Training seed {report['train_seed']}. "
-        + (f"Decoded with repetition_penalty {penalty:g}. " if (penalty := report.get("repetition_penalty", 1.0)) != 1
+        + (f"Decoded with a repetition penalty of {penalty:g} on each answer's own tokens. " if (penalty := report.get("repetition_penalty", 1.0)) != 1
            else "")  # fmt: skip
         + f"NP-DPO: {report['policy']['steps']} steps in "
         f"{report['policy']['seconds_this_run'] / 60:.0f} min, kept step {report['policy'].get('best_step')} "
