@@ -194,10 +194,14 @@ def free_port() -> int:
 
 def http(method: str, url: str, body: object | None = None, timeout: float = 30.0) -> tuple[int, dict]:
     """(status, JSON body) of one request; raises OSError when the server cannot be reached or dies mid-reply."""
+    return http_bytes(method, url, None if body is None else json.dumps(body).encode(), timeout)
+
+
+def http_bytes(method: str, url: str, data: bytes | None, timeout: float = 30.0) -> tuple[int, dict]:
+    """`http` with the body given as bytes."""
     import urllib.error
     import urllib.request
 
-    data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json"}
     )

@@ -274,8 +274,20 @@ def test_get_reward_openrlhf_contract_by_id_and_inline_context(
         )
         assert answer["rewards"][index] == pytest.approx(expected["rewards"][0], abs=1e-5)
 
+    # What OpenRLHF's decode really sends: the answer's end-of-turn token; left padding (older versions); a
+    # prompt cut to its last tokens while `prompts` holds it whole (0.11, SingleTurnAgentExecutor).
+    decoded = [
+        PROMPT + RESPONSES[0] + "<|im_end|>",
+        "<|endoftext|>" * 3 + PROMPT + RESPONSES[1] + "<|im_end|><|endoftext|>",
+        PROMPT[12:] + RESPONSES[2] + "</s>",
+        PROMPT + RESPONSES[3],
+    ]
+    as_decoded = ok(client.post("/get_reward", json={**body, "query": decoded}))
+    assert as_decoded["rewards"] == pytest.approx(answer["rewards"], abs=1e-5)
     bad = {**body, "query": [PROMPT + "x", "another prompt" + SHORT, PROMPT + "y", PROMPT + "z"]}
     refused(client.post("/get_reward", json=bad), 422, "query[1]")
+    chance = {**body, "query": [PROMPT + "x", "and over" + SHORT, PROMPT + "y", PROMPT + "z"]}  # 8 characters
+    refused(client.post("/get_reward", json=chance), 422, "query[1]")
     refused(client.post("/get_reward", json={**body, "labels": labels[:3]}), 422, "labels")
     refused(client.post("/get_reward", json={**body, "labels": [*labels[:3], "{not json"]}), 422, "labels[3]")
     refused(
@@ -448,6 +460,16 @@ BAD_FEATURE_REQUESTS = [
     ("post", "/v1/reward", {"user_id": "no-such-user", "responses": [[0.1, 0.2]]}, 404, "user_id"),
     ("post", "/v1/reward", {"context": [], "responses": [[0.1]]}, 422, "responses[0]"),
     ("post", "/v1/reward", {"context": [], "responses": [[True, 0.2]]}, 422, "responses[0][0]"),
+    # past float32's range (the model would see inf), and an integer past float64's
+    ("post", "/v1/reward", {"context": [], "responses": [[0.1, 1e39]]}, 422, "responses[0][1]"),
+    ("post", "/v1/reward", {"context": [], "responses": [[10**400, 0.2]]}, 422, "responses[0][0]"),
+    (
+        "post",
+        "/v1/users/ok/choices",
+        {"choices": [{"chosen": [1e39, 0], "rejected": [0, 1]}]},
+        422,
+        "choices[0].chosen[0]",
+    ),
     ("post", "/v1/reward", {"context": [], "responses": "nope"}, 422, "responses"),
     ("post", "/v1/reward", {"context": [], "prompt": "p", "responses": [[0.1, 0.2]]}, 422, "prompt"),
     (
@@ -502,6 +524,47 @@ def test_bad_text_requests_and_malformed_bodies(text_run: Path, tmp_path: Path, 
     refused(client.post("/v1/reward", content=b"[1, 2]", headers=headers), 422, "body")
     nan = b'{"context": [], "prompt": "p", "responses": ["a"], "user_id": NaN}'
     assert client.post("/v1/reward", content=nan, headers=headers).status_code == 422
+
+
+def test_text_that_is_not_unicode_and_out_of_range_numbers_are_422s(
+    text_run: Path, policy_run: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """JSON's lone-surrogate escapes are valid JSON but not text: refused wherever a string goes, nothing
+    stored; so are a seed past torch's range and a JSON-string label past the request limits."""
+    policy = npalign.load(str(policy_run))
+    store = UserStore(f"sqlite:///{tmp_path / 'u.db'}")
+    client = client_for(text_run, store, cache_dir, policy=policy, limits=Limits(max_items=4))
+    lone = "tell me \ud800 more"  # json.dumps writes the escape \\ud800, as a client would send it
+    label = json.dumps({"context": [{"prompt": "p", "chosen": lone, "rejected": "b"}]})
+    cases = [
+        ("/v1/reward", {"context": [], "prompt": "p", "responses": [lone]}, "responses[0]"),
+        ("/v1/reward", {"context": [], "prompt": lone, "responses": ["a"]}, "prompt"),
+        ("/v1/users/ann/choices", {"choices": [{"prompt": "p", "chosen": lone, "rejected": "b"}]},
+         "choices[0].chosen"),
+        ("/v1/generate", {"context": [], "prompts": [lone]}, "prompts[0]"),
+        ("/get_reward", {"query": ["pa"], "prompts": ["p"], "labels": [label]}, "labels[0].context[0].chosen"),
+    ]  # fmt: skip
+    headers = {"content-type": "application/json"}
+    for path, body, field in cases:
+        refused(client.post(path, content=json.dumps(body).encode(), headers=headers), 422, field)
+    assert store.user("ann") is None
+    refused(client.post("/v1/generate", json={"context": [], "prompts": ["p"], "seed": 2**64}), 422, "seed")
+    too_many = json.dumps({"context": [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 5})
+    refused(
+        client.post("/get_reward", json={"query": ["pa"], "prompts": ["p"], "labels": [too_many]}),
+        422,
+        "labels[0].context",
+    )
+
+
+def test_serving_writes_nothing_to_the_embedding_cache(text_run: Path, tmp_path: Path) -> None:
+    """Every request's texts are embedded in memory: a shard per request made each later cache open slower."""
+    cache = tmp_path / "cache"
+    client = client_for(text_run, UserStore(f"sqlite:///{tmp_path / 'u.db'}"), cache)
+    ok(client.post("/v1/users/ann/choices", json={"choices": TEXT_CHOICES}))
+    ok(client.post("/v1/reward", json={"user_id": "ann", "prompt": PROMPT, "responses": RESPONSES}))
+    ok(client.post("/v1/reward", json={"context": TEXT_CHOICES[:1], "prompt": PROMPT, "responses": [SHORT]}))
+    assert not cache.exists() or not any(cache.rglob("*.safetensors"))
 
 
 def test_limits_on_body_items_text_and_choices(
@@ -603,7 +666,7 @@ def test_trl_reward_function_with_the_call_grpo_makes(
     UserStore(url).append(
         "alice", ServedModel(model).check_choices([Choice(**c) for c in TEXT_CHOICES], "choices")
     )
-    function = reward_function(str(text_run), store=url, cache_dir=str(cache_dir))
+    function = reward_function(str(text_run), store=url)
     assert function.__name__ == "npalign_reward"
     z = model.infer_user(
         [c["prompt"] for c in TEXT_CHOICES],
@@ -664,6 +727,10 @@ def test_serve_command_refuses_a_store_it_cannot_open(
         == 2
     )
     assert "cannot open the store" in capsys.readouterr().err
+    # each pooled connection would see its own empty database
+    for memory in ("sqlite://", "sqlite:///:memory:"):
+        assert main(["serve", "--model", str(feature_run), "--store", memory]) == 2
+        assert "in-memory SQLite store is not durable" in capsys.readouterr().err
 
 
 def test_serve_without_the_serve_extra_is_a_one_line_error(
@@ -672,4 +739,4 @@ def test_serve_without_the_serve_extra_is_a_one_line_error(
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as after `pip install -e .`: import uvicorn fails
     assert main(["serve", "--model", str(feature_run)]) == 2
     error = capsys.readouterr().err.strip()
-    assert "pip install 'npalign[serve]'" in error and "'uvicorn'" in error and "\n" not in error
+    assert "pip install -e '.[serve]'" in error and "'uvicorn'" in error and "\n" not in error

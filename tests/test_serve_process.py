@@ -6,6 +6,7 @@ names a server, as `.ci/run` sets it. Nothing is mocked: the server is `python -
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from helpers import ServerProcess, http, train_feature_model, train_text_model
+from helpers import ServerProcess, http, http_bytes, train_feature_model, train_text_model
 from npalign.integrations.trl import reward_function
 from npalign.serve.store import UserStore, metadata
 
@@ -204,10 +205,12 @@ def test_two_servers_on_one_postgres_survive_a_kill_9(feature_run: Path, env: di
 
 
 def test_trl_reward_function_through_a_server(env: dict[str, str], tmp_path: Path) -> None:
-    """The TRL callable with a URL posts to /get_reward and gets what the in-process callable computes."""
+    """The TRL callable with a URL posts to /get_reward and gets what the in-process callable computes; a
+    batch whose contexts make it larger than the server's body limit is sent in parts; a body past the limit
+    is answered 413 (its rest read and dropped), not cut off with a connection reset."""
     cache = tmp_path / "cache"
     run = train_text_model(tmp_path / "text" / "run", cache)
-    server = ServerProcess(run, f"sqlite:///{tmp_path / 'users.db'}", env, "--cache", str(cache))
+    server = ServerProcess(run, f"sqlite:///{tmp_path / 'users.db'}", env)
     try:
         context = [
             {"prompt": "question 1: tell me", "chosen": "the cat", "rejected": "a warm mat while rain fell"}
@@ -219,12 +222,25 @@ def test_trl_reward_function_through_a_server(env: dict[str, str], tmp_path: Pat
             ["the cat sat", "rain fell over quiet hills and far", "no"],
         )
         remote = reward_function(server.url)
-        local = reward_function(str(run), cache_dir=str(cache))
+        local = reward_function(str(run))
         extras = {"completion_ids": [[1]] * 3, "trainer_state": None, "log_extra": None, "log_metric": None}
         by_id = remote(prompts=prompts, completions=completions, user_id=["alice"] * 3, **extras)
         inline = local(prompts=prompts, completions=completions, context=[context] * 3, **extras)
         assert by_id == pytest.approx(inline, abs=1e-5)
         with pytest.raises(ValueError, match="answered 404"):
             remote(prompts=prompts[:1], completions=completions[:1], user_id=["nobody"], **extras)
+
+        # 256 rows, each with a context of 16 choices of ~600 characters: one body would be ~5.2 MB (limit 4 MiB)
+        long = [{"prompt": f"question {i}: " + "tell me more " * 20, "chosen": "the cat " * 75,
+                 "rejected": f"rain fell {i} " * 55} for i in range(16)]  # fmt: skip
+        many = 256
+        rows = {"prompts": prompts[:1] * many, "completions": (completions * many)[:many]}
+        extras = {**extras, "completion_ids": [[1]] * many}
+        split = remote(**rows, context=[long] * many, **extras)
+        assert split == pytest.approx(local(**rows, context=[long] * many, **extras), abs=1e-5)
+
+        oversized = json.dumps({"responses": ["x" * 1000] * 8000, "context": []}).encode()  # 8 MB
+        status, body = http_bytes("POST", f"{server.url}/v1/reward", oversized)
+        assert status == 413 and body["field"] == "body", body
     finally:
         server.kill()

@@ -2,7 +2,7 @@
 
 Usage:
     npalign serve --model DIR [--policy DIR] [--store URL] [--host 127.0.0.1] [--port 8000]
-                  [--api-key KEY] [--cache DIR] [--max-items N] [--max-body-bytes N] [--max-text-chars N]
+                  [--api-key KEY] [--max-items N] [--max-body-bytes N] [--max-text-chars N]
                   [--max-choices-per-user N]
 """
 
@@ -34,9 +34,6 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help="bearer token every route but /healthz needs (or env NPALIGN_API_KEY); "
         "required for a non-loopback --host",
     )  # fmt: skip
-    parser.add_argument(
-        "--cache", default=None, help="embedding cache directory (default: the npalign cache)"
-    )
     parser.add_argument("--max-items", type=int, default=None, help="entries per list in a request (256)")
     parser.add_argument("--max-body-bytes", type=int, default=None, help="request body size (4 MiB)")
     parser.add_argument("--max-text-chars", type=int, default=None, help="characters per string (20000)")
@@ -89,10 +86,9 @@ def run_serve(args: argparse.Namespace) -> int:
         from sqlalchemy.exc import SQLAlchemyError
     except ModuleNotFoundError as error:  # `pip install -e .` leaves the server's packages out
         raise ValueError(
-            f"npalign serve needs {error.name!r}, from the serve extra: pip install 'npalign[serve]'."
+            f"npalign serve needs {error.name!r}, from the serve extra: pip install -e '.[serve]' in the checkout."
         ) from None
 
-    from npalign.embedding.features import default_cache_dir
     from npalign.inference.api import load
     from npalign.inference.policy import PolicyRunner
     from npalign.serve.app import create_app
@@ -107,7 +103,7 @@ def run_serve(args: argparse.Namespace) -> int:
             if getattr(args, name) is not None
         }
     )
-    predictor = load(args.model, cache_dir=args.cache or default_cache_dir())
+    predictor = load(args.model)  # texts are embedded in memory (served.py), never through the disk cache
     if isinstance(predictor, PolicyRunner):
         raise ValueError(
             f"--model {args.model} is a policy run; pass it as --policy and a reward model as --model."

@@ -29,6 +29,7 @@ from npalign.serve.served import ServedModel, UnknownUser
 from npalign.serve.store import UserStore
 
 REMOTE_BATCH = 256  # the server's default items per request
+REMOTE_BODY_BYTES = 3 * 1024 * 1024  # under the server's default 4 MiB body limit, with room for the keys
 
 
 def _text(content: Any) -> str:
@@ -84,7 +85,6 @@ class NPAlignReward:
         model_dir_or_url: a reward model run directory, or the URL of `npalign serve` (http://HOST:PORT).
         store: with a run directory: the user store URL for a `user_id` column (None: context column only).
         api_key: with a URL: the server's API key.
-        cache_dir: with a run directory: the embedding cache (None: the npalign cache).
         timeout_s: with a URL: seconds per request.
     """
 
@@ -94,7 +94,6 @@ class NPAlignReward:
         *,
         store: str | None = None,
         api_key: str | None = None,
-        cache_dir: str | None = None,
         timeout_s: float = 180.0,
     ) -> None:
         self.__name__ = "npalign_reward"  # TRL names each reward function's metrics after its __name__
@@ -106,12 +105,11 @@ class NPAlignReward:
         self.served: ServedModel | None = None
         self.store: UserStore | None = None
         if self.url is None:
-            from npalign.embedding.features import default_cache_dir
             from npalign.inference.api import load
             from npalign.inference.policy import PolicyRunner
             from npalign.inference.text import TextRewardPredictor
 
-            predictor = load(model_dir_or_url, cache_dir=cache_dir or default_cache_dir())
+            predictor = load(model_dir_or_url)  # texts are embedded in memory (serve/served.py)
             if isinstance(predictor, PolicyRunner):
                 raise ValueError(f"{model_dir_or_url} is a policy run; pass a reward model run directory.")
             if not isinstance(predictor, TextRewardPredictor):
@@ -162,12 +160,12 @@ class NPAlignReward:
 
     def _remote(self, prompts: list[str], responses: list[str], labels: list[dict[str, Any]]) -> list[float]:
         rewards: list[float] = []
-        for start in range(0, len(prompts), REMOTE_BATCH):
-            stop = start + REMOTE_BATCH
+        queries = [p + r for p, r in zip(prompts, responses, strict=True)]
+        for indices in _batches(queries, prompts, labels):
             body = {
-                "query": [p + r for p, r in zip(prompts[start:stop], responses[start:stop], strict=True)],
-                "prompts": prompts[start:stop],
-                "labels": labels[start:stop],
+                "query": [queries[i] for i in indices],
+                "prompts": [prompts[i] for i in indices],
+                "labels": [labels[i] for i in indices],
             }
             headers = {"Content-Type": "application/json"}
             if self.api_key:
@@ -184,18 +182,32 @@ class NPAlignReward:
         return rewards
 
 
+def _batches(queries: list[str], prompts: list[str], labels: list[Any]) -> list[list[int]]:
+    """Indices of the requests to send: at most REMOTE_BATCH items and (roughly) REMOTE_BODY_BYTES each, so
+    that rows with long contexts do not make a body the server refuses. One item past the size goes alone."""
+    batches: list[list[int]] = [[]]
+    size = 0
+    for index, parts in enumerate(zip(queries, prompts, labels, strict=True)):
+        item = sum(len(json.dumps(part).encode()) + 2 for part in parts)
+        if batches[-1] and (len(batches[-1]) == REMOTE_BATCH or size + item > REMOTE_BODY_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(index)
+        size += item
+    return [batch for batch in batches if batch]
+
+
 def reward_function(
     model_dir_or_url: str,
     *,
     store: str | None = None,
     api_key: str | None = None,
-    cache_dir: str | None = None,
 ) -> NPAlignReward:
     """A TRL reward function over a text reward model (a run directory) or an `npalign serve` URL.
 
     See `NPAlignReward`; raises ValueError for a feature model or a policy run.
     """
-    return NPAlignReward(model_dir_or_url, store=store, api_key=api_key, cache_dir=cache_dir)
+    return NPAlignReward(model_dir_or_url, store=store, api_key=api_key)
 
 
 __all__ = ["NPAlignReward", "reward_function"]

@@ -51,7 +51,9 @@ from npalign.serve.schemas import (
     RewardResponse,
     UserRequest,
     UserResponse,
+    check_text,
     field_of,
+    response_of,
     user_from_label,
 )
 from npalign.serve.served import ServedModel, UnknownUser
@@ -65,6 +67,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+DRAIN_BYTES = 64 * 1024 * 1024  # a refused body up to this size is read (and dropped) before the 413
 OPEN_PATHS = ("/healthz",)  # answered without the API key (load balancers' health checks)
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 422)
@@ -103,6 +106,8 @@ class Guard:
 
         try:
             refusal = self._refusal(scope, path)
+            if refusal is not None and refusal.status_code == 413:
+                await self._drain(receive, 0)
             if refusal is None:
                 body, refusal = await self._read_body(scope, receive)
             if refusal is not None:
@@ -152,12 +157,24 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
+                if message.get("more_body", False):
+                    await self._drain(receive, size)
                 return b"", _error(
                     413, "body", f"is over {self.max_body_bytes} bytes, the most this server takes."
                 )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), None
+
+    @staticmethod
+    async def _drain(receive: Receive, size: int) -> None:
+        """Read and drop the rest of a refused body (up to DRAIN_BYTES in all), so that the client, still
+        sending, reads the 413 instead of a connection reset; a larger body is cut off unread."""
+        while size <= DRAIN_BYTES:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
 
 class Metrics:
@@ -180,13 +197,15 @@ class Metrics:
 
 
 def check_limits(value: Any, limits: Limits, field: str = "") -> None:
-    """Every list at most `max_items` long and every string at most `max_text_chars`, naming the first past.
+    """Every list at most `max_items` long and every string Unicode text of at most `max_text_chars`, naming
+    the first past.
 
     A list of numbers is a feature vector, whose width the model checks (D may well exceed `max_items`).
     """
     if isinstance(value, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
         return
     if isinstance(value, str):
+        check_text(value, field or "body")
         if len(value) > limits.max_text_chars:
             raise FieldError(
                 field or "body", f"has {len(value)} characters; the limit is {limits.max_text_chars}."
@@ -404,17 +423,20 @@ def create_app(
                 raise FieldError(name, f"has {len(values)} entries for {count} queries; send one per query.")
         responses = []
         for index, (query, prompt) in enumerate(zip(body.query, body.prompts, strict=True)):
-            if not query.startswith(prompt):
-                raise FieldError(
-                    f"query[{index}]", f"does not start with prompts[{index}]; send prompt + response."
-                )
-            responses.append(served.check_item(query[len(prompt) :], f"query[{index}] (its response)"))
             if not prompt.strip():
                 raise FieldError(f"prompts[{index}]", "is empty.")
+            response = response_of(query, prompt)
+            if response is None:
+                raise FieldError(
+                    f"query[{index}]",
+                    f"holds neither prompts[{index}] nor a tail of it; send prompt + response.",
+                )
+            responses.append(served.check_item(response, f"query[{index}] (its response)"))
         groups: dict[str, list[int]] = {}
         users: dict[str, UserRequest] = {}
         for index, label in enumerate(body.labels):
             user = user_from_label(label, f"labels[{index}]")
+            check_limits(user.model_dump(), limits, f"labels[{index}]")  # a JSON-string label was one string
             key = user.model_dump_json()
             groups.setdefault(key, []).append(index)
             users[key] = user

@@ -8,6 +8,7 @@ checks them against the model and names the offending field, e.g. `responses[3]`
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 # User ids and choice ids: what fits in a URL path segment and a log line unquoted.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 ID_HELP = "1-128 characters: letters, digits and . _ : @ - (starting with a letter or digit)"
+
+FLOAT32_MAX = 3.4028234663852886e38  # the models compute in float32; a number past this becomes inf
 
 Item = Annotated[Any, Field(description="a string (text model) or a list of D numbers (feature model)")]
 
@@ -47,6 +50,20 @@ class FieldError(ValueError):
         self.field = field
         self.message = message
         self.status = status
+
+
+def check_text(value: str, field: str) -> None:
+    """Refuse a string that is not Unicode text: JSON's "\\ud800" escape gives a lone surrogate, which no
+    embedder, tokenizer or database encodes."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise FieldError(
+                field,
+                f"holds a lone surrogate ({value[error.start]!r} at character {error.start}), which is not "
+                "text; send UTF-8 (pair each \\ud800-\\udbff escape with a \\udc00-\\udfff one).",
+            ) from None
 
 
 class _Request(BaseModel):
@@ -138,7 +155,7 @@ class GenerateRequest(UserRequest):
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0, le=1)
     repetition_penalty: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**64 - 1, description="seeds sampling (torch's range)")
 
 
 class GenerateResponse(BaseModel):
@@ -166,6 +183,48 @@ class GetRewardResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     field: str
+
+
+# Special-token text a trainer's decode leaves around an answer (ChatML, Llama 3, Qwen, SmolLM: <|...|>;
+# Llama 2, Mistral: </s>; Gemma: <eos>, <pad>); the reward model was trained on answers without it.
+_SPECIAL = r"(?:<\|[^<>|\s]{1,40}\|>|</s>|<eos>|<pad>)"
+_TRAILING_SPECIAL = re.compile(rf"(?:\s*{_SPECIAL})+\s*$")
+MIN_PROMPT_TAIL = 16  # characters of a cut prompt's tail that must open the query
+
+
+def response_of(query: str, prompt: str) -> str | None:
+    """The answer inside an OpenRLHF query (`decode(prompt tokens + answer tokens)`), or None if none is found.
+
+    The query starts with the prompt; or, in older OpenRLHF, with left padding and then the prompt; or, when
+    OpenRLHF cut a prompt too long for its budget to its last tokens (0.11, `SingleTurnAgentExecutor`),
+    with a tail of it, while `prompts` still holds the whole prompt: the answer then follows the longest
+    tail of the prompt (at least MIN_PROMPT_TAIL characters) the query starts with. Trailing end-of-turn and padding tokens are dropped, unless
+    nothing else is left.
+    """
+    if query.startswith(prompt):
+        start = len(prompt)
+    elif prompt in query:
+        start = query.index(prompt) + len(prompt)
+    else:
+        start = _longest_tail_at_start(prompt, query)
+        if start < MIN_PROMPT_TAIL:  # a few characters in common are chance, not a cut prompt
+            return None
+    answer = query[start:]
+    stripped = _TRAILING_SPECIAL.sub("", answer)
+    return stripped if stripped.strip() else answer  # an answer of just "<|im_end|>" is still scored
+
+
+def _longest_tail_at_start(prompt: str, query: str) -> int:
+    """Length of the longest suffix of `prompt` that `query` starts with (KMP's failure function, linear)."""
+    head = query[: len(prompt)]
+    text = head + "\0" + prompt  # \0: a match never runs across the join (neither string holds it)
+    failure = [0] * len(text)
+    for i in range(1, len(text)):
+        k = failure[i - 1]
+        while k and text[i] != text[k]:
+            k = failure[k - 1]
+        failure[i] = k + (text[i] == text[k])
+    return failure[-1]
 
 
 def field_of(location: tuple[Any, ...] | list[Any]) -> str:

@@ -9,15 +9,15 @@ field), then handed to `RewardPredictor` / `TextRewardPredictor` / `PolicyRunner
 with the store's revision token for that user, so a server process recomputes it as soon as any process
 changed the user's choices.
 
-Texts: a user's choices are embedded through the predictor's disk cache (they are few, and embedded
-again whenever z is recomputed or the server restarts). Responses to score are embedded directly, with
-an in-memory LRU in front: rollouts are new texts, and writing each request's handful of vectors as a
-new cache shard would make every later cache open slower, without end.
+Texts (responses to score and users' choices alike) are embedded directly, with an in-memory LRU in
+front, never through the disk cache: writing each request's handful of vectors as a new cache shard
+made every later cache open slower, without end (a z from an inline context took 5 ms on an empty
+cache, 230 ms once it held 1,200 shards). A user's choices are embedded again only when their z is
+recomputed with the vectors evicted, or after a restart.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,7 +30,7 @@ from npalign.inference.api import RewardPredictor
 from npalign.inference.elicit import QueryChoice
 from npalign.inference.policy import PolicyRunner
 from npalign.inference.text import TextRewardPredictor
-from npalign.serve.schemas import Choice, FieldError
+from npalign.serve.schemas import FLOAT32_MAX, Choice, FieldError, check_text
 from npalign.serve.store import StoredChoice, UserStore
 from npalign.types import Posterior, UserLatent
 
@@ -93,6 +93,7 @@ class ServedModel:
                 raise FieldError(
                     field, f"this server's model reads texts; got {type(value).__name__}, send a string."
                 )
+            check_text(value, field)
             if not value.strip():
                 raise FieldError(field, "is empty; the embedder needs some text.")
             return value
@@ -101,14 +102,22 @@ class ServedModel:
             got = f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
             raise FieldError(field, f"this server's model reads {width}-d feature vectors; got {got}.")
         for position, number in enumerate(value):
-            if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
-                raise FieldError(f"{field}[{position}]", f"must be a finite number; got {number!r}.")
+            # abs() <= FLOAT32_MAX also refuses NaN and inf, and compares a huge int exactly (no overflow);
+            # a float64 past float32's range would become inf in the model, and break a stored user for good.
+            number_ok = isinstance(number, int | float) and not isinstance(number, bool)
+            if not number_ok or not abs(number) <= FLOAT32_MAX:
+                shown = repr(number) if len(repr(number)) <= 40 else f"{repr(number)[:20]}... (too large)"
+                raise FieldError(
+                    f"{field}[{position}]",
+                    f"must be a finite number within float32's range (|x| <= 3.4e38); got {shown}.",
+                )
         return [float(number) for number in value]
 
     def check_choices(self, choices: Sequence[Choice], field: str) -> list[StoredChoice]:
         stored = []
         for index, choice in enumerate(choices):
             where = f"{field}[{index}]"
+            check_text(choice.prompt, f"{where}.prompt")
             if self.text and not choice.prompt.strip():
                 raise FieldError(
                     f"{where}.prompt", "is empty; a text model needs the prompt the choice answered."
@@ -149,9 +158,10 @@ class ServedModel:
         """The reward model's z from a user's choices (C = 0: the population prior)."""
         with self.lock:
             if isinstance(self.predictor, TextRewardPredictor):
-                return self.predictor.infer_user(
-                    [c.prompt for c in choices], [c.chosen for c in choices], [c.rejected for c in choices]
-                )
+                prompts = [c.prompt for c in choices]
+                chosen_features = self.features(prompts, [c.chosen for c in choices])  # (C, D)
+                rejected_features = self.features(prompts, [c.rejected for c in choices])  # (C, D)
+                return self.predictor.features.infer_user(chosen_features, rejected_features)
             width = self.predictor.embed_dim
             chosen = torch.tensor([c.chosen for c in choices], dtype=torch.float32).reshape(-1, width)
             rejected = torch.tensor([c.rejected for c in choices], dtype=torch.float32).reshape(-1, width)

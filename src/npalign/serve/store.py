@@ -42,7 +42,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,12 @@ class UserStore:
                 f"--store {url}: use sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DB."
             )
         if self.dialect == "sqlite":
+            database = make_url(url).database
+            if database in (None, "", ":memory:") or "mode=memory" in url:
+                # Each pooled connection would open its own empty database: nothing stored could be read.
+                raise ValueError(
+                    f"--store {url}: an in-memory SQLite store is not durable; use sqlite:///FILE."
+                )
             arguments = {"check_same_thread": False, "timeout": 30}
             self.engine = create_engine(url, connect_args=arguments)
             _sqlite_pragmas(self.engine, "BEGIN IMMEDIATE")
