@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -533,3 +534,21 @@ def test_run_files_get_normal_permissions(trained_np: Path) -> None:
     for path in trained_np.rglob("*"):
         expected = (0o777 if path.is_dir() else 0o666) & ~mask
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_a_new_run_that_fails_before_its_first_record_can_be_rerun_into_the_same_out(
+    paper_splits,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """Bad data found at the first draw (every pair of a user on three prompts, so no context avoids the
+    targets' prompts) leaves no config.yaml / run.json behind: the mended command runs into the same --out
+    instead of meeting "already holds a run"."""
+    train, val, _ = paper_splits
+    overrides = [*SMALL, "model.kind=np-btl", "optim.steps=2", "optim.warmup_steps=1"]
+    cfg = load_config(RewardTrainConfig, overrides=overrides)
+    crowded = dataclasses.replace(train, prompt=train.prompt % 3)
+    with pytest.raises(ValueError, match="too few pairs on prompts other than its targets'"):
+        train_reward_model(cfg, crowded, val, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "run.json").exists()
+    result = train_reward_model(cfg, train, val, tmp_path / "run")
+    assert result.steps == 2 and (tmp_path / "run" / "run.json").is_file()

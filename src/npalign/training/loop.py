@@ -40,6 +40,7 @@ from npalign.utils.rundir import (
     RUN_FILE,
     SUMMARY_FILE,
     check_run_directory,
+    forget_unstarted_run,
     run_lock,
 )
 
@@ -123,8 +124,11 @@ def open_run(
     """Check the request against `out_dir`, lock it, and start the trackers; yields "resume from a checkpoint".
 
     The check runs on every process (it only reads) before anything is written; the lock and the writes
-    are the main process's. Trackers named by `config.run.report_to` are started and ended here.
+    are the main process's. A new run that fails before it has logged, validated or saved anything (bad
+    data found at the first draw, say) takes its config.yaml and run.json with it, so that the same
+    command, mended, can be run again into the same --out. Trackers named by `config.run.report_to` are started and ended here.
     """
+    fresh = not any((out_dir / name).is_file() for name in (RUN_FILE, CONFIG_FILE))  # no run there yet
     resumable = check_run_directory(out_dir, kind, to_dict(config), resume=resume)
     # Every process has checked the directory before the main one writes to it (run.json comes first).
     accelerator.wait_for_everyone()
@@ -138,6 +142,10 @@ def open_run(
             accelerator.init_trackers(out_dir.name, config=_flat(to_dict(config)))
         try:
             yield resumable
+        except BaseException:
+            if fresh and accelerator.is_main_process:
+                forget_unstarted_run(out_dir)
+            raise
         finally:
             if config.run.report_to:
                 accelerator.end_training()

@@ -14,7 +14,8 @@ A run directory (`--out`) holds, for a reward model or a policy alike:
     <name of DIR>/    TensorBoard event files, with run.report_to=[tensorboard] (accelerate's layout)
 
 Nothing in an existing run is rewritten before the request has been checked against it
-(`check_run_directory`), and a second writer is refused (`run_lock`).
+(`check_run_directory`), a second writer is refused (`run_lock`), and a new run that fails before its
+first record leaves no run behind (`forget_unstarted_run`), so the mended command can use the same --out.
 """
 
 from __future__ import annotations
@@ -190,6 +191,18 @@ def check_run_directory(directory: str | Path, kind: str, config: dict[str, Any]
                 "with the same config (see that file) or start a new run with another --out."
             )
     return (directory / CHECKPOINT_DIR).is_dir()
+
+
+def forget_unstarted_run(directory: str | Path) -> bool:
+    """Remove config.yaml and run.json of a run that wrote nothing else (no metrics, weights, checkpoint or
+    summary): what a new run leaves when it fails before its first record. Returns whether it did."""
+    directory = Path(directory)
+    started = (METRICS_FILE, CHECKPOINT_DIR, SUMMARY_FILE, REWARD_WEIGHTS, POLICY_DIR)
+    if any((directory / name).exists() for name in started):
+        return False
+    for name in (CONFIG_FILE, RUN_FILE):
+        (directory / name).unlink(missing_ok=True)
+    return True
 
 
 def relative_to_run(path: str | None, directory: str | Path) -> str | None:
