@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -205,6 +206,51 @@ def out_under_a_file(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[
     return ["synth", "--task", "paper1d", "--out", str(blocker / "d.jsonl")], [str(blocker), "another path"]
 
 
+def out_is_a_directory(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    argv = [*_evaluate(runs["reward"], runs, tmp)[:-2], "--out", str(tmp)]  # checked before the work
+    return argv, [str(tmp), "is a directory"]
+
+
+def run_json_missing_a_key(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    run = _copy(runs["reward"], tmp)
+    record = json.loads((run / "run.json").read_text())
+    del record["model"]
+    (run / "run.json").write_text(json.dumps(record))
+    return _evaluate(run, runs, tmp), [str(run / "run.json"), "lacks ['model']", "restore it or retrain"]
+
+
+def no_episodes(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    return _evaluate(runs["reward"], runs, tmp, "--episodes", "0"), ["episodes=0", ">= 1"]
+
+
+def negative_targets(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    return _evaluate(runs["reward"], runs, tmp, "--targets", "-1"), ["targets=-1", ">= 1"]
+
+
+def contexts_with_elicit(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    argv = _evaluate(runs["reward"], runs, tmp, "--elicit", "random", "--contexts", "0", "1")
+    return argv, ["--contexts does not apply with --elicit"]
+
+
+def texts_to_a_feature_model(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    fixture = REPO / "tests/fixtures/dpo_tiny.jsonl"
+    argv = ["evaluate", "--model", str(runs["reward"]), "--data", str(fixture), "--out", str(tmp / "r.json")]
+    return argv, [str(fixture), "holds texts", "trained on feature vectors"]
+
+
+def config_is_a_directory(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    return _train_with_config(tmp, runs, tmp), [str(tmp), "is a directory"]
+
+
+def synth_alpha_zero(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    argv = ["synth", "--task", "dirichlet2d", "--alpha", "0", "--out", str(tmp / "d.jsonl")]
+    return argv, ["alpha=0.0", "> 0"]
+
+
+def user_id_without_user_type(tmp: Path, runs: dict[str, Path]) -> tuple[list[str], list[str]]:
+    return [*_generate(runs["policy"]), "--user-id", "u1"], ["--user-id", "--user-type"]
+
+
 CASES: list[Case] = [
     contexts_negative,
     contexts_not_a_number,
@@ -226,6 +272,15 @@ CASES: list[Case] = [
     reward_given_as_policy,
     not_a_run,
     out_under_a_file,
+    out_is_a_directory,
+    run_json_missing_a_key,
+    no_episodes,
+    negative_targets,
+    contexts_with_elicit,
+    texts_to_a_feature_model,
+    config_is_a_directory,
+    synth_alpha_zero,
+    user_id_without_user_type,
 ]
 
 
@@ -269,3 +324,88 @@ def test_a_bug_is_not_reported_as_a_bad_input(monkeypatch: pytest.MonkeyPatch) -
     parser._subparsers._group_actions[0].choices["synth"].set_defaults(func=broken)  # type: ignore[union-attr]
     with pytest.raises(AssertionError):
         main(["synth", "--task", "paper1d", "--out", "unused.jsonl"])
+
+
+@pytest.mark.parametrize("target", ["data", "run.json"])
+def test_evaluate_refuses_an_out_that_would_overwrite_its_input_or_a_run(
+    target: str, runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out may not land on the data or on a run's own files: refused before any work, every file as it was."""
+    run, data = _copy(runs["reward"], tmp_path), Path(shutil.copy(runs["data"], tmp_path / "data.jsonl"))
+    out = {"data": data, "run.json": run / "run.json"}[target]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"}
+    for argv in (
+        ["evaluate", "--model", str(run), "--data", str(data), "--out", str(out)],
+        ["evaluate-dpo", "--policy", str(runs["policy"]), "--data", str(data), "--out", str(out)],
+    ):
+        assert main(argv) == 2
+        assert "--out" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_hub_dataset_that_cannot_be_reached_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline (as in CI) the hub is not asked at all; the error says what to check."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    argv = [
+        "data",
+        "build",
+        "dsp",
+        "--input",
+        "hf:npalign-tests/no-such-dataset",
+        "--out",
+        str(tmp_path / "d.jsonl"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot load npalign-tests/no-such-dataset from the Hugging Face hub" in err and "\n" not in err
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_ctrl_c_is_one_line_and_a_training_run_says_how_to_resume(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT arrives as KeyboardInterrupt wherever the work is; here, inside the first training step."""
+    import npalign.training.reward as reward
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reward, "optimizer_step", interrupted)
+    argv = [
+        "train",
+        "--data",
+        str(runs["data"]),
+        "--model",
+        "np-btl",
+        "--out",
+        str(tmp_path / "run"),
+        *TINY_REWARD,
+    ]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "npalign train: interrupted (rerun with --resume to go on from the last checkpoint)."
+
+
+def test_verbose_may_follow_the_command(runs: dict[str, Path], tmp_path: Path) -> None:
+    assert (
+        main(
+            [
+                "synth",
+                "--task",
+                "paper1d",
+                "--num-pairs",
+                "400",
+                "--num-users",
+                "20",
+                "--out",
+                str(tmp_path / "d.jsonl"),
+                "-v",
+            ]
+        )
+        == 0
+    )

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 
 # What a command may raise for a bad input: reported as one line, exit code 2. AssertionError is not here
 # on purpose (an assert that fires is a bug, and its traceback is what a bug report needs), nor is
-# KeyboardInterrupt. OSError counts only with a file name or as one of these subclasses; see `user_error`.
+# KeyboardInterrupt (`main` reports it in one line, exit code 130). OSError counts only with a file name
+# or as one of these subclasses; see `user_error`.
 USER_ERRORS: tuple[type[Exception], ...] = (
     ValueError,  # includes json.JSONDecodeError and UnicodeDecodeError
     TypeError,
@@ -50,6 +52,10 @@ def add_commands(
             command.name, aliases=list(command.aliases), help=summary, description=description
         )
         command.add_flags(parser)
+        # -v after the command too (`npalign train-reward ... -v`); SUPPRESS keeps the top-level value otherwise
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level"
+        )
         parser.set_defaults(func=command.run)
 
 
@@ -111,6 +117,43 @@ def describe(error: BaseException) -> str:
     else:
         message = str(error) or type(error).__name__
     return " ".join(message.split())  # one line, whatever the exception put in it
+
+
+# What a run directory holds of its own: an output of another command must never land on one of these.
+RUN_OWN_FILES = (
+    "run.json", "config.yaml", "model.safetensors", "metrics.jsonl", "summary.json", "checkpoint", "policy",
+    ".lock", "model_config.json",
+)  # fmt: skip
+
+
+def check_outputs(flag: str, outputs: Sequence[Path], inputs: Sequence[str | None] = ()) -> None:
+    """Before any work, refuse outputs that would overwrite what the user did not mean to: an input of the
+    command, a file of a run directory, a directory (a file is wanted), or a path under a file.
+
+    Args:
+        flag: the option that named the outputs (for the message), e.g. "--out".
+        outputs: every file the command will write.
+        inputs: the command's input files (None and hub names "hf:..." are skipped).
+    Raises:
+        ValueError: naming the output, what it would overwrite and what to do.
+    """
+    sources = {Path(p).resolve() for p in inputs if p and not str(p).startswith("hf:")}
+    for out in outputs:
+        resolved = out.resolve()
+        if out.is_dir():
+            raise ValueError(f"{flag} {out}: is a directory; pass a file path.")
+        if resolved in sources:
+            raise ValueError(
+                f"{flag} {out}: is an input of this command, which it would overwrite; choose another file."
+            )
+        if out.name in RUN_OWN_FILES and (resolved.parent / "run.json").is_file():
+            raise ValueError(
+                f"{flag} {out}: is the run's own {out.name} in {out.parent}; choose another name, "
+                f"e.g. {out.parent / 'results.json'}."
+            )
+        ancestor = next(parent for parent in resolved.parents if parent.exists())
+        if not ancestor.is_dir():
+            raise ValueError(f"{flag} {out}: {ancestor} is a file, not a directory; choose another path.")
 
 
 def add_row_filters(parser: argparse.ArgumentParser) -> None:
@@ -204,6 +247,15 @@ def add_evaluation_flags(
     parser.add_argument("--name", default=None, help=f"model name in results.json (default: {name_default})")
     add_row_filters(parser)
     parser.add_argument("--cache", default=None, help="embedding cache directory")
+
+
+def hide_library_progress_bars() -> None:
+    """--no-progress / --quiet also for the bars of transformers (loading weights) and the hub's downloads."""
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def report_drops(reports: dict[str, LoadReport]) -> None:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from npalign.cli.common import check_outputs
 from npalign.data.sources import SOURCES, ULTRAFEEDBACK_SUBSETS, build_dataset
 
 COLUMN_ROLES = ("user", "prompt", "chosen", "rejected", "type")
@@ -93,6 +94,7 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         options = _options(args)
         out = args.out or str(Path("data") / f"{args.name}{'-' + args.subset if args.subset else ''}.jsonl")
+        check_outputs("--out", [Path(out)], [args.input])
         report = build_dataset(
             args.name,
             input=args.input,

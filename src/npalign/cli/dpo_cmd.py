@@ -18,6 +18,8 @@ from npalign.cli.common import (
     add_commands,
     add_evaluation_flags,
     add_training_flags,
+    check_outputs,
+    hide_library_progress_bars,
     parse_contexts,
     report_drops,
     report_training,
@@ -40,6 +42,8 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
     from npalign.training.loop import is_main_process, load_run_data
 
     cfg = load_config(PolicyTrainConfig, args.config, training_overrides(args))
+    if not cfg.run.progress:
+        hide_library_progress_bars()
     train, val, reports = load_run_data(cfg.data)
     report_drops(reports)
     result = train_policy(cfg, train, val, args.out, resume=args.resume)
@@ -58,6 +62,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """
     from npalign.inference.policy import load_policy
 
+    if not args.user_type:
+        given = [flag for flag in ("user_id", "data", "data_split") if getattr(args, flag) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ValueError(
+                f"{flag} goes with --user-type (the user's type in that data); add --user-type NAME."
+            )
     runner = load_policy(args.policy)
     context: list[tuple[str, str, str]] | None = None
     if args.context:
@@ -96,7 +107,7 @@ def cmd_evaluate_dpo(args: argparse.Namespace) -> int:
 
     Score a trained policy at each context size m on fixed episodes whose target pairs are disjoint
     from the context: 1[beta (log pi - log pi_ref)(chosen) > beta (log pi - log pi_ref)(rejected)],
-    mean ± s.e.m. over episodes, per user type. Writes results.json.
+    mean ± s.e.m. over episodes, per user type. Writes --out (JSON).
     """
     from npalign.data.loaders import load_preferences
     from npalign.evaluation.dpo import evaluate_policy, results_record
@@ -104,6 +115,9 @@ def cmd_evaluate_dpo(args: argparse.Namespace) -> int:
     from npalign.inference.policy import load_policy
     from npalign.utils.io import write_json
 
+    check_outputs("--out", [Path(args.out)], [args.data])
+    if args.quiet:
+        hide_library_progress_bars()
     runner = load_policy(args.policy)
     data, _ = load_preferences(args.data, split=args.split, labels=args.labels)
     evaluation = evaluate_policy(

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from npalign.cli.common import Command, add_commands
+from npalign.cli.common import Command, add_commands, check_outputs
 
 DEFAULT_K = 1
 
@@ -165,6 +165,8 @@ def run_elicit(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise ValueError(f"--k {args.k}: choose at least one pair.")
+    if args.out:
+        check_outputs("--out", [Path(args.out)], [args.candidates, args.context])
     predictor = npalign.load(args.model, seed=args.seed, cache_dir=args.cache)
     if not isinstance(predictor, RewardPredictor | TextRewardPredictor):
         raise ValueError(

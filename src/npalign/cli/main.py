@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,9 @@ from npalign.cli.common import (
     add_commands,
     add_evaluation_flags,
     add_training_flags,
+    check_outputs,
     describe,
+    hide_library_progress_bars,
     parse_contexts,
     report_drops,
     report_training,
@@ -38,6 +41,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from npalign.cli.demo import run_synthetic_benchmark
     from npalign.evaluation.report import markdown_table
 
+    if args.episodes < 1:  # before training, not after it
+        raise ValueError(f"--episodes {args.episodes}: must be >= 1.")
     run = run_synthetic_benchmark(args.out, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
     print(markdown_table(run.results))
     print(
@@ -56,6 +61,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from npalign.data.synthetic import generate, task_spec
     from npalign.utils.io import atomic_path, write_json
 
+    out = Path(args.out)
+    split_files = [
+        out.with_name(f"{out.stem}.{name}{out.suffix}") for name in ("train", "validation", "test")
+    ]
+    check_outputs("--out", [out, *(split_files if args.write_splits else [])])
     types = json.loads(args.types) if args.types else None
     basis = [b.strip() for b in args.basis.split(";")] if args.basis else None
     spec = task_spec(
@@ -79,11 +89,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     rows = preferences_to_rows(data)
     for row in rows:
         row["split"] = split_of_user[row["user_id"]]
-    out = Path(args.out)
     files = {out: rows}
     if args.write_splits:
-        for name in ("train", "validation", "test"):
-            files[out.with_name(f"{out.stem}.{name}{out.suffix}")] = [r for r in rows if r["split"] == name]
+        for name, path in zip(("train", "validation", "test"), split_files, strict=True):
+            files[path] = [r for r in rows if r["split"] == name]
     for path, selected in files.items():
         with atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in selected))
@@ -100,14 +109,14 @@ def _load(path: str, split: str | None, labels: list[str] | None):  # noqa: ANN2
     return data
 
 
-def _features(data, embedder: str, cache: str | None):  # noqa: ANN001, ANN202 - CLI glue
+def _features(data, embedder: str, cache: str | None, progress: bool = True):  # noqa: ANN001, ANN202 - CLI glue
     if not data.is_text:
         return data
     if not embedder:
         raise ValueError("the data holds texts; choose an embedder with --embedder (e.g. minilm or smollm2).")
     from npalign.embedding.features import embed_preferences
 
-    return embed_preferences(data, embedder, cache_dir=cache, progress=True)
+    return embed_preferences(data, embedder, cache_dir=cache, progress=progress)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -121,13 +130,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from npalign.training.reward import train_reward_model
 
     cfg = load_config(RewardTrainConfig, args.config, training_overrides(args, **{"model.kind": args.model}))
+    if not cfg.run.progress:
+        hide_library_progress_bars()
     train, val, reports = load_run_data(cfg.data)
     report_drops(reports)
-    train = _features(train, cfg.embedder.name, cfg.embedder.cache)
-    val = None if val is None else _features(val, cfg.embedder.name, cfg.embedder.cache)
+    embedder, cache, progress = cfg.embedder.name, cfg.embedder.cache, cfg.run.progress
+    train = _features(train, embedder, cache, progress)
+    val = None if val is None else _features(val, embedder, cache, progress)
     result = train_reward_model(cfg, train, val, args.out, resume=args.resume)
     if is_main_process():  # under accelerate launch the main process reports the run
-        report_training(result, best_val_nll=result.best_val_nll)
+        best = result.best_val_nll if math.isfinite(result.best_val_nll) else None  # no validation: null
+        report_training(result, best_val_nll=best)
     return 0
 
 
@@ -135,16 +148,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """accuracy of a reward model against context size on unseen targets; alias: evaluate
 
     Score a trained reward model at each context size m on fixed episodes (targets disjoint from the
-    context), per user type, with the Bayes ceiling when the data is synthetic. Writes results.json
-    (one model), results.md, accuracy.png.
+    context), per user type, with the Bayes ceiling when the data is synthetic. Writes --out (JSON) and
+    beside it a table and a plot: results.json gives results.md and accuracy.png, NAME.json NAME.md and
+    NAME.png. With --elicit: the accuracy after k chosen queries instead, in the same three files.
     """
-    from npalign.evaluation.report import markdown_table, write_report
+    from npalign.evaluation.report import markdown_table, report_paths, write_report
     from npalign.evaluation.reward import bayes_ceiling, evaluate_reward_model
     from npalign.models.builders import load_reward_model
 
+    out = Path(args.out)
+    if args.elicit and args.contexts is not None:
+        raise ValueError("--contexts does not apply with --elicit, whose curves are against k (--queries).")
+    args.contexts = [0, 1, 3, 5, 10] if args.contexts is None else args.contexts
+    if args.elicit:
+        outputs = [out, out.with_suffix(".md"), out.with_suffix(".png")]
+    else:
+        outputs = list(report_paths(out.parent, out.name).values())
+    check_outputs("--out", outputs, [args.data])
     model, record = load_reward_model(args.model)
     embedder = (record.get("embedder") or {}).get("name", "")
-    data = _features(_load(args.data, args.split, args.labels), embedder, args.cache)
+    loaded = _load(args.data, args.split, args.labels)
+    if loaded.is_text and not embedder:
+        raise ValueError(
+            f"{args.data} holds texts but the model in {args.model} was trained on feature vectors; evaluate it "
+            "on a feature file, or train a model on the texts (train-reward --embedder NAME)."
+        )
+    data = _features(loaded, embedder, args.cache)
     if data.features is not None and int(data.features.shape[1]) != int(record["embed_dim"]):
         raise ValueError(
             f"{args.data} has {data.features.shape[1]}-d items but the model expects {record['embed_dim']}."
@@ -171,7 +200,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if ceiling is not None:
         results.update(ceiling)
-    out = Path(args.out)
     paths = write_report(results, out.parent, title=f"{name} on {Path(args.data).name}", json_name=out.name)
     print(markdown_table(results))
     print(f"wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
@@ -278,7 +306,7 @@ def _evaluate_reward_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pool", type=int, default=20, help="--elicit: candidate pairs per user (default 20)"
     )
-    parser.set_defaults(contexts=["0", "1", "3", "5", "10"], episodes=None, targets=20)
+    parser.set_defaults(contexts=None, episodes=None, targets=20)  # contexts: 0 1 3 5 10 without --elicit
 
 
 COMMANDS = (
@@ -325,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        if hasattr(args, "contexts"):
+        if getattr(args, "contexts", None) is not None:
             args.contexts = parse_contexts(args.contexts)
         return int(args.func(args))
     except USER_ERRORS as error:
@@ -335,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("traceback of the error below", exc_info=True)
         print(f"npalign {args.command}: error: {describe(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            logger.info("traceback of the interruption", exc_info=True)
+        resume = " (rerun with --resume to go on from the last checkpoint)" if hasattr(args, "resume") else ""
+        print(f"\nnpalign {args.command}: interrupted{resume}.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from npalign.serve.app import create_app
     from npalign.serve.schemas import Limits
     from npalign.serve.served import ServedModel
-    from npalign.serve.store import UserStore
+    from npalign.serve.store import UserStore, shown_url
 
     limits = Limits(
         **{
@@ -120,7 +120,7 @@ def run_serve(args: argparse.Namespace) -> int:
         store = UserStore(args.store, max_choices_per_user=limits.max_choices_per_user)
     except SQLAlchemyError as error:
         raise ValueError(
-            f"--store {args.store}: cannot open the store ({error.__class__.__name__}: {error})."
+            f"--store {shown_url(args.store)}: cannot open the store ({error.__class__.__name__}: {error})."
         ) from None
     app = create_app(ServedModel(predictor, policy), store, api_key=api_key, limits=limits)
     print(

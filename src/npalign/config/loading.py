@@ -150,6 +150,8 @@ def _expand_shorthands(data: dict[str, Any]) -> dict[str, Any]:
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     """The YAML mapping in `path`; errors name the file and the line (counted from 1, as editors do)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {path} is a directory; pass a YAML file (see configs/).")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist.")
     try:

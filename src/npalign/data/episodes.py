@@ -64,6 +64,7 @@ class EpisodeSampler:
         self.targets, self.max_context, self.min_context = targets, max_context, min_context
         self.batch_users, self.seed = batch_users, seed
         self.type_names = data.type_names
+        self.user_ids = data.user_ids
         type_index = {name: k for k, name in enumerate(self.type_names)}
         self.user_type = torch.tensor([type_index[t] for t in data.user_types], dtype=torch.long)  # (U,)
 
@@ -121,7 +122,7 @@ class EpisodeSampler:
         if width_c and bool((eligible < context_sizes).any()):
             short = int(users[(eligible < context_sizes).nonzero()[0]])
             raise ValueError(
-                f"user index {short} has too few pairs on prompts other than its targets' for a context of "
+                f"user {self.user_ids[short]!r} has too few pairs on prompts other than its targets' for a context of "
                 f"{int(context_sizes.max())}; lower the context size or the number of targets."
             )
         context_pairs = pool.gather(1, keys.argsort(1)[:, :width_c])  # (B, C)

@@ -37,9 +37,20 @@ def read_hub(dataset_id: str, split: str | None = None) -> Sequence[Record]:
     import datasets
 
     logger.info("loading %s from the Hugging Face hub", dataset_id)
-    loaded = (
-        datasets.load_dataset(dataset_id) if split is None else datasets.load_dataset(dataset_id, split=split)
-    )
+    try:
+        loaded = (
+            datasets.load_dataset(dataset_id)
+            if split is None
+            else datasets.load_dataset(dataset_id, split=split)
+        )
+    except (
+        OSError
+    ) as error:  # offline: ConnectionError; a wrong name: DatasetNotFoundError, a FileNotFoundError
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"cannot load {dataset_id} from the Hugging Face hub ({type(error).__name__}: {reason}); check the "
+            "name and the network (offline mode: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), or pass a local file."
+        ) from None
     return DatasetRecords(loaded, dataset_id)
 
 

@@ -75,6 +75,8 @@ def validate_spec(spec: dict[str, Any]) -> None:
         raise ValueError(
             f"users={spec['users']!r}: use 'types' (discrete) or 'dirichlet' (continuous mixtures)."
         )
+    if "alpha" in spec and not spec["alpha"] > 0:  # 0 or less: no Dirichlet; every user the same mixture
+        raise ValueError(f"alpha={spec['alpha']} must be > 0 (the Dirichlet concentration of users' mixtures).")
     if spec["noise"] < 0:
         raise ValueError(f"noise={spec['noise']} must be >= 0 (0 = noiseless choices).")
     if spec["num_users"] < 1 or spec["num_pairs"] < spec["num_users"]:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from npalign.data.episodes import EpisodeSampler
 from npalign.data.synthetic import BayesOracle
-from npalign.evaluation.reward import type_weighted
+from npalign.evaluation.reward import check_counts, type_weighted
 from npalign.inference.elicit import STRATEGIES, score_candidates
 from npalign.models.reward import PreferenceModel
 from npalign.types import PreferenceSet
@@ -104,13 +104,19 @@ def elicitation_curves(
     unknown = [name for name in strategies if name not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown elicitation strategy {unknown}; choose from {list(STRATEGIES)}.")
+    check_counts(episodes=episodes, targets=targets, pool=pool)
     if not queries or min(queries) < 1 or max(queries) > pool:
         raise ValueError(f"queries {queries} must each be between 1 and the pool size {pool}.")
     model.eval()
     steps = max(queries)
     spec = data.meta.get("task")
     oracle = BayesOracle(spec, seed=seed) if spec is not None else None
-    sampler = EpisodeSampler(data, targets=targets, max_context=pool)
+    try:
+        sampler = EpisodeSampler(data, targets=targets, max_context=pool)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} (the context here is each user's pool of {pool} candidate pairs)"
+        ) from None
     names = [*strategies, *([BAYES_QUESTIONER] if oracle is not None else [])]
     model_acc: dict[str, list[list[float]]] = {name: [] for name in names}  # per episode, per k
     bayes_acc: dict[str, list[list[float]]] = {name: [] for name in names}

@@ -71,6 +71,16 @@ def plot_accuracy(
     plt.close(figure)
 
 
+def report_paths(out_dir: str | Path, json_name: str = "results.json") -> dict[str, Path]:
+    """The files `write_report` writes: {"json", "markdown", "plot"} -> path."""
+    out_dir, stem = Path(out_dir), Path(json_name).stem
+    return {
+        "json": out_dir / json_name,
+        "markdown": out_dir / f"{stem}.md",
+        "plot": out_dir / ("accuracy.png" if json_name == "results.json" else f"{stem}.png"),
+    }
+
+
 def write_report(
     results: dict[str, Any], out_dir: str | Path, title: str = "", json_name: str = "results.json"
 ) -> dict[str, Path]:
@@ -79,14 +89,8 @@ def write_report(
     With the default name the files are results.json, results.md and accuracy.png; with another
     JSON name (e.g. np.json) they are np.json, np.md and np.png.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(json_name).stem
-    paths = {
-        "json": out_dir / json_name,
-        "markdown": out_dir / f"{stem}.md",
-        "plot": out_dir / ("accuracy.png" if json_name == "results.json" else f"{stem}.png"),
-    }
+    paths = report_paths(out_dir, json_name)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_json(results, paths["json"])
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text((f"# {title}\n\n" if title else "") + markdown_table(results))

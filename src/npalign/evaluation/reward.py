@@ -48,6 +48,13 @@ def evaluation_sampler(data: PreferenceSet, contexts: list[int], targets: int) -
     return EpisodeSampler(data, targets=targets, max_context=max(contexts))
 
 
+def check_counts(**counts: int) -> None:
+    """Each count (episodes, targets, ...) >= 1, else a ValueError naming the first that is not."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name}={value} must be >= 1.")
+
+
 @torch.no_grad()
 def score_episodes(
     data: PreferenceSet,
@@ -69,6 +76,7 @@ def score_episodes(
         {"accuracy": {"<m>": {"mean", "sem", "by_type"}}, "nll": {"<m>": {...}}, "ece": {"<m>": float}}
         with accuracies in percent.
     """
+    check_counts(episodes=episodes, targets=targets)
     sampler = evaluation_sampler(data, contexts, targets)
 
     def score(batch: EpisodeBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,14 @@ def _sqlite_pragmas(engine: Engine, begin: str) -> None:
         connection.exec_driver_sql(begin)
 
 
+def shown_url(url: str) -> str:
+    """The store URL as messages may show it: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url  # not a URL SQLAlchemy reads: drop what may be a login
+
+
 class UserStore:
     """Users' choices in a SQL database (SQLite file or PostgreSQL), created on first use.
 
@@ -147,14 +155,14 @@ class UserStore:
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(
-                f"--store {url}: use sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DB."
+                f"--store {shown_url(url)}: use sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DB."
             )
         if self.dialect == "sqlite":
             database = make_url(url).database
             if database in (None, "", ":memory:") or "mode=memory" in url:
                 # Each pooled connection would open its own empty database: nothing stored could be read.
                 raise ValueError(
-                    f"--store {url}: an in-memory SQLite store is not durable; use sqlite:///FILE."
+                    f"--store {shown_url(url)}: an in-memory SQLite store is not durable; use sqlite:///FILE."
                 )
             arguments = {"check_same_thread": False, "timeout": 30}
             self.engine = create_engine(url, connect_args=arguments)

@@ -312,19 +312,21 @@ def _samplers(
 ) -> tuple[DPOEpisodeSampler, DPOEpisodeSampler | None]:
     """The training sampler (its draws seeded per rank) and the fixed validation episodes' sampler."""
     episodes = cfg.episodes
-    sampler = DPOEpisodeSampler(
-        splits["train"],
-        targets=episodes.targets,
-        max_context=episodes.max_context,
-        min_context=episodes.min_context,
-        batch_users=episodes.batch_users,
-        seed=derived_seed(cfg.run.seed, "rank", rank),
-    )
+    with loop.sizes_from("episodes.max_context and episodes.targets"):
+        sampler = DPOEpisodeSampler(
+            splits["train"],
+            targets=episodes.targets,
+            max_context=episodes.max_context,
+            min_context=episodes.min_context,
+            batch_users=episodes.batch_users,
+            seed=derived_seed(cfg.run.seed, "rank", rank),
+        )
     if "validation" not in splits:
         return sampler, None
-    return sampler, DPOEpisodeSampler(
-        splits["validation"], targets=cfg.eval.targets, max_context=max(cfg.eval.contexts)
-    )
+    with loop.sizes_from("the largest of eval.contexts and eval.targets, on the validation data"):
+        return sampler, DPOEpisodeSampler(
+            splits["validation"], targets=cfg.eval.targets, max_context=max(cfg.eval.contexts)
+        )
 
 
 def _train(

@@ -162,6 +162,15 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@contextlib.contextmanager
+def sizes_from(keys: str) -> Iterator[None]:
+    """Name the config keys behind an episode sampler's context and target sizes in its errors."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{error} (sizes from {keys})") from None
+
+
 def write_run_files(out_dir: Path, config: Any, record: dict[str, Any]) -> None:
     """config.yaml and run.json, atomically (main process only)."""
     write_yaml(to_dict(config), out_dir / CONFIG_FILE)

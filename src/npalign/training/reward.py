@@ -34,6 +34,7 @@ from npalign.training.loop import (
     resume_state,
     save_checkpoint,
     seeded_step,
+    sizes_from,
     write_run_files,
     write_summary,
 )
@@ -312,14 +313,16 @@ def _samplers(
 ) -> tuple[EpisodeSampler, EpisodeSampler | None]:
     """The training sampler (its draws seeded per rank) and the fixed validation episodes' sampler."""
     episodes = cfg.episodes
-    sampler = EpisodeSampler(
-        train,
-        targets=episodes.targets,
-        max_context=episodes.max_context,
-        min_context=episodes.min_context,
-        batch_users=episodes.batch_users,
-        seed=derived_seed(cfg.run.seed, "rank", rank),
-    )
+    with sizes_from("episodes.max_context and episodes.targets"):
+        sampler = EpisodeSampler(
+            train,
+            targets=episodes.targets,
+            max_context=episodes.max_context,
+            min_context=episodes.min_context,
+            batch_users=episodes.batch_users,
+            seed=derived_seed(cfg.run.seed, "rank", rank),
+        )
     if val is None:
         return sampler, None
-    return sampler, EpisodeSampler(val, targets=cfg.eval.targets, max_context=max(cfg.eval.contexts))
+    with sizes_from("the largest of eval.contexts and eval.targets, on the validation data"):
+        return sampler, EpisodeSampler(val, targets=cfg.eval.targets, max_context=max(cfg.eval.contexts))

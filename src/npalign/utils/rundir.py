@@ -42,6 +42,20 @@ REWARD_WEIGHTS = "model.safetensors"
 POLICY_DIR = "policy"
 RUN_FORMAT_VERSION = 2
 RUN_KINDS = ("reward", "policy")
+# What each kind's run.json holds besides format_version, kind and versions (reward.py / dpo.py write them).
+RUN_KEYS = {
+    "reward": ("embedder", "type_names", "model", "embed_dim"),
+    "policy": (
+        "embedder",
+        "base",
+        "type_names",
+        "mode",
+        "beta",
+        "max_prompt_length",
+        "max_response_length",
+        "data",
+    ),
+}
 # Config keys that may change between a run and its --resume: they change how it is shown, not what it is.
 RESUME_FREE_KEYS = (("run", "progress"), ("run", "report_to"))
 # The npalign 0.1 reward-run record, replaced by run.json.
@@ -99,6 +113,9 @@ def read_run(directory: str | Path, kind: str | None = None) -> dict[str, Any]:
         raise ValueError(f"{path}: unsupported format_version {version!r}; expected {RUN_FORMAT_VERSION}.")
     if record.get("kind") not in RUN_KINDS:
         raise ValueError(f"{path}: kind {record.get('kind')!r} is not one of {RUN_KINDS}.")
+    missing = [key for key in RUN_KEYS[record["kind"]] if key not in record]
+    if missing:
+        raise ValueError(f"{path}: lacks {missing}; the file was edited or cut short: restore it or retrain.")
     if kind is not None and record["kind"] != kind:
         raise ValueError(
             f"{directory} holds a {record['kind']} run, not a {kind} run; "
