@@ -5,7 +5,7 @@ Load, on localhost, `--seconds` per setting (60; `--quick`: 3): p50 / p99 latenc
 and of `/get_reward` (16 queries, the user named in each label), at concurrency 1, 8 and 64, with the
 failed requests counted. The baseline is the same call in process through `npalign.load` (z inferred
 once, as the server caches it). Text requests carry fresh responses each time (as RLHF rollouts do), so
-both sides run minilm on 16 new texts per call (the server embeds responses without the disk cache; the
+both sides run minilm on 16 new texts per call (the server embeds texts without the disk cache; the
 baseline is `npalign.load` without a cache folder, the same path).
 
 Faults: 8 clients append choices (each with a choice_id) while the server is killed with SIGKILL; the
@@ -110,11 +110,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, run: Path, store: str, cache: Path, log: Path) -> None:
+    def __init__(self, run: Path, store: str, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "npalign.cli.main", "serve", "--model", str(run), "--store", store,
-                   "--port", str(self.port), "--cache", str(cache)]  # fmt: skip
+                   "--port", str(self.port)]  # fmt: skip
         self.log = log.open("ab")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, env=os.environ.copy())
         deadline = time.time() + 180
@@ -221,7 +221,6 @@ def in_process(call: Any, seconds: float) -> dict[str, Any]:
 
 def run_load(feature_run: Path, text_run: Path, folder: Path, seconds: float) -> dict[str, Any]:
     results: dict[str, Any] = {"server": [], "in_process": {}}
-    cache = folder / "cache"
     generator = torch.Generator().manual_seed(0)
 
     # feature model: items are 1-d vectors here (paper1d)
@@ -235,7 +234,7 @@ def run_load(feature_run: Path, text_run: Path, folder: Path, seconds: float) ->
         torch.tensor([c["chosen"] for c in choices]), torch.tensor([c["rejected"] for c in choices])
     )
     results["in_process"]["feature /v1/reward"] = in_process(lambda _: model.reward(items, z), seconds)
-    server = Server(feature_run, f"sqlite:///{folder / 'feature.db'}", cache, folder / "server.log")
+    server = Server(feature_run, f"sqlite:///{folder / 'feature.db'}", folder / "server.log")
     try:
         assert request("POST", server.url, "/v1/users/bench/choices", {"choices": choices})[0] == 200
         body = {"user_id": "bench", "responses": items.tolist()}
@@ -260,7 +259,7 @@ def run_load(feature_run: Path, text_run: Path, folder: Path, seconds: float) ->
     results["in_process"]["minilm /v1/reward"] = in_process(
         lambda s: text.reward(prompt, responses(-1, s, "baseline"), text_z), seconds
     )
-    server = Server(text_run, f"sqlite:///{folder / 'text.db'}", cache, folder / "server.log")
+    server = Server(text_run, f"sqlite:///{folder / 'text.db'}", folder / "server.log")
     try:
         assert request("POST", server.url, "/v1/users/bench/choices", {"choices": text_choices})[0] == 200
         for concurrency in CONCURRENCY:
@@ -294,8 +293,7 @@ def run_load(feature_run: Path, text_run: Path, folder: Path, seconds: float) ->
 
 def faults(run: Path, store: str, folder: Path, replicas: int) -> dict[str, Any]:
     """kill -9 the first server while 8 clients append; restart it; check the store and the rewards."""
-    cache = folder / "cache"
-    servers = [Server(run, store, cache, folder / "server.log") for _ in range(replicas)]
+    servers = [Server(run, store, folder / "server.log") for _ in range(replicas)]
     stable = [
         {"chosen": [0.2], "rejected": [0.8], "choice_id": "s1"},
         {"chosen": [0.4], "rejected": [0.1], "choice_id": "s2"},
@@ -347,7 +345,7 @@ def faults(run: Path, store: str, folder: Path, replicas: int) -> dict[str, Any]
         stop.set()
     for thread in threads:
         thread.join()
-    servers[0] = Server(run, store, cache, folder / "server.log")
+    servers[0] = Server(run, store, folder / "server.log")
     after = [request("POST", s.url, "/v1/reward", probe)[1]["rewards"] for s in servers]
     for user, choice in in_flight:  # the clients retry what they never heard back about, twice
         for _ in range(2):
