@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -351,44 +356,37 @@ def test_a_hub_dataset_that_cannot_be_reached_is_one_line(
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
-    argv = [
-        "data",
-        "build",
-        "dsp",
-        "--input",
-        "hf:npalign-tests/no-such-dataset",
-        "--out",
-        str(tmp_path / "d.jsonl"),
-    ]
+    out = tmp_path / "d.jsonl"
+    argv = ["data", "build", "dsp", "--input", "hf:npalign-tests/no-such-dataset", "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot load npalign-tests/no-such-dataset from the Hugging Face hub" in err and "\n" not in err
-    assert not (tmp_path / "d.jsonl").exists()
+    assert not out.exists()
 
 
 def test_ctrl_c_is_one_line_and_a_training_run_says_how_to_resume(
-    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    runs: dict[str, Path], tmp_path: Path
 ) -> None:
-    """SIGINT arrives as KeyboardInterrupt wherever the work is; here, inside the first training step."""
-    import npalign.training.reward as reward
-
-    def interrupted(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(reward, "optimizer_step", interrupted)
-    argv = [
-        "train",
-        "--data",
-        str(runs["data"]),
-        "--model",
-        "np-btl",
-        "--out",
-        str(tmp_path / "run"),
-        *TINY_REWARD,
-    ]
-    assert main(argv) == 130
-    err = capsys.readouterr().err.strip()
-    assert err == "npalign train: interrupted (rerun with --resume to go on from the last checkpoint)."
+    """A real SIGINT to a real training process, once it has saved a checkpoint: one line, exit code 130."""
+    out = tmp_path / "run"
+    train = ["train", "--data", str(runs["data"]), "--model", "np-btl", "--out", str(out), *TINY_REWARD]
+    endless = ["optim.steps=1000000", "run.save_every=5", "eval.val_every=1000000", "eval.patience=null"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "npalign.cli.main", *train, *endless],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (out / "checkpoint").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert (
+        err.strip() == "npalign train: interrupted (rerun with --resume to go on from the last checkpoint)."
+    )
 
 
 def test_verbose_may_follow_the_command(runs: dict[str, Path], tmp_path: Path) -> None:

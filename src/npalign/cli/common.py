@@ -119,13 +119,6 @@ def describe(error: BaseException) -> str:
     return " ".join(message.split())  # one line, whatever the exception put in it
 
 
-# What a run directory holds of its own: an output of another command must never land on one of these.
-RUN_OWN_FILES = (
-    "run.json", "config.yaml", "model.safetensors", "metrics.jsonl", "summary.json", "checkpoint", "policy",
-    ".lock", "model_config.json",
-)  # fmt: skip
-
-
 def check_outputs(flag: str, outputs: Sequence[Path], inputs: Sequence[str | None] = ()) -> None:
     """Before any work, refuse outputs that would overwrite what the user did not mean to: an input of the
     command, a file of a run directory, a directory (a file is wanted), or a path under a file.
@@ -137,6 +130,8 @@ def check_outputs(flag: str, outputs: Sequence[Path], inputs: Sequence[str | Non
     Raises:
         ValueError: naming the output, what it would overwrite and what to do.
     """
+    from npalign.utils.rundir import RUN_FILE, RUN_OWN_FILES
+
     sources = {Path(p).resolve() for p in inputs if p and not str(p).startswith("hf:")}
     for out in outputs:
         resolved = out.resolve()
@@ -146,7 +141,7 @@ def check_outputs(flag: str, outputs: Sequence[Path], inputs: Sequence[str | Non
             raise ValueError(
                 f"{flag} {out}: is an input of this command, which it would overwrite; choose another file."
             )
-        if out.name in RUN_OWN_FILES and (resolved.parent / "run.json").is_file():
+        if out.name in RUN_OWN_FILES and (resolved.parent / RUN_FILE).is_file():
             raise ValueError(
                 f"{flag} {out}: is the run's own {out.name} in {out.parent}; choose another name, "
                 f"e.g. {out.parent / 'results.json'}."

@@ -60,6 +60,11 @@ RUN_KEYS = {
 RESUME_FREE_KEYS = (("run", "progress"), ("run", "report_to"))
 # The npalign 0.1 reward-run record, replaced by run.json.
 LEGACY_REWARD_FILE = "model_config.json"
+# The files above that a run directory holds of its own: no other command may write over one of these.
+RUN_OWN_FILES = (
+    RUN_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR, LOCK_FILE, REWARD_WEIGHTS, POLICY_DIR,
+    LEGACY_REWARD_FILE,
+)  # fmt: skip
 
 
 def library_versions() -> dict[str, str]:
