@@ -382,13 +382,15 @@ def faults(run: Path, store: str, folder: Path, replicas: int) -> dict[str, Any]
 def write(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    postgres = any(fault["replicas"] > 1 for fault in results["faults"])
     lines = [
         "# npalign serve: load and faults",
         "",
         f"{results['machine']}; {results['torch_threads']} torch thread(s) per process; "
         f"{results['seconds_per_setting']} s per setting"
         f"{' (--quick)' if results['quick'] else ''}. Rerun: `python benchmarks/serve_load.py"
-        f"{' --quick' if results['quick'] else ''}`.",
+        f"{' --quick' if results['quick'] else ''}{' --postgres URL' if postgres else ''}`"
+        f"{' (two servers on one PostgreSQL too)' if postgres else ''}.",
         "",
         "| model | endpoint | concurrency | requests | failed | p50 ms | p99 ms | requests/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

@@ -198,8 +198,8 @@ def response_of(query: str, prompt: str) -> str | None:
     The query starts with the prompt; or, in older OpenRLHF, with left padding and then the prompt; or, when
     OpenRLHF cut a prompt too long for its budget to its last tokens (0.11, `SingleTurnAgentExecutor`),
     with a tail of it, while `prompts` still holds the whole prompt: the answer then follows the longest
-    tail of the prompt (at least MIN_PROMPT_TAIL characters) the query starts with. Trailing end-of-turn and padding tokens are dropped, unless
-    nothing else is left.
+    tail of the prompt (at least MIN_PROMPT_TAIL characters) that the query starts with. Trailing
+    end-of-turn and padding tokens are dropped, unless nothing else is left.
     """
     if query.startswith(prompt):
         start = len(prompt)
@@ -216,8 +216,8 @@ def response_of(query: str, prompt: str) -> str | None:
 
 def _longest_tail_at_start(prompt: str, query: str) -> int:
     """Length of the longest suffix of `prompt` that `query` starts with (KMP's failure function, linear)."""
-    head = query[: len(prompt)]
-    text = head + "\0" + prompt  # \0: a match never runs across the join (neither string holds it)
+    # Code points joined by -1, which no character is, so that a match never runs across the join.
+    text = [ord(c) for c in query[: len(prompt)]] + [-1] + [ord(c) for c in prompt]
     failure = [0] * len(text)
     for i in range(1, len(text)):
         k = failure[i - 1]
