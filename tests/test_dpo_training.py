@@ -259,6 +259,27 @@ def test_repetition_penalty_breaks_a_loop_and_bad_values_are_one_line_errors(
     assert error.startswith("npalign generate: error: repetition_penalty=0.0 must be")
 
 
+def test_generate_and_infer_z_refuse_what_would_decode_garbage(tiny_run: Path) -> None:
+    """Each bad argument a ValueError / TypeError naming it, before any decoding."""
+    runner = load_policy(tiny_run)
+    width = runner.latent_dim
+    cases = [
+        ({"z": torch.full((width,), float("nan"))}, ValueError, "z contains NaN or inf"),
+        ({"max_prompt_length": 0}, ValueError, "max_prompt_length=0 must be an integer >= 1"),
+        ({"max_new_tokens": 2.5}, ValueError, "max_new_tokens=2.5"),
+        ({"do_sample": True, "top_p": 2.0}, ValueError, "0 < top_p <= 1"),
+    ]
+    for change, error, match in cases:
+        with pytest.raises(error, match=match):
+            runner.generate(["Hi."], **{"max_new_tokens": 2, **change})
+    with pytest.raises(TypeError, match=r"prompts\[1\] must be a str"):
+        runner.generate(["Hi.", None], max_new_tokens=2)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"context\[0\] must be a \(prompt, chosen, rejected\) triple"):
+        runner.infer_z([(None, None, None)])  # once embedded as the text "None"
+    with pytest.raises(TypeError, match="context must be a list"):
+        runner.infer_z(None)  # type: ignore[arg-type]
+
+
 def test_repetition_penalty_leaves_the_prompt_tokens_alone(tiny_run: Path) -> None:
     # A chat prompt holds the end-of-turn token: transformers' own option penalises it and answers lengthen.
     runner = load_policy(tiny_run)

@@ -153,6 +153,7 @@ def test_bald_is_for_the_latent_kind_only(paper_np: RewardPredictor) -> None:
         ({"strategy": "greedy"}, "strategy='greedy' is not one of"),
         ({"reference": (torch.zeros(0, 1), torch.zeros(0, 1))}, "reference is empty"),
         ({"reference": (torch.zeros(3, 1), torch.zeros(2, 1))}, "reference.* differ in shape"),
+        ({"reference": (torch.zeros(3, 1), torch.zeros(3, 1)), "strategy": "random"}, "info-gain's pool"),
     ],
 )
 def test_bad_input_is_refused_naming_the_argument(
@@ -166,6 +167,26 @@ def test_bad_input_is_refused_naming_the_argument(
     } | change
     with pytest.raises(ValueError, match=match):
         paper_np.next_query(**arguments)
+
+
+def test_a_z_that_does_not_fit_the_items_is_refused_naming_it(paper_np: RewardPredictor) -> None:
+    """reward / prefer_prob: z (Z,) or (B, Z) for B item sets, finite; a Posterior only for the latent kind."""
+    items = torch.rand(5, 1)
+    z = paper_np.infer_user(torch.full((2, 1), 0.8), torch.full((2, 1), 0.6))
+    width = paper_np.latent_dim
+    for bad, match in [
+        (torch.zeros(3, width), r"z has shape \(3, "),  # three users' z for one set of items
+        (torch.zeros(1, 1, width), r"z has shape \(1, 1, "),
+        (torch.tensor(0.0), r"z has shape \(\)"),
+        (torch.full((width,), float("nan")), "z contains NaN or inf"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            paper_np.reward(items, bad)
+    with pytest.raises(TypeError, match="z must be a tensor"):
+        paper_np.prefer_prob(items, items, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="only np-btl-latent"):
+        paper_np.reward(items, Posterior(z, torch.ones_like(z)))
+    assert paper_np.reward(torch.rand(2, 5, 1), torch.stack([z, z])).shape == (2, 5)
 
 
 def test_the_bayes_questioner_asks_the_pair_the_types_disagree_on_first_then_nothing_is_worth_asking() -> (

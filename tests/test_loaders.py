@@ -169,6 +169,15 @@ def test_split_by_prompt_keeps_every_prompt_in_one_part() -> None:
         assert int(part.chosen.max()) < part.num_items and int(part.user.max()) < part.num_users
 
 
+@pytest.mark.parametrize("fractions", [(0.5, 0.3), (1.2, -0.2), ()])
+def test_split_fractions_that_do_not_cover_everyone_are_refused(fractions: tuple[float, ...]) -> None:
+    """(0.5, 0.3) once left the last fifth of each type's users in uninitialised parts: dropped at random."""
+    data = generate(task_spec("paper1d", num_pairs=400, num_users=20), seed=0)
+    for split in (split_by_user, split_by_prompt):
+        with pytest.raises(ValueError, match="must be >= 0 and sum to 1"):
+            split(data, fractions, seed=0)
+
+
 def test_split_by_user_is_stratified_and_disjoint() -> None:
     data = generate(task_spec("paper1d", num_pairs=2000, num_users=40), seed=0)
     train, val, test = split_by_user(data, (0.8, 0.1, 0.1), seed=0)

@@ -243,6 +243,8 @@ def test_text_predictor_errors(trained_text_model: Path, tmp_path: Path) -> None
         model.infer_user(["p"], ["a"], ["b", "c"])
     with pytest.raises(TypeError, match="not a single str"):
         model.reward(["p"], "a", torch.zeros(4))
+    with pytest.raises(TypeError, match="chosen must be a list of strings"):  # not "7 chosen but 5 rejected"
+        model.infer_user("q", "the cat", "a dog")
     with pytest.raises(ValueError, match=r"responses\[0\] is empty"):
         model.reward(["p"], [" "], torch.zeros(4))
 

@@ -416,10 +416,15 @@ def preferences_to_rows(data: PreferenceSet) -> list[dict[str, Any]]:
     return rows
 
 
+def _check_fractions(fractions: Sequence[float]) -> None:
+    """Split fractions: at least one, none negative, summing to 1 (every user or prompt lands in one part)."""
+    if not fractions or any(not f >= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions {list(fractions)} must be >= 0 and sum to 1, e.g. (0.8, 0.1, 0.1).")
+
+
 def split_by_prompt(data: PreferenceSet, fractions: Sequence[float], seed: int = 0) -> list[PreferenceSet]:
     """Split pairs so that every prompt lands in exactly one part (`npalign.data.splits.prompt_part` of prompt id + seed)."""
-    if abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions {list(fractions)} must sum to 1.")
+    _check_fractions(fractions)
     # The builders' hash (npalign.data.splits), so a built file's split column and this split agree.
     part_of_prompt = torch.tensor(
         [prompt_part(p, seed, fractions) for p in data.prompt_ids], dtype=torch.long
@@ -430,8 +435,9 @@ def split_by_prompt(data: PreferenceSet, fractions: Sequence[float], seed: int =
 
 def split_by_user(data: PreferenceSet, fractions: Sequence[float], seed: int = 0) -> list[PreferenceSet]:
     """Split users (stratified by user type) so that evaluation users were never seen in training."""
+    _check_fractions(fractions)
     generator = torch.Generator().manual_seed(seed)
-    part_of_user = torch.empty(data.num_users, dtype=torch.long)
+    part_of_user = torch.full((data.num_users,), len(fractions) - 1, dtype=torch.long)  # rounding: the last
     types = data.user_types
     for name in sorted(set(types)):
         members = torch.tensor([u for u, t in enumerate(types) if t == name])

@@ -22,7 +22,7 @@ from npalign.models.builders import load_reward_model
 from npalign.models.reward import PreferenceModel
 from npalign.types import Posterior, UserLatent
 from npalign.utils.io import save_tensors, write_json
-from npalign.utils.rundir import REWARD_WEIGHTS, RUN_FILE, read_run
+from npalign.utils.rundir import REWARD_WEIGHTS, RUN_FILE, check_new_run_directory, read_run
 
 if TYPE_CHECKING:
     from npalign.inference.policy import PolicyRunner
@@ -84,8 +84,7 @@ class RewardPredictor:
         The weights are written from the CPU and atomically; an existing run there is refused.
         """
         directory = Path(directory)
-        if (directory / RUN_FILE).exists():
-            raise FileExistsError(f"{directory} already holds a run; choose another directory.")
+        check_new_run_directory(directory)
         save_tensors(self.model.state_dict(), directory / REWARD_WEIGHTS)
         write_json(self.record, directory / RUN_FILE)
 
@@ -122,19 +121,38 @@ class RewardPredictor:
         single = items.dim() == 2
         if single:
             items = items[None]
+        batch = items.shape[0]
         if isinstance(latent, Posterior):
-            mean, scale = latent.mean, latent.scale
-            if mean.dim() == 1:
-                mean, scale = mean[None], scale[None]
-            return items, Posterior(mean.expand(items.shape[0], -1), scale.expand(items.shape[0], -1)), single
-        z = torch.as_tensor(latent, dtype=torch.float32).to(self.device)
-        if z.shape[-1] != self.latent_dim:
+            if self.kind != "np-btl-latent":
+                raise TypeError(
+                    f"z is a Posterior, which only np-btl-latent infers; pass this {self.kind} model the z "
+                    "tensor its infer_user returns."
+                )
+            scale = self._latent_rows(latent.scale, "z.scale", batch)
+            if not bool((scale > 0).all()):
+                raise ValueError("z.scale must be > 0 everywhere (a Posterior's standard deviations).")
+            return items, Posterior(self._latent_rows(latent.mean, "z.mean", batch), scale), single
+        z = self._latent_rows(latent, "z", batch)
+        return items, (z if self.latent_dim else None), single
+
+    def _latent_rows(self, value: Any, name: str, batch: int) -> Tensor:
+        """z as (B, Z) rows for B item sets, from a (Z,) or (B, Z) z; a ValueError naming `name` otherwise."""
+        wanted = f"({self.latent_dim},) or ({batch}, {self.latent_dim})"
+        try:
+            z = torch.as_tensor(value, dtype=torch.float32).to(self.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"{name} must be a tensor of shape {wanted}, as infer_user returns; got {type(value).__name__}."
+            ) from None
+        rows = z[None] if z.dim() == 1 else z
+        if rows.dim() != 2 or rows.shape[-1] != self.latent_dim or rows.shape[0] not in (1, batch):
             raise ValueError(
-                f"z has width {z.shape[-1]} but this {self.kind} model's latent is {self.latent_dim}-d."
+                f"{name} has shape {tuple(z.shape)}; this {self.kind} model takes {wanted} for {batch} set(s) "
+                f"of items (its latent is {self.latent_dim}-d)."
             )
-        if z.dim() == 1:
-            z = z[None]
-        return items, (z.expand(items.shape[0], -1) if self.latent_dim else None), single
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError(f"{name} contains NaN or inf.")
+        return rows.expand(batch, -1)
 
     @torch.inference_mode()
     def reward(self, items: Any, z: UserLatent) -> Tensor:
@@ -190,9 +208,15 @@ class RewardPredictor:
         a, b = self._pairs(candidates_a, candidates_b, "candidates_a", "candidates_b")
         if a.shape[0] == 0:
             raise ValueError("candidates_a and candidates_b are empty; pass at least one candidate pair.")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int; got {seed!r}.")
         pool = None
         if reference is not None:
-            if len(reference) != 2:
+            if strategy != "info-gain":
+                raise ValueError(
+                    f"reference is info-gain's pool; strategy={strategy!r} has none, leave it out."
+                )
+            if not isinstance(reference, tuple | list) or len(reference) != 2:
                 raise ValueError("reference must be a pair (reference_a, reference_b) of (R, D) features.")
             pool = self._pairs(reference[0], reference[1], "reference[0]", "reference[1]")
             if pool[0].shape[0] == 0:

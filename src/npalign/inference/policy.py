@@ -27,7 +27,14 @@ from npalign.models.bases import load_base, native_bfloat16
 from npalign.models.film import sequence_latents
 from npalign.models.policy import ConditionalPolicy
 from npalign.utils.io import write_json
-from npalign.utils.rundir import POLICY_DIR, RUN_FILE, path_from_run, read_run, relative_to_run
+from npalign.utils.rundir import (
+    POLICY_DIR,
+    RUN_FILE,
+    check_new_run_directory,
+    path_from_run,
+    read_run,
+    relative_to_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +94,7 @@ class PolicyRunner:
         encoder weights and their config; the base model is referenced by name and revision, not copied).
         """
         directory = Path(directory)
-        if (directory / RUN_FILE).exists():
-            raise FileExistsError(f"{directory} already holds a run; choose another directory.")
+        check_new_run_directory(directory)
         run = dict(self.run)
         if isinstance(run.get("data"), dict) and self.directory is not None:
             source = path_from_run(run["data"].get("train"), self.directory)
@@ -126,12 +132,12 @@ class PolicyRunner:
         """Features of a user's context pairs (`to_item_features` of the frozen embeddings): chosen (C, D) and
         rejected (C, D)."""
         for index, triple in enumerate(context):
-            if not (isinstance(triple, tuple | list) and len(triple) == 3):
+            if not (isinstance(triple, tuple | list) and len(triple) == 3 and all(isinstance(t, str) for t in triple)):
                 raise ValueError(
-                    f"context[{index}] must be a (prompt, chosen, rejected) triple of strings; got {triple!r}."
+                    f"context[{index}] must be a (prompt, chosen, rejected) triple of strings; got {triple!r:.200}."
                 )
-        prompts = [str(prompt) for prompt, _, _ in context]
-        chosen_texts, rejected_texts = [str(c) for _, c, _ in context], [str(r) for _, _, r in context]
+        prompts = [prompt for prompt, _, _ in context]
+        chosen_texts, rejected_texts = [c for _, c, _ in context], [r for _, _, r in context]
         chosen = to_item_features(
             self.embedder, chosen_texts, self.embedder.embed(prompts, chosen_texts)
         )  # (C, D)
@@ -145,6 +151,10 @@ class PolicyRunner:
         """z (Z,) of one user from their context pairs; an empty context gives the learned prior."""
         if not self.conditional:
             raise ValueError("this run is unconditional (mode=unconditional); it takes no context or z.")
+        if isinstance(context, str) or not isinstance(context, Sequence):
+            raise TypeError(
+                f"context must be a list of (prompt, chosen, rejected) triples ([] = the prior); got {context!r:.80}."
+            )
         if len(context) == 0:
             width = self.policy.encoder.embed_dim
             chosen = rejected = torch.zeros(0, width)
@@ -190,6 +200,8 @@ class PolicyRunner:
                 f"z must have shape ({self.latent_dim},) or ({num_prompts}, {self.latent_dim}); got "
                 f"{tuple(z.shape)}."
             )
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("z contains NaN or inf.")
         return z
 
     # ----- generation ------------------------------------------------------------------------------------
@@ -229,14 +241,27 @@ class PolicyRunner:
         """
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of strings; wrap a single prompt in a list.")
-        if max_new_tokens < 1 or batch_size < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be >= 1.")
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompts[{index}] must be a str; got {type(prompt).__name__}.")
+        counts = {
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "max_prompt_length": max_prompt_length,
+        }
+        for name, count in counts.items():
+            if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+                raise ValueError(f"{name}={count!r} must be an integer >= 1.")
+        if do_sample and not (0 < top_p <= 1 and temperature > 0):
+            raise ValueError(
+                f"sampling needs 0 < top_p <= 1 and temperature > 0; got {top_p} and {temperature}."
+            )
         if not repetition_penalty > 0 or repetition_penalty == float("inf"):
             raise ValueError(f"repetition_penalty={repetition_penalty} must be a finite number > 0 (1.0 is none).")
         z_rows = self._rows_of_z(len(prompts), z, context)  # (N, Z) or None
         if seed is not None:
             torch.manual_seed(seed)
-        length = max_prompt_length or int(self.run["max_prompt_length"])
+        length = int(self.run["max_prompt_length"]) if max_prompt_length is None else max_prompt_length
         settings: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": do_sample,

@@ -27,6 +27,13 @@ from npalign.inference.elicit import QueryChoice
 from npalign.types import UserLatent
 
 
+def _texts(value: Sequence[str], name: str) -> list[str]:
+    """A list of texts from any sequence of them; a single str (a sequence of characters) is refused."""
+    if isinstance(value, str):
+        raise TypeError(f"{name} must be a list of strings, not a single str; wrap it in a list.")
+    return list(value)
+
+
 class TextRewardPredictor:
     """A `RewardPredictor` plus the embedder its training features came from.
 
@@ -157,6 +164,7 @@ class TextRewardPredictor:
             z (`latent_dim`,), a Posterior for the latent model, or a (0,) tensor for btl / dpl. C = 0 gives the
             population prior.
         """
+        chosen, rejected = _texts(chosen, "chosen"), _texts(rejected, "rejected")
         if len(chosen) != len(rejected):
             raise ValueError(
                 f"got {len(chosen)} chosen but {len(rejected)} rejected responses; pair them up."
@@ -173,6 +181,7 @@ class TextRewardPredictor:
         self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], z: UserLatent
     ) -> Tensor:
         """p(a[i] > b[i]) as answers to prompts[i] for the user z: (N,)."""
+        a, b = _texts(a, "a"), _texts(b, "b")
         if len(a) != len(b):
             raise ValueError(f"got {len(a)} responses in a but {len(b)} in b; pair them up.")
         return self.features.prefer_prob(self.embed(prompts, a, "a"), self.embed(prompts, b, "b"), z)
@@ -200,6 +209,8 @@ class TextRewardPredictor:
         Returns:
             QueryChoice(index, scores (N,), strategy); higher scores = ask first.
         """
+        chosen, rejected = _texts(chosen, "chosen"), _texts(rejected, "rejected")
+        candidate_a, candidate_b = _texts(candidate_a, "candidate_a"), _texts(candidate_b, "candidate_b")
         if len(chosen) != len(rejected):
             raise ValueError(
                 f"got {len(chosen)} chosen but {len(rejected)} rejected responses; pair them up."
@@ -213,6 +224,8 @@ class TextRewardPredictor:
             raise ValueError("candidate_a and candidate_b are empty; pass at least one candidate pair.")
         pool = None
         if reference is not None:
+            if not isinstance(reference, tuple | list) or len(reference) != 3:
+                raise ValueError("reference must be three sequences (prompts, a, b) of texts, or None.")
             pool = (
                 self.embed(reference[0], reference[1], "reference a"),
                 self.embed(reference[0], reference[2], "reference b"),

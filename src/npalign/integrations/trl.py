@@ -63,6 +63,10 @@ def _completion_text(completion: Any, index: int) -> str:
 
 def _labels(count: int, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     """One user per completion from the `user_id` or `context` column."""
+    if kwargs.get("user_id") is not None and kwargs.get("context") is not None:
+        raise ValueError(
+            "the dataset has both a user_id and a context column; keep the one that names each row's user."
+        )
     for column in ("user_id", "context"):
         values = kwargs.get(column)
         if values is None:
@@ -71,11 +75,27 @@ def _labels(count: int, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
             raise ValueError(f"the {column} column has {len(values)} entries for {count} completions.")
         if column == "user_id":
             return [{"user_id": str(value)} for value in values]
-        return [{"context": json.loads(v) if isinstance(v, str) else v} for v in values]
+        return [{"context": _context(value, row)} for row, value in enumerate(values)]
     raise ValueError(
         "the dataset has neither a user_id nor a context column; add one so that each completion is scored "
         "for its user."
     )
+
+
+def _context(value: Any, row: int) -> Any:
+    """One row's context: a list of choices, or that list as a JSON string."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"the context of row {row} is not JSON ({error.msg}, character {error.pos})."
+            ) from None
+    if value is None:
+        raise ValueError(
+            f"the context of row {row} is empty (None); give each row its choices ([] = the prior)."
+        )
+    return value
 
 
 class NPAlignReward:

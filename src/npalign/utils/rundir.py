@@ -102,6 +102,8 @@ def read_run(directory: str | Path, kind: str | None = None) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / RUN_FILE
     what = {"reward": "npalign train-reward", "policy": "npalign train-dpo"}.get(kind or "", "npalign")
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file; pass the --out directory of `{what}`.")
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} does not exist; pass the --out directory of `{what}`.")
     if not path.is_file():
@@ -213,6 +215,14 @@ def check_run_directory(directory: str | Path, kind: str, config: dict[str, Any]
                 "with the same config (see that file) or start a new run with another --out."
             )
     return (directory / CHECKPOINT_DIR).is_dir()
+
+
+def check_new_run_directory(directory: Path) -> None:
+    """Where `save_pretrained` may write a run: a new or existing directory that holds no run yet."""
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; save_pretrained writes a directory, choose another path.")
+    if (directory / RUN_FILE).exists():
+        raise FileExistsError(f"{directory} already holds a run; choose another directory.")
 
 
 def forget_unstarted_run(directory: str | Path) -> bool:
