@@ -28,7 +28,7 @@ from npalign.inference.policy import PolicyRunner
 from npalign.inference.text import TextRewardPredictor
 from npalign.integrations.trl import reward_function
 from npalign.serve.app import check_limits, create_app
-from npalign.serve.schemas import Choice, Limits
+from npalign.serve.schemas import Choice, Limits, response_of
 from npalign.serve.served import ServedModel
 from npalign.serve.store import UserStore, metadata
 
@@ -190,6 +190,11 @@ def test_feature_model_round_trip_equals_in_process(feature_run: Path, store: Us
     assert refused.status_code == 422 and refused.json()["field"] == "a"
     refused = client.post(f"/v1/users/{user}/next-query", json={**candidates, "strategy": "bald"})
     assert refused.status_code == 422 and refused.json()["field"] == "strategy"
+    # random draws anew for each request (it once always drew seed 0), and repeats itself given a seed
+    many = {"a": [[i / 10, 0.5] for i in range(8)], "b": [[0.5, i / 10] for i in range(8)], "strategy": "random"}
+    draws = [ok(client.post(f"/v1/users/{user}/next-query", json=many))["scores"] for _ in range(2)]
+    seeded = [ok(client.post(f"/v1/users/{user}/next-query", json={**many, "seed": 7}))["scores"] for _ in range(2)]
+    assert draws[0] != draws[1] and seeded[0] == seeded[1]
 
 
 def test_latent_model_reports_its_posterior_scale(tmp_path: Path) -> None:
@@ -463,6 +468,15 @@ BAD_FEATURE_REQUESTS = [
     # past float32's range (the model would see inf), and an integer past float64's
     ("post", "/v1/reward", {"context": [], "responses": [[0.1, 1e39]]}, 422, "responses[0][1]"),
     ("post", "/v1/reward", {"context": [], "responses": [[10**400, 0.2]]}, 422, "responses[0][0]"),
+    # within float32 but overflowing inside the model: once a null reward, and a stored user's z of nulls
+    ("post", "/v1/reward", {"context": [], "responses": [[3e38, 3e38]]}, 422, "responses[0]"),
+    (
+        "post",
+        "/v1/users/ok/choices",
+        {"choices": [{"chosen": [3e38, 3e38], "rejected": [0, 1]}]},
+        422,
+        "choices[0]",
+    ),
     (
         "post",
         "/v1/users/ok/choices",
@@ -549,12 +563,27 @@ def test_text_that_is_not_unicode_and_out_of_range_numbers_are_422s(
         refused(client.post(path, content=json.dumps(body).encode(), headers=headers), 422, field)
     assert store.user("ann") is None
     refused(client.post("/v1/generate", json={"context": [], "prompts": ["p"], "seed": 2**64}), 422, "seed")
+    tiny = {"context": [], "prompts": ["p"], "do_sample": True, "temperature": 1e-50}  # 0 in float32: a 500
+    refused(client.post("/v1/generate", json=tiny), 422, "temperature")
     too_many = json.dumps({"context": [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 5})
     refused(
         client.post("/get_reward", json={"query": ["pa"], "prompts": ["p"], "labels": [too_many]}),
         422,
         "labels[0].context",
     )
+
+
+def test_response_of_finds_the_answer_in_what_openrlhf_decodes() -> None:
+    chat = "<|im_start|>user\n请解释一下这个函数的作用是什么<|im_end|>\n<|im_start|>assistant\n"
+    # a cut inside a character decodes to U+FFFD before the prompt's tail
+    assert response_of("\ufffd\ufffd" + chat[19:] + "好的<|im_end|>", chat) == "好的"
+    # an answer that repeats the whole (cut) prompt keeps the repeat: the tail comes before the padding rule
+    asked = chat[20:] + "You asked: " + chat + " Fine."
+    assert response_of(asked, chat) == "You asked: " + chat + " Fine."
+    assert response_of("<|endoftext|>" * 2 + chat + "好的<|im_end|><|endoftext|>", chat) == "好的"
+    assert response_of(chat + "<|im_end|>", chat) == "<|im_end|>"  # nothing else: scored as it is
+    assert response_of("作用是什么<|im_end|>\n<|im_start|>assistant\nhi", chat) is not None  # a 16+ tail
+    assert response_of("assistant\nhi", chat) is None  # 10 characters in common: chance
 
 
 def test_serving_writes_nothing_to_the_embedding_cache(text_run: Path, tmp_path: Path) -> None:

@@ -252,9 +252,9 @@ class PolicyRunner:
         for name, count in counts.items():
             if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
                 raise ValueError(f"{name}={count!r} must be an integer >= 1.")
-        if do_sample and not (0 < top_p <= 1 and temperature > 0):
+        if do_sample and not (0 < top_p <= 1 and temperature >= 1e-4):  # below: inf logits in float32
             raise ValueError(
-                f"sampling needs 0 < top_p <= 1 and temperature > 0; got {top_p} and {temperature}."
+                f"sampling needs 0 < top_p <= 1 and temperature >= 1e-4; got {top_p} and {temperature}."
             )
         if not repetition_penalty > 0 or repetition_penalty == float("inf"):
             raise ValueError(f"repetition_penalty={repetition_penalty} must be a finite number > 0 (1.0 is none).")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -325,16 +326,13 @@ def create_app(
     @app.get("/v1/users/{user_id}", responses=ERRORS)
     def get_user(user_id: str = user_path) -> UserResponse:
         """A stored user: how many choices, their revision, and the reward model's z for them."""
-        try:
-            latent, _ = served.cached("reward", user_id, store)
+        try:  # the revision and count z was computed from, even if choices were appended since
+            (latent, num_choices), revision = served.cached_with_revision("reward", user_id, store)
         except UnknownUser:
             raise FieldError("user_id", f"{user_id!r} is not a stored user.", status=404) from None
-        record = store.user(user_id)
-        if record is None:  # deleted in between
-            raise FieldError("user_id", f"{user_id!r} is not a stored user.", status=404)
         z, scale = served.describe_latent(latent)
         return UserResponse(
-            user_id=user_id, num_choices=record.num_choices, revision=record.revision, kind=served.kind, z=z,
+            user_id=user_id, num_choices=num_choices, revision=revision, kind=served.kind, z=z,
             posterior_scale=scale,
         )  # fmt: skip
 
@@ -378,8 +376,17 @@ def create_app(
             raise FieldError("b", f"has {len(b)} entries but a has {len(a)}; pair them up.")
         prompts = served.prompts_for(body.prompt, body.prompts, len(a), "pairs")
         _, choices = store.choices(user_id)
+        # Without a seed, random draws anew for each request; the other strategies keep seed 0 for their
+        # reference pool and the latent kind's z samples, so the same request gets the same scores.
+        seed = (
+            body.seed
+            if body.seed is not None
+            else (secrets.randbelow(2**31) if body.strategy == "random" else 0)
+        )
         try:
-            picked = served.next_query(choices, prompts, a, b, body.strategy)
+            picked = served.next_query(choices, prompts, a, b, body.strategy, seed)
+        except FieldError:
+            raise
         except ValueError as error:  # e.g. bald on a deterministic model
             raise FieldError("strategy", str(error)) from None
         return NextQueryResponse(

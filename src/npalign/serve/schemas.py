@@ -139,6 +139,12 @@ class NextQueryRequest(_Request):
     a: list[Item]
     b: list[Item]
     strategy: Literal["info-gain", "bald", "uncertainty", "d-optimal", "random"] = "info-gain"
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="seeds the strategy; none: random draws anew, the others use 0",
+    )
 
 
 class NextQueryResponse(BaseModel):
@@ -152,7 +158,7 @@ class GenerateRequest(UserRequest):
     prompts: list[str]
     max_new_tokens: int = Field(default=128, ge=1)
     do_sample: bool = False
-    temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    temperature: float = Field(default=1.0, ge=1e-4, allow_inf_nan=False)  # below: inf logits in float32
     top_p: float = Field(default=1.0, gt=0, le=1)
     repetition_penalty: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=0, le=2**64 - 1, description="seeds sampling (torch's range)")
@@ -195,20 +201,24 @@ MIN_PROMPT_TAIL = 16  # characters of a cut prompt's tail that must open the que
 def response_of(query: str, prompt: str) -> str | None:
     """The answer inside an OpenRLHF query (`decode(prompt tokens + answer tokens)`), or None if none is found.
 
-    The query starts with the prompt; or, in older OpenRLHF, with left padding and then the prompt; or, when
-    OpenRLHF cut a prompt too long for its budget to its last tokens (0.11, `SingleTurnAgentExecutor`),
-    with a tail of it, while `prompts` still holds the whole prompt: the answer then follows the longest
-    tail of the prompt (at least MIN_PROMPT_TAIL characters) that the query starts with. Trailing
-    end-of-turn and padding tokens are dropped, unless nothing else is left.
+    The query starts with the prompt; or, when OpenRLHF cut a prompt too long for its budget to its last
+    tokens (0.11, `SingleTurnAgentExecutor`), with a tail of it (after any U+FFFD a cut inside a character
+    decodes to), while `prompts` still holds the whole prompt: the answer then follows the longest tail of
+    the prompt (at least MIN_PROMPT_TAIL characters) that the query starts with; or, in older OpenRLHF,
+    with left padding and then the prompt. Trailing end-of-turn and padding tokens are dropped, unless
+    nothing else is left.
     """
     if query.startswith(prompt):
         start = len(prompt)
-    elif prompt in query:
-        start = query.index(prompt) + len(prompt)
     else:
-        start = _longest_tail_at_start(prompt, query)
-        if start < MIN_PROMPT_TAIL:  # a few characters in common are chance, not a cut prompt
-            return None
+        # A cut inside a character decodes to U+FFFD; the tail before the padding check, since an answer
+        # may well repeat the whole prompt after a cut one.
+        cut = len(query) - len(query.lstrip("\ufffd"))
+        start = cut + _longest_tail_at_start(prompt, query[cut:])
+        if start - cut < MIN_PROMPT_TAIL:  # a few characters in common are chance, not a cut prompt
+            if prompt not in query:
+                return None
+            start = query.index(prompt) + len(prompt)  # after left padding
     answer = query[start:]
     stripped = _TRAILING_SPECIAL.sub("", answer)
     return stripped if stripped.strip() else answer  # an answer of just "<|im_end|>" is still scored

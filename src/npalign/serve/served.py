@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from npalign.embedding.cache import text_key
 from npalign.embedding.features import to_item_features
 from npalign.inference.api import RewardPredictor
 from npalign.inference.elicit import QueryChoice
@@ -33,6 +34,22 @@ from npalign.inference.text import TextRewardPredictor
 from npalign.serve.schemas import FLOAT32_MAX, Choice, FieldError, check_text
 from npalign.serve.store import StoredChoice, UserStore
 from npalign.types import Posterior, UserLatent
+
+
+def _finite(value: Any) -> bool:
+    """Whether a z, a Posterior or a tensor of scores holds only finite numbers."""
+    parts = [value.mean, value.scale] if isinstance(value, Posterior) else [torch.as_tensor(value)]
+    return all(bool(torch.isfinite(part).all()) for part in parts)
+
+
+def _refuse_overflow(values: torch.Tensor, field: str) -> None:
+    """A 422 naming the first item whose score overflowed (huge feature values), instead of a null."""
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        raise FieldError(
+            f"{field}[{int(bad[0][-1])}]",
+            "overflows the model (its score is not finite); send features on the scale the model was trained on.",
+        )
 
 
 class UnknownUser(LookupError):
@@ -66,9 +83,7 @@ class ServedModel:
         # torch modules and the embedding cache are used from one thread at a time; the store is not locked.
         self.lock = threading.Lock()
         self._latents: OrderedDict[tuple[str, str], tuple[str, Any]] = OrderedDict()
-        self._features: OrderedDict[tuple[str, str], torch.Tensor] = (
-            OrderedDict()
-        )  # (prompt, response) -> (D,)
+        self._features: OrderedDict[bytes, torch.Tensor] = OrderedDict()  # text_key(prompt, response) -> (D,)
         self.feature_cache_size = 4096
         self.cache_hits = 0
         self.cache_misses = 0
@@ -130,6 +145,13 @@ class ServedModel:
                     choice.choice_id,
                 )
             )
+        if not self.text:  # a vector in range may still overflow inside the encoder: never store one that does
+            for index, checked in enumerate(stored):
+                if not _finite(self.latent([checked])):
+                    raise FieldError(
+                        f"{field}[{index}]", "overflows the model (its z is not finite); send features on the "
+                        "scale the model was trained on.",
+                    )  # fmt: skip
         return stored
 
     def prompts_for(self, prompt: str | None, prompts: list[str] | None, count: int, field: str) -> list[str]:
@@ -190,6 +212,11 @@ class ServedModel:
         Raises:
             UnknownUser: the store does not hold the user.
         """
+        value, _ = self.cached_with_revision(job, user_id, store)
+        return value
+
+    def cached_with_revision(self, job: str, user_id: str, store: UserStore) -> tuple[tuple[Any, int], str]:
+        """`cached`, and the store revision that z and count were computed from."""
         record = store.user(user_id)
         if record is None:
             raise UnknownUser(user_id)
@@ -199,7 +226,7 @@ class ServedModel:
             if hit is not None and hit[0] == record.revision:
                 self._latents.move_to_end(key)
                 self.cache_hits += 1
-                return hit[1]
+                return hit[1], hit[0]
             self.cache_misses += 1
         record, choices = store.choices(user_id)  # the revision again: the choices may have changed since
         if record is None:
@@ -210,7 +237,7 @@ class ServedModel:
             self._latents.move_to_end(key)
             while len(self._latents) > self.cache_size:
                 self._latents.popitem(last=False)
-        return value
+        return value, record.revision
 
     # ----- answers ---------------------------------------------------------------------------------------
 
@@ -221,15 +248,16 @@ class ServedModel:
         """
         if not isinstance(self.predictor, TextRewardPredictor):
             return torch.tensor(items, dtype=torch.float32).reshape(len(items), self.predictor.embed_dim)
-        keys = list(zip(prompts, items, strict=True))
+        keys = [text_key(p, r) for p, r in zip(prompts, items, strict=True)]  # 32 bytes, not the texts
+        texts = dict(zip(keys, zip(prompts, items, strict=True), strict=True))
         missing = list(dict.fromkeys(key for key in keys if key not in self._features))
         if missing:
             vectors = self.predictor.embedder.embed(
-                [p for p, _ in missing], [r for _, r in missing], batch_size=self.predictor.batch_size
+                [texts[k][0] for k in missing], [texts[k][1] for k in missing], batch_size=self.predictor.batch_size
             )  # (M, D)
-            features = to_item_features(self.predictor.embedder, [r for _, r in missing], vectors)
+            features = to_item_features(self.predictor.embedder, [texts[k][1] for k in missing], vectors)
             for key, row in zip(missing, features, strict=True):
-                self._features[key] = row
+                self._features[key] = row.clone()  # a view would keep the whole (M, D) batch alive
         rows = []
         for key in keys:
             self._features.move_to_end(key)
@@ -244,6 +272,7 @@ class ServedModel:
                 self.predictor.features if isinstance(self.predictor, TextRewardPredictor) else self.predictor
             )
             rewards = model.reward(self.features(prompts, items), z)
+        _refuse_overflow(rewards, "responses")
         return [float(r) for r in rewards]
 
     def prefer(
@@ -254,10 +283,17 @@ class ServedModel:
                 self.predictor.features if isinstance(self.predictor, TextRewardPredictor) else self.predictor
             )
             probs = model.prefer_prob(self.features(prompts, a), self.features(prompts, b), z)
+        _refuse_overflow(probs, "a")
         return [float(p) for p in probs]
 
     def next_query(
-        self, choices: Sequence[StoredChoice], prompts: Sequence[str], a: Sequence[Any], b: Sequence[Any], strategy: str
+        self,
+        choices: Sequence[StoredChoice],
+        prompts: Sequence[str],
+        a: Sequence[Any],
+        b: Sequence[Any],
+        strategy: str,
+        seed: int,
     ) -> QueryChoice:
         """Which of the candidate pairs (a[i], b[i]) to ask a user with these choices next."""
         with self.lock:
@@ -267,8 +303,10 @@ class ServedModel:
             model = (
                 self.predictor.features if isinstance(self.predictor, TextRewardPredictor) else self.predictor
             )
-            return model.next_query(chosen, rejected, self.features(prompts, a), self.features(prompts, b),
-                                    strategy=strategy)  # fmt: skip
+            picked = model.next_query(chosen, rejected, self.features(prompts, a), self.features(prompts, b),
+                                      strategy=strategy, seed=seed)  # fmt: skip
+        _refuse_overflow(picked.scores, "a")
+        return picked
 
     def generate(self, prompts: Sequence[str], z: torch.Tensor | None, **settings: Any) -> list[str]:
         policy = self._need_policy()
