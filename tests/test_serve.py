@@ -721,6 +721,14 @@ def test_trl_reward_function_with_the_call_grpo_makes(
     assert conversational == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError, match="neither a user_id nor a context column"):
         function(prompts=[PROMPT], completions=[SHORT], completion_ids=[[1]], **trl_extras)
+    # errors name the row: the empty completion is row 3 (it was named by its place among its user's rows)
+    users = {"user_id": ["alice", "bob", "bob", "alice"], "completion_ids": [[1]] * 4}
+    with pytest.raises(ValueError, match=r"completions\[3\]: is empty"):
+        function(prompts=[PROMPT] * 4, completions=[SHORT, LONG, SHORT, " "], **users, **trl_extras)
+    with pytest.raises(ValueError, match="both a user_id and a context column"):
+        function(prompts=[PROMPT], completions=[SHORT], user_id=["alice"], context=[[]], **trl_extras)
+    with pytest.raises(ValueError, match="the context of row 1 is not JSON"):
+        function(prompts=[PROMPT] * 2, completions=[SHORT] * 2, context=["[]", "[{"], **trl_extras)
 
 
 def test_trl_reward_function_needs_a_text_model(feature_run: Path) -> None:

@@ -172,7 +172,8 @@ class NPAlignReward:
                     raise ValueError(
                         f"user_id {user.user_id!r} (row {indices[0]}) is not in the store."
                     ) from None
-            items = served.check_items([responses[i] for i in indices], "completions")
+            # named by the row's own index, not by its place among this user's rows
+            items = [served.check_item(responses[i], f"completions[{i}]") for i in indices]
             values = served.reward([prompts[i] for i in indices], items, z)
             for i, value in zip(indices, values, strict=True):
                 rewards[i] = value
