@@ -43,9 +43,8 @@ def read_hub(dataset_id: str, split: str | None = None) -> Sequence[Record]:
             if split is None
             else datasets.load_dataset(dataset_id, split=split)
         )
-    except (
-        OSError
-    ) as error:  # offline: ConnectionError; a wrong name: DatasetNotFoundError, a FileNotFoundError
+    # offline: ConnectionError; a wrong name: DatasetNotFoundError, a FileNotFoundError
+    except OSError as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(
             f"cannot load {dataset_id} from the Hugging Face hub ({type(error).__name__}: {reason}); check the "

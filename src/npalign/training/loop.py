@@ -126,7 +126,8 @@ def open_run(
     The check runs on every process (it only reads) before anything is written; the lock and the writes
     are the main process's. A new run that fails before it has logged, validated or saved anything (bad
     data found at the first draw, say) takes its config.yaml and run.json with it, so that the same
-    command, mended, can be run again into the same --out. Trackers named by `config.run.report_to` are started and ended here.
+    command, mended, can be run again into the same --out. Trackers named by `config.run.report_to` are
+    started and ended here.
     """
     fresh = not any((out_dir / name).is_file() for name in (RUN_FILE, CONFIG_FILE))  # no run there yet
     resumable = check_run_directory(out_dir, kind, to_dict(config), resume=resume)
