@@ -49,6 +49,17 @@ class TextInputError(ValueError):
         return TextInputError(self.what, index, self.problem, self.remedy)
 
 
+def lone_surrogate_at(text: str) -> int | None:
+    """Where `text` holds its first lone surrogate (no UTF-8 encodes it: not text), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
 def check_texts(texts: Sequence[str | bytes], what: str) -> list[str]:
     """Validate a list of texts and return them as `str`.
 
@@ -74,15 +85,14 @@ def check_texts(texts: Sequence[str | bytes], what: str) -> list[str]:
                 ) from None
         elif not isinstance(text, str):
             raise TypeError(f"{what}[{index}] must be a str, got {type(text).__name__}.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
+        surrogate = lone_surrogate_at(text)
+        if surrogate is not None:
             raise TextInputError(
                 what,
                 index,
-                f"is not valid UTF-8: lone surrogate {text[exc.start]!r} at character {exc.start}",
+                f"is not valid UTF-8: lone surrogate {text[surrogate]!r} at character {surrogate}",
                 "read the source with errors='strict' (not 'surrogateescape') and fix its encoding",
-            ) from None
+            )
         if not text.strip():
             raise TextInputError(what, index, "is empty or whitespace only", "drop this pair or give it text")
         checked.append(text)

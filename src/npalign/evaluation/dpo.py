@@ -23,7 +23,7 @@ import torch
 from npalign.data.dpo_episodes import DPOBatch, DPOEpisodeSampler
 from npalign.data.episodes import context_sweep
 from npalign.embedding.features import embed_preferences
-from npalign.evaluation.reward import type_weighted
+from npalign.evaluation.reward import check_counts, type_weighted
 from npalign.inference.policy import PolicyRunner
 from npalign.models.losses import dpo_episode_figures
 from npalign.types import PreferenceSet
@@ -59,8 +59,7 @@ def evaluate_policy(
     """
     if not contexts or any(m < 0 for m in contexts):
         raise ValueError(f"contexts={contexts} must be a non-empty list of sizes >= 0.")
-    if episodes < 1 or targets < 1:
-        raise ValueError(f"episodes={episodes} and targets={targets} must be >= 1.")
+    check_counts(episodes=episodes, targets=targets)
     if not data.is_text:
         raise ValueError(
             f"{data.meta.get('source', 'the data')} holds feature vectors, but a policy scores text pairs; pass "

@@ -129,8 +129,7 @@ class TextRewardPredictor:
             responses: N responses.
             what: the argument's name, for error messages.
         """
-        if isinstance(responses, str):
-            raise TypeError(f"{what} must be a list of strings, not a single str; wrap it in a list.")
+        responses = _texts(responses, what)
         prompt_list = [prompts] * len(responses) if isinstance(prompts, str) else list(prompts)
         if len(prompt_list) != len(responses):
             raise ValueError(
@@ -138,11 +137,11 @@ class TextRewardPredictor:
                 "(or a single str for all)."
             )
         if self.cache_dir is None:
-            vectors = self.embedder.embed(prompt_list, list(responses), batch_size=self.batch_size)
-            return to_item_features(self.embedder, list(responses), vectors)
+            vectors = self.embedder.embed(prompt_list, responses, batch_size=self.batch_size)
+            return to_item_features(self.embedder, responses, vectors)
         features, _ = embed_texts(
             prompt_list,
-            list(responses),
+            responses,
             self.embedder,
             cache_dir=self.cache_dir,
             dtype=self.cache_dtype,

@@ -443,7 +443,8 @@ def create_app(
         users: dict[str, UserRequest] = {}
         for index, label in enumerate(body.labels):
             user = user_from_label(label, f"labels[{index}]")
-            check_limits(user.model_dump(), limits, f"labels[{index}]")  # a JSON-string label was one string
+            if isinstance(label, str):  # the body's check saw one string; an object label was checked with it
+                check_limits(user.model_dump(), limits, f"labels[{index}]")
             key = user.model_dump_json()
             groups.setdefault(key, []).append(index)
             users[key] = user

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from npalign.embedding.base import lone_surrogate_at
+
 # User ids and choice ids: what fits in a URL path segment and a log line unquoted.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 ID_HELP = "1-128 characters: letters, digits and . _ : @ - (starting with a letter or digit)"
@@ -55,15 +57,13 @@ class FieldError(ValueError):
 def check_text(value: str, field: str) -> None:
     """Refuse a string that is not Unicode text: JSON's "\\ud800" escape gives a lone surrogate, which no
     embedder, tokenizer or database encodes."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise FieldError(
-                field,
-                f"holds a lone surrogate ({value[error.start]!r} at character {error.start}), which is not "
-                "text; send UTF-8 (pair each \\ud800-\\udbff escape with a \\udc00-\\udfff one).",
-            ) from None
+    surrogate = lone_surrogate_at(value)
+    if surrogate is not None:
+        raise FieldError(
+            field,
+            f"holds a lone surrogate ({value[surrogate]!r} at character {surrogate}), which is not "
+            "text; send UTF-8 (pair each \\ud800-\\udbff escape with a \\udc00-\\udfff one).",
+        )
 
 
 class _Request(BaseModel):

@@ -36,12 +36,6 @@ from npalign.serve.store import StoredChoice, UserStore
 from npalign.types import Posterior, UserLatent
 
 
-def _finite(value: Any) -> bool:
-    """Whether a z, a Posterior or a tensor of scores holds only finite numbers."""
-    parts = [value.mean, value.scale] if isinstance(value, Posterior) else [torch.as_tensor(value)]
-    return all(bool(torch.isfinite(part).all()) for part in parts)
-
-
 def _refuse_overflow(values: torch.Tensor, field: str) -> None:
     """A 422 naming the first item whose score overflowed (huge feature values), instead of a null."""
     bad = (~torch.isfinite(values)).nonzero()
@@ -145,13 +139,20 @@ class ServedModel:
                     choice.choice_id,
                 )
             )
-        if not self.text:  # a vector in range may still overflow inside the encoder: never store one that does
-            for index, checked in enumerate(stored):
-                if not _finite(self.latent([checked])):
-                    raise FieldError(
-                        f"{field}[{index}]", "overflows the model (its z is not finite); send features on the "
-                        "scale the model was trained on.",
-                    )  # fmt: skip
+        if not self.text and stored:  # a vector in range may still overflow inside the encoder: never store it
+            assert isinstance(self.predictor, RewardPredictor)
+            width = self.predictor.embed_dim
+            chosen = torch.tensor([c.chosen for c in stored], dtype=torch.float32).reshape(-1, 1, width)
+            rejected = torch.tensor([c.rejected for c in stored], dtype=torch.float32).reshape(-1, 1, width)
+            with self.lock:
+                latent = self.predictor.infer_user(chosen, rejected)  # each choice alone: (C, Z)
+            rows = torch.cat([latent.mean, latent.scale], -1) if isinstance(latent, Posterior) else latent
+            bad = (~torch.isfinite(rows).all(-1)).nonzero()
+            if len(bad):
+                raise FieldError(
+                    f"{field}[{int(bad[0])}]", "overflows the model (its z is not finite); send features on the "
+                    "scale the model was trained on.",
+                )  # fmt: skip
         return stored
 
     def prompts_for(self, prompt: str | None, prompts: list[str] | None, count: int, field: str) -> list[str]:
