@@ -11,28 +11,19 @@ are committed before the 200 goes out. With an API key every route but /healthz 
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import secrets
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from npalign import __version__
+from npalign.serve.guard import ASGIApp, Guard, Metrics, error_response
 from npalign.serve.schemas import (
     ID_PATTERN,
     AppendChoices,
@@ -62,139 +53,9 @@ from npalign.serve.store import ChoiceConflict, StoredChoice, TooManyChoices, Us
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-DRAIN_BYTES = 64 * 1024 * 1024  # a refused body up to this size is read (and dropped) before the 413
-OPEN_PATHS = ("/healthz",)  # answered without the API key (load balancers' health checks)
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 422)
 }
-
-
-def _error(status: int, field: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status)
-
-
-class Guard:
-    """Outermost ASGI layer: the API key, the body-size limit, and the request metrics.
-
-    The body is read here up to the limit (a larger Content-Length is refused before reading), so no
-    route ever sees a request past `max_body_bytes`.
-    """
-
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int, metrics: Metrics) -> None:
-        self.app = app
-        self.api_key = api_key
-        self.max_body_bytes = max_body_bytes
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        path = scope.get("path", "")
-        status_seen = [500]
-
-        async def send_and_count(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_seen[0] = int(message["status"])
-            await send(message)
-
-        try:
-            refusal = self._refusal(scope, path)
-            if refusal is not None and refusal.status_code == 413:
-                await self._drain(receive, 0)
-            if refusal is None:
-                body, refusal = await self._read_body(scope, receive)
-            if refusal is not None:
-                await refusal(scope, receive, send_and_count)
-                return
-            replayed = [False]
-
-            async def replay() -> Message:
-                if not replayed[0]:
-                    replayed[0] = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send_and_count)
-        finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"  # never the raw path: clients choose it
-            self.metrics.requests.labels(label, scope.get("method", ""), str(status_seen[0])).inc()
-            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
-
-    def _refusal(self, scope: Scope, path: str) -> JSONResponse | None:
-        if self.api_key is not None and path not in OPEN_PATHS:
-            headers = dict(scope.get("headers", []))
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-                return _error(
-                    401, "authorization", "send the server's API key as 'Authorization: Bearer KEY'."
-                )
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                if not value.isdigit():
-                    return _error(400, "content-length", "is not a number.")
-                if int(value) > self.max_body_bytes:
-                    return _error(
-                        413,
-                        "body",
-                        f"is {int(value)} bytes; this server takes at most {self.max_body_bytes}.",
-                    )
-        return None
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, JSONResponse | None]:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return b"", _error(400, "body", "the client disconnected before sending the whole body.")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                if message.get("more_body", False):
-                    await self._drain(receive, size)
-                return b"", _error(
-                    413, "body", f"is over {self.max_body_bytes} bytes, the most this server takes."
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), None
-
-    @staticmethod
-    async def _drain(receive: Receive, size: int) -> None:
-        """Read and drop the rest of a refused body (up to DRAIN_BYTES in all), so that the client, still
-        sending, reads the 413 instead of a connection reset; a larger body is cut off unread."""
-        while size <= DRAIN_BYTES:
-            message = await receive()
-            size += len(message.get("body", b""))
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                return
-
-
-class Metrics:
-    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "npalign_requests", "HTTP requests by route, method and status", ["route", "method", "status"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "npalign_request_seconds", "request latency by route", ["route"], registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-        )  # fmt: skip
-        self.cache = Gauge(
-            "npalign_z_cache", "z cache lookups since start", ["result"], registry=self.registry
-        )
-        self.items = Counter("npalign_items_scored", "responses scored", registry=self.registry)
 
 
 def check_limits(value: Any, limits: Limits, field: str = "") -> None:
@@ -249,7 +110,7 @@ def create_app(
 
     @app.exception_handler(FieldError)
     async def on_field_error(_: Request, error: FieldError) -> JSONResponse:
-        return _error(error.status, error.field, error.message)
+        return error_response(error.status, error.field, error.message)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -260,7 +121,7 @@ def create_app(
             for e in error.errors()
         ]
         first = problems[0] if problems else {"field": "body", "message": "invalid request"}
-        response = _error(422, first["field"], first["message"])
+        response = error_response(422, first["field"], first["message"])
         response.body = json.dumps({**json.loads(bytes(response.body)), "errors": problems}).encode()
         response.headers["content-length"] = str(len(response.body))
         return response
@@ -274,7 +135,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _error(
+        return error_response(
             error.status_code, "path" if error.status_code in (404, 405) else "body", str(error.detail)
         )
 

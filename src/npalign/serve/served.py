@@ -139,7 +139,8 @@ class ServedModel:
                     choice.choice_id,
                 )
             )
-        if not self.text and stored:  # a vector in range may still overflow inside the encoder: never store it
+        # A vector in range may still overflow inside the encoder: never store one that does.
+        if not self.text and stored:
             assert isinstance(self.predictor, RewardPredictor)
             width = self.predictor.embed_dim
             chosen = torch.tensor([c.chosen for c in stored], dtype=torch.float32).reshape(-1, 1, width)
@@ -254,7 +255,9 @@ class ServedModel:
         missing = list(dict.fromkeys(key for key in keys if key not in self._features))
         if missing:
             vectors = self.predictor.embedder.embed(
-                [texts[k][0] for k in missing], [texts[k][1] for k in missing], batch_size=self.predictor.batch_size
+                [texts[k][0] for k in missing],
+                [texts[k][1] for k in missing],
+                batch_size=self.predictor.batch_size,
             )  # (M, D)
             features = to_item_features(self.predictor.embedder, [texts[k][1] for k in missing], vectors)
             for key, row in zip(missing, features, strict=True):

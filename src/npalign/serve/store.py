@@ -138,7 +138,8 @@ def shown_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return url.split("@", 1)[-1] if "@" in url else url  # not a URL SQLAlchemy reads: drop what may be a login
+        # not a URL SQLAlchemy reads: drop what may be a login
+        return url.split("@", 1)[-1] if "@" in url else url
 
 
 class UserStore:
